@@ -1,0 +1,202 @@
+"""Every error the pipeline raises on purpose.
+
+Hierarchy::
+
+    PipelineError                  base: anything a user can act on
+    ├── ManifestError              images.toml is invalid (file, line, key)
+    ├── LockError                  images.lock.json is missing, stale or corrupt
+    ├── BadReference               an image reference does not parse
+    ├── BadDigest                  a digest string is malformed or unsupported
+    ├── PlatformNotFound           an index offers no manifest for the platform
+    ├── BadImage                   a manifest, index or config is malformed or refused
+    ├── RegistryError              the registry refused or failed a request
+    │   └── AuthError              credentials missing, rejected or unobtainable
+    ├── DigestMismatch             bytes do not hash to what was promised
+    ├── LayerError                 a layer cannot be unpacked (corrupt, truncated)
+    │   ├── UnsafeLayerEntry       a layer entry tries to leave or corrupt the tree
+    │   └── LimitExceeded          a layer exceeds a configured safety limit
+    ├── Ext4Error                  the ext4 image cannot be built as asked
+    ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
+    └── BusyError                  another pipeline run holds the same directory
+
+Messages are one sentence: where, what, the offending value quoted, expected
+versus got, and the next step when there is one. Secrets never appear in a
+message. A broken invariant is not one of these: it is an ``AssertionError``
+or ``RuntimeError`` whose message starts with "internal error:", so that a bug
+never reads like bad input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BadDigest",
+    "BadImage",
+    "BadReference",
+    "BusyError",
+    "DigestMismatch",
+    "Ext4Error",
+    "LayerError",
+    "LimitExceeded",
+    "LockError",
+    "ManifestError",
+    "PipelineError",
+    "PlatformNotFound",
+    "RegistryError",
+    "ToolError",
+    "UnsafeLayerEntry",
+]
+
+
+class PipelineError(Exception):
+    """Base of every error a user can act on; ``str(err)`` is the whole message."""
+
+
+class ManifestError(PipelineError):
+    """images.toml is invalid: unreadable, bad syntax, unknown key or bad value."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        image: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = path or "images.toml"
+        if line is not None:
+            where = f"{where}:{line}"
+        prefix = f"{where}: "
+        if image is not None:
+            prefix += f"image {image!r}: "
+        super().__init__(prefix + message)
+        self.path = path
+        self.line = line
+        self.image = image
+        self.key = key
+
+
+class LockError(PipelineError):
+    """images.lock.json is missing, stale (frozen mode) or unreadable."""
+
+
+class BadReference(PipelineError):
+    """An image reference string does not follow the reference grammar."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        super().__init__(f"invalid image reference {reference!r}: {reason}")
+        self.reference = reference
+        self.reason = reason
+
+
+class BadDigest(PipelineError):
+    """A digest string is malformed or uses an unsupported algorithm."""
+
+    def __init__(self, digest: str, reason: str) -> None:
+        super().__init__(f"invalid digest {digest!r}: {reason}")
+        self.digest = digest
+        self.reason = reason
+
+
+class PlatformNotFound(PipelineError):
+    """An image index has no manifest for the requested platform."""
+
+    def __init__(self, reference: str, wanted: str, offered: list[str]) -> None:
+        listed = ", ".join(offered) if offered else "none"
+        super().__init__(
+            f"{reference} has no image for platform {wanted}; it offers: {listed}"
+            " (set `platform` for this image in images.toml)"
+        )
+        self.reference = reference
+        self.wanted = wanted
+        self.offered = offered
+
+
+class BadImage(PipelineError):
+    """A manifest, index or image config is malformed, oversized or not an image."""
+
+
+class RegistryError(PipelineError):
+    """A registry request failed; carries what the registry said.
+
+    ``temporary`` tells the retry layer whether trying again can help
+    (429, 5xx, connection trouble) or not (404, 403, protocol violations).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        temporary: bool = False,
+    ) -> None:
+        head = f"{method} {url}: " if method and url else ""
+        super().__init__(head + message)
+        self.method = method
+        self.url = url
+        self.status = status
+        self.code = code
+        self.temporary = temporary
+
+
+class AuthError(RegistryError):
+    """Credentials are missing, rejected, or a token could not be obtained."""
+
+
+class DigestMismatch(PipelineError):
+    """Content does not hash to the digest (or size) it was promised under."""
+
+    def __init__(self, what: str, expected: str, got: str) -> None:
+        super().__init__(f"{what}: expected {expected}, got {got}")
+        self.what = what
+        self.expected = expected
+        self.got = got
+
+
+class LayerError(PipelineError):
+    """A layer cannot be unpacked: corrupt, truncated or of an unknown kind."""
+
+    def __init__(self, layer: str, message: str, *, member: str | None = None) -> None:
+        where = f"layer {layer}"
+        if member is not None:
+            where += f", entry {member!r}"
+        super().__init__(f"{where}: {message}")
+        self.layer = layer
+        self.member = member
+
+
+class UnsafeLayerEntry(LayerError):
+    """A layer entry would escape the root, or point a link outside the tree."""
+
+
+class LimitExceeded(LayerError):
+    """A layer goes past a safety limit (bytes, entries, header or path size)."""
+
+
+class Ext4Error(PipelineError):
+    """The ext4 image cannot be built as configured (e.g. a fixed size too small)."""
+
+
+class ToolError(PipelineError):
+    """An external tool failed; the message carries its exit status and stderr tail."""
+
+    def __init__(self, tool: str, message: str, *, returncode: int | None = None,
+                 stderr: str = "") -> None:
+        detail = f"{tool}: {message}"
+        if returncode is not None:
+            detail += f" (exit status {returncode})"
+        tail = stderr.strip().splitlines()[-3:]
+        if tail:
+            detail += ": " + " | ".join(tail)
+        super().__init__(detail)
+        self.tool = tool
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class BusyError(PipelineError):
+    """Another pipeline process holds the lock on the same cache or output directory."""
