@@ -1,21 +1,18 @@
 #!/bin/sh
 # Install what the test suite needs on Debian 12 (run as root), then run it.
 # Real parts only: Debian's docker-registry, e2fsprogs, skopeo and umoci for
-# the peer comparison, qemu and a Debian kernel for the boot test.
+# the peer comparison, qemu, a Debian kernel and a static busybox for the boot
+# test. Arguments are passed to pytest.
 set -eu
 cd "$(dirname "$0")/.."
 
+packages="docker-registry e2fsprogs skopeo umoci qemu-system-x86 linux-image-amd64
+busybox-static util-linux"
 missing=""
-need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
-need docker-registry docker-registry
-need mkfs.ext4 e2fsprogs
-need debugfs e2fsprogs
-need skopeo skopeo
-need umoci umoci
-need qemu-system-x86_64 qemu-system-x86
-need busybox busybox-static
-need setpriv util-linux
-ls /boot/vmlinuz-* >/dev/null 2>&1 || missing="$missing linux-image-amd64"
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $p"
+done
 python3 -c 'import ensurepip' 2>/dev/null || missing="$missing python3-venv"
 if [ -n "$missing" ]; then
     apt-get update -qq
