@@ -2,18 +2,21 @@
 
 Registries are session-scoped (one process each for the whole run); tests keep
 out of each other's way by pushing to the unique repository name the ``repo``
-fixture gives them.
+fixture gives them. See tests/harness/README.md for the API.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.harness.registry import Registry, start_registry
+from tests.harness.tokenserver import TokenServer
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+"""Accounts on the Basic and token registries; alice (first by name) pushes."""
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,41 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """docker-registry with no auth on a free 127.0.0.1 port."""
     with start_registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """docker-registry with ``auth: htpasswd:`` (users alice/wonderland, bob/builder)."""
+    with start_registry(tmp_path_factory.mktemp("basic-registry"), auth="htpasswd",
+                        users=USERS) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def _token_server_session() -> Iterator[TokenServer]:
+    with TokenServer(users=USERS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory,
+                   _token_server_session: TokenServer) -> Iterator[Registry]:
+    """docker-registry with ``auth: token:`` backed by the session's TokenServer
+    (``token_registry.token_server``); anonymous pull outside ``private/``."""
+    with start_registry(tmp_path_factory.mktemp("token-registry"), auth="token",
+                        token_server=_token_server_session) as reg:
+        yield reg
+
+
+@pytest.fixture
+def token_server(token_registry: Registry) -> Iterator[TokenServer]:
+    """The token registry's TokenServer, with knobs and log reset before and after
+    the test (call ``.reset()`` yourself after pushing to start a clean log)."""
+    server = token_registry.token_server
+    assert server is not None
+    server.reset()
+    yield server
+    server.reset()
 
 
 @pytest.fixture
