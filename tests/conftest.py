@@ -8,10 +8,11 @@ fixture gives them. See tests/harness/README.md for the API.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import Registry, start_registry
 from tests.harness.tokenserver import TokenServer
 
@@ -66,3 +67,19 @@ def repo(request: pytest.FixtureRequest) -> str:
     """A repository name unique to this test, valid under the distribution name grammar."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:150] or "t"
     return f"test/{name}"
+
+
+@pytest.fixture
+def fault_proxy(registry: Registry) -> Iterator[Callable[..., FaultProxy]]:
+    """Factory: ``fault_proxy()`` starts a FaultProxy in front of ``registry``;
+    ``fault_proxy(basic_registry)`` in front of another one. All stop at teardown."""
+    started: list[FaultProxy] = []
+
+    def make(upstream: Registry | None = None, *, redirect_host: str = "localhost") -> FaultProxy:
+        proxy = FaultProxy(upstream or registry, redirect_host=redirect_host).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
