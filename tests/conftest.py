@@ -7,11 +7,14 @@ fixture gives them. See tests/harness/README.md for the API.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.harness.dockerconfig import DockerConfig
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import Registry, start_registry
 from tests.harness.tokenserver import TokenServer
@@ -83,3 +86,13 @@ def fault_proxy(registry: Registry) -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerConfig:
+    """An empty ``$DOCKER_CONFIG/config.json`` (env monkeypatched) plus a bin dir
+    prepended to PATH for ``docker-credential-*`` helpers made with ``.helper()``."""
+    config = DockerConfig(tmp_path / "docker-config", tmp_path / "docker-bin")
+    monkeypatch.setenv("DOCKER_CONFIG", str(config.dir))
+    monkeypatch.setenv("PATH", f"{config.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return config

@@ -65,3 +65,27 @@ def test_push_image_and_pull_back_by_digest(registry: Registry, repo: str, oci: 
         for blob in image.blobs:
             got = c.get(f"/v2/{repo}/blobs/{blob.digest}")
             assert got.status_code == 200 and got.content == blob.data
+
+
+def test_docker_config_and_credential_helper(docker_config) -> None:
+    import json
+    import os
+    import subprocess
+
+    docker_config.add_auth("127.0.0.1:5000", "alice", "wonderland")
+    docker_config.set_cred_helper("ghcr.io", "fake")
+    helper = docker_config.helper("fake", {"ghcr.io": ("bob", "builder")})
+    assert os.environ["DOCKER_CONFIG"] == str(docker_config.dir)
+    data = json.loads(docker_config.path.read_text())
+    assert data["auths"]["127.0.0.1:5000"]["auth"] == "YWxpY2U6d29uZGVybGFuZA=="
+    assert data["credHelpers"] == {"ghcr.io": "fake"}
+    ok = subprocess.run(["docker-credential-fake", "get"], input="ghcr.io", text=True,
+                        capture_output=True)
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout) == {"ServerURL": "ghcr.io", "Username": "bob",
+                                     "Secret": "builder"}
+    missing = subprocess.run(["docker-credential-fake", "get"], input="quay.io", text=True,
+                             capture_output=True)
+    assert missing.returncode == 1
+    assert missing.stdout.strip() == "credentials not found in native keychain"
+    assert [c.input for c in helper.calls()] == ["ghcr.io", "quay.io"]
