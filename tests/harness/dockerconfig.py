@@ -27,7 +27,7 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 NOT_FOUND = "credentials not found in native keychain"
 IDENTITY_TOKEN_USER = "<token>"
 
-_SCRIPT = '''#!{python} -I -S
+_SCRIPT = '''#!{python} -IS
 import json, sys
 action = sys.argv[1] if len(sys.argv) > 1 else ""
 data = sys.stdin.read()
