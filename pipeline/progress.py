@@ -86,7 +86,12 @@ class Terminal:
 
 
 class BlobProgress:
-    """Progress of one download; call it with each chunk's byte count."""
+    """Progress of one download, fed as ``BlobCache.fetch`` reports it: ``(written, total)``.
+
+    ``written`` is cumulative and goes back to a smaller number when a
+    download starts over after a failed resume; the difference is what moves
+    the shared counter, so a restart takes back what it had counted.
+    """
 
     __slots__ = ("_owner", "total", "done")
 
@@ -95,14 +100,9 @@ class BlobProgress:
         self.total = total
         self.done = 0
 
-    def __call__(self, nbytes: int) -> None:
-        self.done += nbytes
-        self._owner._advance(nbytes)
-
-    def reset(self) -> None:
-        """A retry starts the blob over: take back what it counted."""
-        self._owner._advance(-self.done)
-        self.done = 0
+    def __call__(self, written: int, total: int | None = None) -> None:
+        delta, self.done = written - self.done, written
+        self._owner._advance(delta)
 
     def finish(self) -> None:
         self._owner._finish(self)

@@ -22,9 +22,9 @@ def test_status_line_shows_bytes_rate_and_eta() -> None:
     progress = TransferProgress(Terminal(out, interactive=True), clock=clock)
     a = progress.start(10 << 20)
     b = progress.start(10 << 20)
-    a(1 << 20)
+    a(1 << 20, 10 << 20)
     clock.now += 1
-    b(1 << 20)
+    b(1 << 20, 10 << 20)
     assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == (
         "fetching 2 blobs  2.0 MiB / 20.0 MiB  1.0 MiB/s  ETA 0:18")
     a.finish()
@@ -44,21 +44,20 @@ def test_off_a_terminal_nothing_is_drawn() -> None:
     out = io.StringIO()
     progress = TransferProgress(Terminal(out))  # StringIO is not a tty
     blob = progress.start(100)
-    blob(50)
-    blob.reset()
-    blob(100)
+    blob(50, 100)
+    blob(0, 100)
+    blob(100, 100)
     blob.finish()
     assert out.getvalue() == ""
 
 
-def test_reset_takes_back_a_failed_attempt() -> None:
+def test_a_restarted_download_takes_back_what_it_counted() -> None:
     out, clock = io.StringIO(), Clock()
     progress = TransferProgress(Terminal(out, interactive=True), clock=clock)
     blob = progress.start(1000)
-    blob(600)
-    blob.reset()
+    blob(600, 1000)
     clock.now += 1
-    blob(100)
+    blob(100, 1000)  # the cache started over from byte 0
     assert "100 B / 1000 B" in out.getvalue().rsplit("\r\x1b[K", 1)[-1]
 
 
