@@ -10,6 +10,7 @@ import pytest
 from pipeline.config import load_manifest, parse_manifest
 from pipeline.config.source import SourceLines
 from pipeline.errors import ManifestError
+from pipeline.ext4options import Ext4Options
 from pipeline.platform import Platform
 
 GOOD = """\
@@ -37,6 +38,13 @@ label    = "rootfs"
 [images.tiny]
 ref = "registry.local:5000/tools/tiny@sha256:%s"
 headroom = "20%%"
+
+[images.tuned]
+ref = "busybox"
+inode_size = 128
+journal = false
+features = ["large_dir", "^metadata_csum"]
+reserved_percent = 5
 """ % ("a" * 64)
 
 
@@ -51,17 +59,19 @@ def test_good_manifest_every_field() -> None:
     assert m.settings.cache_dir == Path("/var/cache/rootfs")
     assert m.settings.jobs == 8
     assert m.lock_path == Path("/proj/images.lock.json")
-    assert [i.name for i in m.images] == ["alpine", "debian", "tiny"]
-    alpine, debian, tiny = m.images
+    assert [i.name for i in m.images] == ["alpine", "debian", "tiny", "tuned"]
+    alpine, debian, tiny, tuned = m.images
     assert (alpine.ref.registry, alpine.ref.repository, alpine.ref.tag) == (
         "docker.io", "library/alpine", "3.20")
     assert alpine.ref_text == "alpine:3.20"
     assert alpine.platform == Platform("linux", "amd64")
-    assert (alpine.size, alpine.label, alpine.headroom, alpine.line) == (None, None, None, 13)
+    assert (alpine.ext4, alpine.line) == (Ext4Options(), 13)
     assert debian.platform == Platform("linux", "arm64")
-    assert debian.size == 1 << 30
-    assert debian.label == "rootfs"
-    assert tiny.ref.digest is not None and tiny.headroom is not None
+    assert debian.ext4 == Ext4Options(size=1 << 30, label="rootfs")
+    assert tiny.ref.digest is not None
+    assert tiny.ext4 == Ext4Options(headroom="20%")
+    assert tuned.ext4 == Ext4Options(inode_size=128, journal=False, reserved_percent=5,
+                                     features=("large_dir", "^metadata_csum"))
     assert m.insecure_hosts == frozenset({"registry.local:5000"})
     assert m.mirrors_for("docker.io") == ("mirror.internal:5000", "10.0.0.2:5000")
     assert m.mirrors_for("quay.io") == ()
@@ -122,7 +132,8 @@ BAD = [
                  "their output files would collide", id="duplicate-name-by-case"),
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
-                 "allowed: headroom, label, platform, ref, size", id="unknown-image-key"),
+                 "allowed: features, headroom, inode_size, journal, label, platform, ref, "
+                 "reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
                  "allowed: images, registries, settings", id="unknown-top-level-table"),
@@ -162,14 +173,30 @@ BAD = [
                  "'os/arch[/variant]' with letters, digits, '_', '.' or '-' in each part",
                  id="settings-platform-four-parts"),
     pytest.param('[images.a]\nref = "alpine"\nsize = 1024\n',
-                 "/proj/images.toml:3: image 'a': `size` must be a string, got integer 1024",
+                 "/proj/images.toml:3: image 'a': `size` must be \"auto\" or a string such as "
+                 "\"2GiB\", got integer 1024",
                  id="size-not-a-string"),
     pytest.param('[images.a]\nref = "alpine"\nsize = "1GiB"\nheadroom = "10%"\n',
                  "/proj/images.toml:4: image 'a': `headroom` applies only to size = \"auto\"; "
                  "remove it or the fixed size '1GiB'", id="headroom-with-fixed-size"),
     pytest.param('[images.a]\nref = "alpine"\nlabel = "a-label-that-is-too-long"\n',
-                 "/proj/images.toml:3: image 'a': `label` 'a-label-that-is-too-long' is "
-                 "longer than 16 bytes (the ext4 volume label limit)", id="label-too-long"),
+                 "/proj/images.toml:3: image 'a': bad `label`: invalid label "
+                 "'a-label-that-is-too-long': expected at most 16 bytes without control "
+                 "characters", id="label-too-long"),
+    pytest.param('[images.a]\nref = "alpine"\njournal = "no"\n',
+                 "/proj/images.toml:3: image 'a': `journal` must be true or false, got string "
+                 "'no'", id="journal-not-bool"),
+    pytest.param('[images.a]\nref = "alpine"\ninode_size = 300\n',
+                 "/proj/images.toml:3: image 'a': bad `inode_size`: invalid inode size 300: "
+                 "expected one of 128, 256, 512, 1024", id="bad-inode-size"),
+    pytest.param('[images.a]\nref = "alpine"\nfeatures = ["casefold"]\n',
+                 "/proj/images.toml:3: image 'a': bad `features`: unsupported ext4 feature "
+                 "'casefold': expected one of 64bit, dir_index, dir_nlink, extra_isize, flex_bg, "
+                 "huge_file, large_dir, metadata_csum, metadata_csum_seed, resize_inode, "
+                 "optionally with '^'", id="unsupported-feature"),
+    pytest.param('[images.a]\nref = "alpine"\nsize = "1000000"\n',
+                 "/proj/images.toml:3: image 'a': bad `size`: invalid size '1000000': it must be "
+                 "a multiple of 4 KiB", id="size-not-block-multiple"),
     pytest.param('[images."../etc"]\nref = "alpine"\n',
                  "/proj/images.toml:1: image name '../etc' is not a safe file name: use 1 to "
                  "64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -214,7 +241,8 @@ BAD = [
                  "'alpine'", id="image-not-a-table"),
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
-                 "allowed: headroom, label, platform, ref, size", id="inline-table-unknown-key"),
+                 "allowed: features, headroom, inode_size, journal, label, platform, ref, "
+                 "reserved_percent, size", id="inline-table-unknown-key"),
 ]
 
 
@@ -231,6 +259,7 @@ def test_bad_size_names_line_image_and_key(size: str) -> None:
         parse(f'[images.a]\nref = "alpine"\nsize = "{size}"\n')
     assert str(exc.value).startswith(
         f"/proj/images.toml:3: image 'a': bad `size`: invalid size {size!r}: ")
+    assert "expected" in str(exc.value)
     assert repr(size) in str(exc.value)
     assert exc.value.image == "a" and exc.value.key == "size" and exc.value.line == 3
 

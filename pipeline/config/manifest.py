@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError, PipelineError
+from ..ext4options import Ext4Options
 from ..platform import Platform, parse_platform
 from ..reference import ImageRef, parse_reference
-from ..sizes import parse_headroom, parse_size
 from .environment import check_host, parse_insecure_env, parse_mirrors_env
 from .source import SourceLines
 
@@ -48,15 +48,25 @@ MAX_JOBS = 64
 # (mkfs:<name>): no separators, no leading dot or dash, no ':' (doit's
 # task/subtask separator), short enough for any file system.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# The ext4 volume label is 16 bytes (struct ext4_super_block.s_volume_name).
-LABEL_MAX_BYTES = 16
 # A manifest larger than this is not a hand-written list of images.
 MANIFEST_MAX_BYTES = 1 << 20
 
 TOP_KEYS = ("images", "registries", "settings")
 SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
 REGISTRY_KEYS = ("insecure", "mirrors")
-IMAGE_KEYS = ("headroom", "label", "platform", "ref", "size")
+# ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
+EXT4_KEYS = ("features", "headroom", "inode_size", "journal", "label", "reserved_percent", "size")
+IMAGE_KEYS = tuple(sorted(("platform", "ref") + EXT4_KEYS))
+# The TOML type each ext4 key must have, and how to say it.
+_EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "features": ((list,), "an array of feature names such as [\"large_dir\"]"),
+    "headroom": ((str,), "a string such as \"20%\" or \"256MiB\""),
+    "inode_size": ((int,), "an integer (128, 256, 512 or 1024)"),
+    "journal": ((bool,), "true or false"),
+    "label": ((str,), "a string of at most 16 bytes"),
+    "reserved_percent": ((int, float), "a number from 0 to 50"),
+    "size": ((str,), "\"auto\" or a string such as \"2GiB\""),
+}
 # A root filesystem for a Linux microVM: other operating systems make no sense,
 # and an architecture outside Go's list (GOARCH, what image indexes use) is a typo.
 ROOTFS_OS = "linux"
@@ -89,11 +99,7 @@ class ImageSpec:
     ref_text: str
     """The reference exactly as written: what the lock file is matched against."""
     platform: Platform
-    size: int | None
-    """Fixed filesystem size in bytes, or None for "auto"."""
-    headroom: Any
-    """``parse_headroom`` of the headroom setting, or None for the builder's default."""
-    label: str | None
+    ext4: Ext4Options
     line: int | None = None
 
 
@@ -254,24 +260,37 @@ def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec
     platform = settings.platform
     if "platform" in table:
         platform = c.parsed(_platform, table["platform"], *where, "platform", image=name)
-    size = None
-    size_text = c.string(table.get("size", "auto"), *where, "size", image=name)
-    if size_text != "auto":
-        size = c.parsed(parse_size, size_text, *where, "size", image=name)
-    headroom = None
-    if "headroom" in table:
-        if size is not None:
-            raise c.fail("`headroom` applies only to size = \"auto\"; remove it or the fixed "
-                         f"size {size_text!r}", *where, "headroom", image=name)
-        headroom = c.parsed(parse_headroom, table["headroom"], *where, "headroom", image=name)
-    label = None
-    if "label" in table:
-        label = c.string(table["label"], *where, "label", image=name)
-        if len(label.encode("utf-8")) > LABEL_MAX_BYTES or "\0" in label:
-            raise c.fail(f"`label` {label!r} is longer than {LABEL_MAX_BYTES} bytes "
-                         "(the ext4 volume label limit)", *where, "label", image=name)
-    return ImageSpec(name=name, ref=ref, ref_text=ref_text, platform=platform, size=size,
-                     headroom=headroom, label=label, line=c.lines.line(*where))
+    ext4 = _ext4_options(c, table, name)
+    return ImageSpec(name=name, ref=ref, ref_text=ref_text, platform=platform, ext4=ext4,
+                     line=c.lines.line(*where))
+
+
+def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
+    """Ext4Options from the image's ext4 keys; each bad value is blamed on its own key."""
+    where = ("images", name)
+    given: dict[str, Any] = {}
+    for key in EXT4_KEYS:
+        if key not in table:
+            continue
+        value = table[key]
+        types, wanted = _EXT4_TYPES[key]
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            raise c.fail(f"`{key}` must be {wanted}, got {_kind(value)}", *where, key,
+                         image=name)
+        if key == "size" and value == "auto":
+            continue
+        try:
+            Ext4Options(**{key: value})
+        except PipelineError as err:
+            raise c.fail(f"bad `{key}`: {err}", *where, key, image=name) from err
+        given[key] = value
+    if "headroom" in given and "size" in given:
+        raise c.fail("`headroom` applies only to size = \"auto\"; remove it or the fixed "
+                     f"size {given['size']!r}", *where, "headroom", image=name)
+    try:
+        return Ext4Options(**given)
+    except PipelineError as err:
+        raise c.fail(f"bad ext4 options: {err}", *where, image=name) from err
 
 
 def parse_manifest(text: str, path: Path, *,
