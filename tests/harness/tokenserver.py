@@ -142,8 +142,9 @@ class TokenServer:
         return sorted(self.users.items())[0]
 
     def start(self) -> TokenServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="token-server")
+        # A short shutdown poll: the default 0.5 s would slow every teardown.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        daemon=True, name="token-server")
         self._thread.start()
         return self
 
