@@ -1,0 +1,345 @@
+"""Build a bootable, reproducible ext4 image from a flat image, without root.
+
+``build_ext4`` runs, in order: size planning (ext4size; a fixed size too
+small fails here), ``mkfs.ext4 -d`` on the staging tree into a sparse
+temporary file beside the output, the inode mapping and one ``debugfs -w``
+fixup pass (ext4fixup), a strict ``e2fsck -fn`` (any message beyond its
+pass headers fails the build), a check that the free space promised for
+auto sizes is really there, then a rename to the final path. On any failure
+nothing is left at the final path.
+
+Reproducible by construction: the UUID and directory hash seed derive from
+``seed``; superblock and mke2fs-made inode times are pinned through
+E2FSPROGS_FAKE_TIME and SOURCE_DATE_EPOCH; every tree inode's times come from
+its entry; mke2fs reads our own mke2fs.conf, never the host's, and runs in the
+C locale (the order ``-d`` walks directories in depends on it). The same flat
+image gives the same bytes, as root or not, today or next year.
+
+Trusts: the flat image's entries for metadata (ext4fixup checks the staging
+tree against them), nothing printed by debugfs or e2fsck.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from .debugfs import run_debugfs, tool_env
+from .errors import Ext4Error, ToolError
+from .ext4fixup import fixup_script, map_inodes
+from .ext4options import Ext4Options
+from .ext4size import BLOCK_SIZE, measure_tree, plan_size
+from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \
+    read_entries, read_header
+from .sizes import format_size
+
+__all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS"]
+
+log = structlog.get_logger(__name__)
+
+# -E root_owner, -E hash_seed and -d with xattrs are all older, but 1.46.5 is
+# the oldest release whose -d output we have checked byte for byte.
+MIN_E2FSPROGS = (1, 46, 5)
+# 1.47.3 truncates files over 2 GiB copied with -d (fixed in 1.47.4).
+_BAD_BIG_FILES = (1, 47, 3)
+_TWO_GIB = 2 * 1024**3
+# Superblock and mke2fs-made inode times (lost+found, the journal): a fixed
+# instant, as the image has no meaningful build time. 0 means "unset" to
+# e2fsprogs, which would then use the clock.
+FS_EPOCH = 1
+_MKE2FS_CONF = """\
+[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+\trootfs = {
+\t\tinode_ratio = 16384
+\t}
+"""
+_FSCK_OK = re.compile(
+    r"e2fsck [0-9][^\n]*|Pass [1-5]: [A-Za-z ,]+|"
+    r".*: [0-9]+/[0-9]+ files \([0-9.]+% non-contiguous\), [0-9]+/[0-9]+ blocks")
+
+
+@dataclass(frozen=True, slots=True)
+class Ext4Result:
+    """What a build produced; the doit layer writes out/<name>.json from it."""
+
+    path: Path
+    size: int
+    """Size of the image in bytes (the filesystem size; the file is sparse)."""
+    sha256: str
+    """Hex sha256 of the whole image file."""
+    uuid: str
+    inodes: int
+    free_bytes: int
+    """Blocks free for non-root users after the build, in bytes."""
+    free_inodes: int
+    tool_versions: Mapping[str, str]
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per step: plan, mkfs, map, fixup, fsck, hash, total."""
+
+
+@functools.lru_cache(maxsize=1)
+def tool_versions() -> dict[str, str]:
+    """Versions of mkfs.ext4, debugfs and e2fsck, e.g. ``{"mkfs.ext4": "1.47.0 (5-Feb-2023)"}``.
+
+    Raises ToolError when a tool is missing or older than MIN_E2FSPROGS.
+    """
+    versions = {}
+    for tool in ("mkfs.ext4", "debugfs", "e2fsck"):
+        if shutil.which(tool) is None:
+            raise ToolError(tool, "not found on PATH; install e2fsprogs "
+                                  f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
+        proc = subprocess.run([tool, "-V"], capture_output=True, text=True, env=tool_env(),
+                              stdin=subprocess.DEVNULL, check=False)
+        match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.M)
+        if match is None:
+            raise ToolError(tool, "-V printed no version", returncode=proc.returncode,
+                            stderr=proc.stderr)
+        versions[tool] = match.group(1).strip()
+        if _version_tuple(versions[tool]) < MIN_E2FSPROGS:
+            raise ToolError(tool, f"version {versions[tool]!r} is too old; install e2fsprogs "
+                                  f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
+    return versions
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"[0-9]+", version.split()[0])[:3])
+
+
+def derive_uuids(seed: str) -> tuple[str, str]:
+    """(filesystem UUID, directory hash seed) for a build seed."""
+    def one(purpose: str) -> str:
+        digest = hashlib.sha256(f"rootfs-pipeline ext4 {purpose}\0{seed}".encode()).digest()
+        return str(uuid.UUID(bytes=digest[:16], version=4))
+    return one("uuid"), one("hash_seed")
+
+
+def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str) -> Ext4Result:
+    """Build ``output`` from the flat image at ``flat_dir``; see the module docstring."""
+    started = time.monotonic()
+    flat_dir, output = Path(flat_dir), Path(output)
+    versions = tool_versions()
+    output.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
+                                    suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rootfs-ext4-") as scratch_name:
+            result = _build(flat_dir, tmp, fd, Path(scratch_name), options, seed, versions,
+                            started)
+        os.replace(tmp, output)
+        dir_fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    timings = dict(result.timings, total=round(time.monotonic() - started, 3))
+    log.info("ext4.built", path=str(output), size=result.size, sha256=result.sha256,
+             **{f"seconds_{k}": v for k, v in timings.items()})
+    return Ext4Result(path=output, size=result.size, sha256=result.sha256, uuid=result.uuid,
+                      inodes=result.inodes, free_bytes=result.free_bytes,
+                      free_inodes=result.free_inodes, tool_versions=versions, timings=timings)
+
+
+def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Options,
+           seed: str, versions: Mapping[str, str], started: float) -> Ext4Result:
+    timings: dict[str, float] = {}
+    clock = [started]
+
+    def lap(step: str) -> None:
+        now = time.monotonic()
+        timings[step] = round(now - clock[0], 3)
+        clock[0] = now
+
+    read_header(flat_dir / HEADER_NAME)
+    entries = _read_entries(flat_dir)
+    if _version_tuple(versions["mkfs.ext4"]) == _BAD_BIG_FILES and \
+            any(e.type is FileType.REGULAR and e.size > _TWO_GIB for e in entries):
+        raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
+                                     "2 GiB; install e2fsprogs 1.47.4 or later")
+    features = options.feature_set()
+    usage = measure_tree(entries, inode_size=options.inode_size,
+                         csum="metadata_csum" in features)
+    plan = plan_size(usage, size=options.size, headroom=options.headroom,
+                     inode_size=options.inode_size, journal=options.journal,
+                     reserved_percent=options.reserved_percent,
+                     desc_size=64 if "64bit" in features else 32,
+                     resize_inode="resize_inode" in features,
+                     sparse_super="sparse_super" in features)
+    lap("plan")
+
+    fs_uuid, hash_seed = derive_uuids(seed)
+    os.ftruncate(fd, plan.size)
+    _mkfs(flat_dir / ROOTFS_NAME, image, scratch, options, plan.layout.blocks,
+          plan.layout.inodes, plan.layout.journal_blocks, fs_uuid, hash_seed)
+    lap("mkfs")
+
+    inodes = map_inodes(image, entries, flat_dir, scratch)
+    script = fixup_script(entries, inodes, staging=flat_dir / ROOTFS_NAME, scratch=scratch,
+                          large_inode=options.inode_size > 128)
+    script_path = scratch / "fixup.debugfs"
+    script.write(script_path)
+    lap("map")
+    run_debugfs(image, script=script_path, write=True, env=_fake_time())
+    lap("fixup")
+
+    _fsck(image)
+    counts = _superblock_counts(image)
+    free_bytes = (counts["free_blocks"] - counts["reserved_blocks"]) * BLOCK_SIZE
+    if options.size is None and (free_bytes < plan.promised_free_bytes
+                                 or counts["free_inodes"] < plan.promised_free_inodes):
+        raise AssertionError(
+            f"internal error: auto size {format_size(plan.size)} left {free_bytes} bytes and "
+            f"{counts['free_inodes']} inodes free, promised {plan.promised_free_bytes} and "
+            f"{plan.promised_free_inodes}")
+    lap("fsck")
+
+    os.fsync(fd)
+    digest = _sha256_sparse(image)
+    lap("hash")
+    return Ext4Result(path=image, size=plan.size, sha256=digest, uuid=fs_uuid,
+                      inodes=counts["inodes"], free_bytes=free_bytes,
+                      free_inodes=counts["free_inodes"], tool_versions=versions,
+                      timings=timings)
+
+
+def _read_entries(flat_dir: Path) -> list[FlatEntry]:
+    entries = list(read_entries(flat_dir / ENTRIES_NAME))
+    if not entries or entries[0].path != "" or entries[0].type is not FileType.DIRECTORY:
+        raise Ext4Error(f"flat image {flat_dir}: entries.jsonl must start with the root "
+                        f"directory (path \"\"); delete this flat image so flatten rebuilds it")
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.path in seen:
+            raise Ext4Error(f"flat image {flat_dir}: path {entry.path!r} appears twice in "
+                            f"entries.jsonl; delete this flat image so flatten rebuilds it")
+        parent, _, name = entry.path.rpartition("/")
+        if entry.path and (parent not in seen or name in ("", ".", "..")):
+            raise Ext4Error(f"flat image {flat_dir}: entry {entry.path!r} has no parent "
+                            f"directory before it; delete this flat image so flatten "
+                            f"rebuilds it")
+        if len(os.fsencode(name)) > 255:
+            raise Ext4Error(f"{entry.path!r}: the name is longer than ext4's 255 bytes")
+        seen.add(entry.path)
+    return entries
+
+
+def _fake_time() -> dict[str, str]:
+    return {"E2FSPROGS_FAKE_TIME": str(FS_EPOCH), "SOURCE_DATE_EPOCH": str(FS_EPOCH)}
+
+
+def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, blocks: int,
+          inodes: int, journal_blocks: int, fs_uuid: str, hash_seed: str) -> None:
+    conf = scratch / "mke2fs.conf"
+    conf.write_text(_MKE2FS_CONF, encoding="ascii")
+    features = list(options.features)
+    if options.journal:
+        journal = ["-J", f"size={journal_blocks * BLOCK_SIZE // 1024**2}"]
+    else:
+        journal, features = [], ["^has_journal", *features]
+    argv = ["mkfs.ext4", "-F", "-q", "-T", "rootfs", "-b", str(BLOCK_SIZE),
+            "-I", str(options.inode_size), "-N", str(inodes),
+            "-m", f"{options.reserved_percent:g}", "-U", fs_uuid, "-L", options.label,
+            *(["-O", ",".join(features)] if features else []), *journal,
+            # nodiscard + eager init: the same bytes and group flags whether or
+            # not the output filesystem can punch holes.
+            "-E", f"root_owner=0:0,hash_seed={hash_seed},nodiscard,lazy_itable_init=0,"
+                  "lazy_journal_init=0",
+            "-d", str(staging), str(image), str(blocks)]
+    env = tool_env({"MKE2FS_CONFIG": str(conf), **_fake_time()})
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          errors="backslashreplace", env=env, check=False)
+    if proc.returncode != 0:
+        if "Could not allocate" in proc.stderr or "No space left" in proc.stderr:
+            raise Ext4Error(f"mkfs.ext4 ran out of space in {format_size(blocks * BLOCK_SIZE)} "
+                            f"while copying the tree; raise `size` or use \"auto\"")
+        raise ToolError("mkfs.ext4", f"building {image.name} from {staging} failed",
+                        returncode=proc.returncode, stderr=proc.stderr)
+    for line in proc.stderr.splitlines():
+        if line.strip():
+            log.warning("ext4.mkfs_message", message=line.strip())
+
+
+def _fsck(image: Path) -> None:
+    proc = subprocess.run(["e2fsck", "-fn", str(image)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="backslashreplace",
+                          env=tool_env(), check=False)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if line.strip() and not _FSCK_OK.fullmatch(line.strip())]
+    if proc.returncode != 0 or problems:
+        raise ToolError("e2fsck", f"the built image {image.name} does not check clean "
+                                  f"(first problem: {problems[0] if problems else '?'!r})",
+                        returncode=proc.returncode, stderr=proc.stdout + proc.stderr)
+
+
+def _superblock_counts(image: Path) -> dict[str, int]:
+    """Counts from the primary superblock (ext4 disk layout, "The Super Block")."""
+    with open(image, "rb") as f:
+        f.seek(1024)
+        sb = f.read(1024)
+    inodes, blocks_lo, r_lo, free_lo, free_inodes = struct.unpack_from("<5I", sb, 0)
+    is64 = struct.unpack_from("<I", sb, 0x60)[0] & 0x80
+    blocks_hi, r_hi, free_hi = struct.unpack_from("<3I", sb, 0x150) if is64 else (0, 0, 0)
+    return {"inodes": inodes, "blocks": blocks_lo | blocks_hi << 32,
+            "reserved_blocks": r_lo | r_hi << 32, "free_blocks": free_lo | free_hi << 32,
+            "free_inodes": free_inodes}
+
+
+_HASH_CHUNK = 1 << 20
+_ZEROS = bytes(_HASH_CHUNK)
+
+
+def _sha256_sparse(path: Path) -> str:
+    """sha256 of a file, feeding holes as zeros without reading them from disk."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(f.fileno(), pos, os.SEEK_DATA)
+            except OSError:                  # ENXIO: only a hole remains
+                data = size
+            while pos < data:
+                n = min(_HASH_CHUNK, data - pos)
+                h.update(_ZEROS[:n] if n < _HASH_CHUNK else _ZEROS)
+                pos += n
+            if pos >= size:
+                break
+            hole = os.lseek(f.fileno(), pos, os.SEEK_HOLE)
+            f.seek(pos)
+            while pos < hole:
+                chunk = f.read(min(_HASH_CHUNK, hole - pos))
+                if not chunk:
+                    raise AssertionError(f"internal error: {path} shrank while hashing")
+                h.update(chunk)
+                pos += len(chunk)
+    return h.hexdigest()
