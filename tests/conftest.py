@@ -19,6 +19,8 @@ from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import Registry, start_registry
 from tests.harness.tokenserver import TokenServer
 
+REGISTRY_LOG_TAIL = 4000
+"""Characters of registry log shown with a failed test: the last few requests."""
 USERS = {"alice": "wonderland", "bob": "builder"}
 """Accounts on the Basic and token registries; alice (first by name) pushes."""
 
@@ -67,9 +69,24 @@ def token_server(token_registry: Registry) -> Iterator[TokenServer]:
 
 @pytest.fixture
 def repo(request: pytest.FixtureRequest) -> str:
-    """A repository name unique to this test, valid under the distribution name grammar."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:150] or "t"
+    """A repository name unique to this test (module and test name, parameters included),
+    valid under the distribution name grammar: ``test/<module>-<test>``."""
+    module = request.node.module.__name__.rpartition(".")[2]
+    raw = f"{module}-{request.node.name}".lower()
+    name = re.sub(r"[^a-z0-9]+", "-", raw).strip("-")[:180] or "t"
     return f"test/{name}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, attach the tail of each registry's log that the test used."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, Registry):
+            report.sections.append((f"{name} log (tail)", value.log_text()[-REGISTRY_LOG_TAIL:]))
 
 
 @pytest.fixture
