@@ -1,0 +1,340 @@
+"""Layer compression: media types, magic-byte sniffing, bounded decompression.
+
+A layer blob is gzip (possibly several members), zstd (possibly several frames,
+skippable frames anywhere) or a plain tar. The descriptor's media type says
+which; the first bytes must agree, because a blob whose content disagrees with
+its descriptor was produced or served wrongly and nothing else about it can be
+trusted either (image-spec layer.md, "Zstd Media Types" and "Gzip Media Types").
+
+Refuses to trust: the media type alone, the compressed stream's own idea of
+how much it expands (every decompression call has a bounded output, so a bomb
+is stopped by the caller's byte limit after at most one chunk), and the end
+of the stream (a gzip member or zstd frame cut short is an error, and so is
+anything after the last member or frame).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+from isal import isal_zlib
+
+from . import mediatypes as mt
+from .digest import VerifyingHasher
+from .errors import LayerError, LimitExceeded
+
+__all__ = ["Compression", "LAYER_MEDIA_TYPES", "compression_for", "sniff",
+           "decompressed_chunks", "UnknownMediaType", "CompressionMismatch",
+           "CorruptStream", "CHUNK_BYTES", "LayerStream"]
+
+# 1 MiB reads and outputs: large enough that per-call overhead vanishes next to
+# inflate and sha256, small enough that a bomb yields at most this much before
+# the caller's limit check sees it.
+CHUNK_BYTES = 1 << 20
+
+
+class Compression(enum.Enum):
+    NONE = "tar"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+# Every layer media type we accept (image-spec media-types.md, Docker image
+# manifest v2 schema 2; names in :mod:`.mediatypes`). Nondistributable
+# ("foreign") layers are unpacked like any other when we have their bytes.
+LAYER_MEDIA_TYPES: dict[str, Compression] = {
+    media_type: Compression.NONE if kind == "none" else Compression(kind)
+    for media_type, kind in mt.LAYER_COMPRESSION.items()
+}
+for _foreign in mt.NON_DISTRIBUTABLE_TYPES:
+    LAYER_MEDIA_TYPES[_foreign] = (Compression.GZIP if _foreign.endswith("gzip") else
+                                   Compression.ZSTD if _foreign.endswith("zstd") else
+                                   Compression.NONE)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Skippable frames: magic 0x184D2A50..0x184D2A5F little-endian (RFC 8878 3.1.2).
+_SKIPPABLE_MASK, _SKIPPABLE_BASE = 0xFFFFFFF0, 0x184D2A50
+
+
+class UnknownMediaType(LayerError):
+    """The descriptor's media type is not a layer type we know how to read."""
+
+
+class CompressionMismatch(LayerError):
+    """The blob's magic bytes disagree with its descriptor's media type."""
+
+
+class CorruptStream(LayerError):
+    """The compressed stream is truncated, corrupt or followed by garbage."""
+
+
+def compression_for(media_type: str, *, layer: str) -> Compression:
+    """The compression a layer media type promises; unknown types are refused."""
+    try:
+        return LAYER_MEDIA_TYPES[media_type]
+    except KeyError:
+        raise UnknownMediaType(
+            layer, f"unknown layer media type {media_type!r}; expected one of the OCI"
+            " or Docker layer types (tar, tar+gzip, tar+zstd)") from None
+
+
+def sniff(head: bytes) -> Compression:
+    """What the first bytes of a blob say it is; anything not gzip or zstd is tar."""
+    if head.startswith(_GZIP_MAGIC):
+        return Compression.GZIP
+    if head.startswith(_ZSTD_MAGIC):
+        return Compression.ZSTD
+    if len(head) >= 4 and struct.unpack("<I", head[:4])[0] & _SKIPPABLE_MASK == _SKIPPABLE_BASE:
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+def decompressed_chunks(blob: Path, media_type: str, *, layer: str) -> Iterator[bytes]:
+    """Yield the uncompressed layer stream in chunks of at most CHUNK_BYTES.
+
+    Raises UnknownMediaType, CompressionMismatch or CorruptStream; the caller
+    hashes, counts and limits what it receives.
+    """
+    declared = compression_for(media_type, layer=layer)
+    with open(blob, "rb", buffering=0) as f:
+        head = f.read(4)
+        found = sniff(head)
+        if found is not declared:
+            raise CompressionMismatch(
+                layer, f"media type {media_type!r} promises {declared.value} but the blob"
+                f" starts like {found.value} (first bytes {head.hex()!r}); the registry"
+                " or the image builder mislabelled this layer")
+        f.seek(0)
+        if declared is Compression.GZIP:
+            yield from _gunzip(f, layer)
+        elif declared is Compression.ZSTD:
+            yield from _unzstd(f, layer)
+        else:
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
+
+
+def _gunzip(f: BinaryIO, layer: str) -> Iterator[bytes]:
+    """Inflate every gzip member (RFC 1952 2.2: a file is a series of members)."""
+    d = isal_zlib.decompressobj(31)
+    pending = b""
+    try:
+        while True:
+            if not pending:
+                pending = f.read(CHUNK_BYTES)
+                if not pending:
+                    # Inflate can hold output back when a call fills max_length
+                    # with all input consumed: drain it before judging the end.
+                    while not d.eof and (out := d.decompress(b"", CHUNK_BYTES)):
+                        yield out
+                    break
+            if d.eof:
+                if not pending.startswith(_GZIP_MAGIC[: len(pending)]):
+                    raise CorruptStream(layer, f"{len(pending)}+ bytes after the last gzip"
+                                        f" member are not gzip (they start {pending[:8].hex()!r})")
+                d = isal_zlib.decompressobj(31)
+            out = d.decompress(pending, CHUNK_BYTES)
+            pending = d.unused_data if d.eof else d.unconsumed_tail
+            if out:
+                yield out
+    except isal_zlib.error as e:
+        raise CorruptStream(layer, f"gzip stream is corrupt: {e}") from None
+    if not d.eof:
+        raise CorruptStream(layer, "gzip stream is truncated: the last member has no end;"
+                            " delete the cached blob and fetch it again")
+
+
+def _unzstd(f: BinaryIO, layer: str) -> Iterator[bytes]:
+    """Decompress every zstd frame, skipping skippable frames (RFC 8878 3.1)."""
+    tracker = _FrameTracker(f, layer)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        tracker, read_size=CHUNK_BYTES, read_across_frames=True, closefd=False)
+    try:
+        while chunk := reader.read(CHUNK_BYTES):
+            yield chunk
+    except zstandard.ZstdError as e:
+        raise CorruptStream(layer, f"zstd stream is corrupt: {e}") from None
+    tracker.finish()
+
+
+class _FrameTracker:
+    """A file wrapper that follows zstd frame and block boundaries as bytes pass.
+
+    The zstd library stops quietly when its input ends inside a frame; this
+    walks headers (a few bytes per block, skipping block bodies) so that a
+    truncated stream is an error. It runs lazily, as the decompressor reads,
+    so a bomb is stopped by the output limit before the walk costs much.
+    """
+
+    def __init__(self, f: BinaryIO, layer: str) -> None:
+        self._f = f
+        self._layer = layer
+        self._header = b""      # bytes of a header being collected
+        self._need = 4          # how many header bytes the current state wants
+        self._state = "magic"   # magic, skipsize, fhd, fheader, block, checksum
+        self._skip = 0          # body bytes to pass over before the next header
+        self._checksum = False
+        self._offset = 0        # stream offset of the first byte of this read
+        self._at = 0            # stream offset of the header being judged
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n if n >= 0 else CHUNK_BYTES)
+        self._walk(memoryview(data))
+        return data
+
+    def readinto(self, b: bytearray) -> int:  # not used by zstandard, kept for io protocol
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def _walk(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._header), end - pos)
+            self._header += bytes(data[pos:pos + take])
+            pos += take
+            if len(self._header) == self._need:
+                self._at = self._offset + pos - self._need
+                self._advance()
+        self._offset += end
+
+    def _advance(self) -> None:
+        h, self._header = self._header, b""
+        state = self._state
+        if state == "magic":
+            (magic,) = struct.unpack("<I", h)
+            if magic & _SKIPPABLE_MASK == _SKIPPABLE_BASE:
+                self._state, self._need = "skipsize", 4
+            elif h == _ZSTD_MAGIC:
+                self._state, self._need = "fhd", 1
+            else:
+                raise CorruptStream(self._layer, f"bytes at offset {self._at} are not a zstd"
+                                    f" frame (they start {h.hex()!r})")
+        elif state == "skipsize":
+            (self._skip,) = struct.unpack("<I", h)
+            self._state, self._need = "magic", 4
+        elif state == "fhd":
+            fhd = h[0]
+            if fhd & 0x08:
+                raise CorruptStream(self._layer, "zstd frame header has its reserved bit set")
+            single = bool(fhd & 0x20)
+            fcs = (0, 2, 4, 8)[fhd >> 6] or (1 if single else 0)
+            self._checksum = bool(fhd & 0x04)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 0x03] + fcs
+            self._state, self._need = "fheader", rest
+            if rest == 0:
+                self._state, self._need = "block", 3
+        elif state == "fheader":
+            self._state, self._need = "block", 3
+        elif state == "block":
+            (word,) = struct.unpack("<I", h + b"\0")
+            last, kind, size = word & 1, (word >> 1) & 3, word >> 3
+            if kind == 3:
+                raise CorruptStream(self._layer, "zstd block has the reserved block type 3")
+            self._skip = 1 if kind == 1 else size
+            if last:
+                self._state, self._need = ("checksum", 4) if self._checksum else ("magic", 4)
+        elif state == "checksum":
+            self._state, self._need = "magic", 4
+        if self._need == 0:  # pragma: no cover - every state above wants bytes
+            raise AssertionError("internal error: zstd frame tracker wants 0 bytes")
+
+    def finish(self) -> None:
+        """Raise CorruptStream unless the input ended exactly between frames."""
+        if self._f.read(1):
+            raise CorruptStream(self._layer, "zstd decoder stopped before the end of the blob;"
+                                " the bytes after it are not zstd frames")
+        if self._state != "magic" or self._header or self._skip:
+            raise CorruptStream(self._layer, "zstd stream is truncated inside a frame;"
+                                " delete the cached blob and fetch it again")
+
+
+class LayerStream:
+    """Exact reads over decompressed chunks; every byte is hashed, counted and limited.
+
+    Used by the tar reader: headers are read with ``read``, file contents go
+    straight from the decompressor's chunks to a file with ``copy_to`` (no
+    intermediate copy), and ``drain`` hashes whatever follows the archive.
+    """
+
+    __slots__ = ("_chunks", "_buf", "_pos", "_hasher", "_limit", "_layer")
+
+    def __init__(self, chunks: Iterator[bytes], hasher: VerifyingHasher, *, limit: int,
+                 layer: str) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+        self._hasher = hasher
+        self._limit = limit
+        self._layer = layer
+
+    def _fill(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self._hasher.update(chunk)
+        if self._hasher.count > self._limit:
+            raise LimitExceeded(self._layer, f"uncompressed stream passes {self._limit} bytes"
+                                " (unpack.Limits.max_stream_bytes); a decompression bomb, or raise"
+                                " the limit for this image")
+        self._buf, self._pos = chunk, 0
+        return True
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the stream."""
+        end = self._pos + n
+        if end <= len(self._buf):
+            data = self._buf[self._pos:end]
+            self._pos = end
+            return data
+        parts = [self._buf[self._pos:]]
+        got = len(parts[0])
+        self._buf, self._pos = b"", 0
+        while got < n and self._fill():
+            take = self._buf[: n - got]
+            self._pos = len(take)
+            parts.append(take)
+            got += len(take)
+        return b"".join(parts)
+
+    def copy_to(self, fd: int, n: int) -> int:
+        """Write up to ``n`` bytes to ``fd`` straight from the chunks; bytes copied."""
+        done = 0
+        while done < n:
+            if self._pos == len(self._buf) and not self._fill():
+                break
+            view = memoryview(self._buf)[self._pos: self._pos + n - done]
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+                self._pos += written
+                done += written
+        return done
+
+    def skip(self, n: int) -> int:
+        done = 0
+        while done < n:
+            if self._pos == len(self._buf) and not self._fill():
+                break
+            step = min(n - done, len(self._buf) - self._pos)
+            self._pos += step
+            done += step
+        return done
+
+    def drain(self) -> None:
+        """Read (and hash) everything left, e.g. the zero blocks and padding."""
+        self._buf, self._pos = b"", 0
+        while self._fill():
+            pass
