@@ -90,7 +90,9 @@ class _Sink:
     def write(self, chunk: bytes) -> None:
         self.hash.update(chunk)
         self.count += len(chunk)
-        self.out.write(self._c.compress(chunk) if self._c is not None else chunk)  # type: ignore[attr-defined]
+        compressor = self._c
+        self.out.write(chunk if compressor is None
+                       else compressor.compress(chunk))  # type: ignore[attr-defined]
 
     def finish(self) -> bytes:
         if self._c is not None:

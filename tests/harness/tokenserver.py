@@ -319,8 +319,8 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             if grant == "password":
                 who = first("username")
                 ok = who is not None and server.users.get(who) == first("password")
-                if ok and first("access_type") == "offline":
-                    extra["refresh_token"] = server.issue_refresh_token(who)  # type: ignore[arg-type]
+                if ok and who is not None and first("access_type") == "offline":
+                    extra["refresh_token"] = server.issue_refresh_token(who)
             else:
                 refresh = first("refresh_token") or ""
                 who = server.refresh_tokens.get(refresh)
