@@ -106,6 +106,10 @@ def decompressed_chunks(blob: Path, media_type: str, *, layer: str) -> Iterator[
     with open(blob, "rb", buffering=0) as f:
         head = f.read(4)
         found = sniff(head)
+        magic = {Compression.GZIP: _GZIP_MAGIC, Compression.ZSTD: _ZSTD_MAGIC}.get(declared)
+        if found is not declared and magic is not None and magic.startswith(head):
+            raise CorruptStream(layer, f"the {declared.value} blob is truncated to {len(head)}"
+                                " bytes; delete the cached blob and fetch it again")
         if found is not declared:
             raise CompressionMismatch(
                 layer, f"media type {media_type!r} promises {declared.value} but the blob"
