@@ -32,7 +32,7 @@ import structlog
 
 from .digest import Digest
 
-__all__ = ["Keep", "GcResult", "plan", "collect", "BLOBS", "LAYERS", "FLAT"]
+__all__ = ["Keep", "GcResult", "plan", "collect", "remove_path", "BLOBS", "LAYERS", "FLAT"]
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +117,10 @@ def _size(path: Path) -> int:
     return total
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, link or tree (read-only directories included), never following links."""
+    if not os.path.lexists(path):
+        return
     if os.path.isdir(path) and not os.path.islink(path):
         # Stores and flat images may hold read-only directories: make them
         # writable first so that rmtree can unlink their children.
@@ -142,7 +145,7 @@ def collect(cache_dir: Path, keep: Keep, *, dry_run: bool = False) -> GcResult:
         size = _size(path)
         if not dry_run:
             try:
-                _remove(path)
+                remove_path(path)
             except OSError as err:
                 errors.append(f"{path}: {err.strerror or err}")
                 continue

@@ -1,0 +1,179 @@
+"""What every task of one run shares: manifest, cache paths, registry clients.
+
+A ``RunContext`` is built once per doit process (when the dodo file loads)
+and handed to every action. Nothing in it touches the network until an
+action asks for a client, so ``doit list``, ``info``, ``clean`` and a no-op
+run never open a connection.
+
+Mirrors: for a registry with mirrors (images.toml or ``ROOTFS_MIRRORS``),
+``sources`` lists each mirror first, then the registry itself. Mirrors are
+asked through a client that gives up quickly (``MIRROR_RETRY``), because a
+dead mirror must cost seconds, not a full backoff, before the fallback.
+Whoever serves the bytes, every digest is verified by the registry client
+and the blob cache; a mirror is trusted for nothing but availability.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from ..blobcache import BlobCache
+from ..config import Manifest
+from ..errors import DigestMismatch, RegistryError
+from ..progress import Terminal, TransferProgress
+from ..registry import RegistryClient
+from ..retry import RetryPolicy
+
+__all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_RETRY"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+# Two tries, short waits: enough to ride out a blip, short enough that a
+# dead mirror falls back to the next source within a few seconds.
+MIRROR_RETRY = RetryPolicy(attempts=2, base_delay_s=0.2, max_delay_s=1.0, max_retry_after_s=2.0)
+# What a failing source may raise that the next source can cure. Anything
+# else (a malformed image, a refused platform) is the image's own fault.
+FALLBACK_ERRORS = (RegistryError, DigestMismatch)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One place to ask for content: a registry (or mirror) host and a repository."""
+
+    registry: str
+    repository: str
+    mirror_of: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+
+class CacheGuard:
+    """Many build steps at once, or one garbage collection alone (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass(slots=True, eq=False)
+class RunContext:
+    manifest: Manifest
+    terminal: Terminal
+    frozen: bool = False
+    progress: TransferProgress = field(init=False)
+    guard: CacheGuard = field(default_factory=CacheGuard)
+    client_factory: Callable[..., RegistryClient] = RegistryClient
+    _clients: dict[str, RegistryClient] = field(default_factory=dict)
+    _clients_lock: threading.Lock = field(default_factory=threading.Lock)
+    _chain_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.progress = TransferProgress(self.terminal)
+
+    # Paths ------------------------------------------------------------------
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.manifest.settings.cache_dir
+
+    @property
+    def output_dir(self) -> Path:
+        return self.manifest.settings.output_dir
+
+    @property
+    def lock_path(self) -> Path:
+        return self.manifest.lock_path
+
+    @property
+    def blobs(self) -> BlobCache:
+        return BlobCache(self.cache_dir / "blobs")
+
+    @property
+    def layers_root(self) -> Path:
+        return self.cache_dir / "layers"
+
+    @property
+    def flat_root(self) -> Path:
+        return self.cache_dir / "flat"
+
+    def chain_lock(self, key: str) -> threading.Lock:
+        """One flatten per chain at a time: two images may share the same layers."""
+        with self._clients_lock:
+            return self._chain_locks.setdefault(key, threading.Lock())
+
+    # Registries -------------------------------------------------------------
+
+    def client(self, *, mirror: bool = False) -> RegistryClient:
+        """The shared client (created on first use): thread-safe, one pool for all hosts."""
+        kind = "mirror" if mirror else "upstream"
+        with self._clients_lock:
+            found = self._clients.get(kind)
+            if found is None:
+                options = {"insecure_hosts": self.manifest.insecure_hosts}
+                if mirror:
+                    options["retry"] = MIRROR_RETRY
+                found = self._clients[kind] = self.client_factory(**options)
+            return found
+
+    def sources(self, registry: str, repository: str) -> list[Source]:
+        """Mirrors of ``registry`` in order, then the registry itself."""
+        found = [Source(m, repository, mirror_of=registry)
+                 for m in self.manifest.mirrors_for(registry)]
+        return found + [Source(registry, repository)]
+
+    def from_sources(self, sources: list[Source], what: str,
+                     attempt: Callable[[RegistryClient, Source], T]) -> T:
+        """``attempt`` on each source until one works; one log line per fallback."""
+        if not sources:
+            raise AssertionError(f"internal error: no source for {what}")
+        for position, source in enumerate(sources):
+            try:
+                return attempt(self.client(mirror=source.mirror_of is not None), source)
+            except FALLBACK_ERRORS as err:
+                if position == len(sources) - 1:
+                    raise
+                log.warning("source failed, trying the next", what=what, source=str(source),
+                            next=str(sources[position + 1]), error=str(err))
+        raise AssertionError("internal error: unreachable")
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,106 @@
+"""Task family ``fetch-blob:<digest>``: one download per unique layer blob.
+
+Up to date means: the blob file is where the cache keeps it and is the very
+file that was verified (same size and mtime as when its digest was last
+checked, kept in doit's values). A no-op run therefore reads no blob at all.
+When the stamp differs (the file was rewritten, restored from a CI cache,
+or tampered with) the step re-hashes it; a blob that no longer matches its
+digest is deleted and fetched again, never used.
+
+The stamp leaves the inode out so that a CI cache restore (new inodes, same
+times) costs nothing; if the times changed too it costs one re-hash.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from doit.tools import config_changed
+
+from ..buildrecord import file_stamp
+from ..errors import DigestMismatch
+from ..gc import remove_path
+from ..progress import format_bytes
+from ..resolve import LayerRef
+from .context import RunContext, Source
+from .plan import BuildPlan, LayerPlan
+from .steps import IO, action
+
+__all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
+
+log = structlog.get_logger(__name__)
+
+
+def fetch_config(layer: LayerRef) -> dict[str, Any]:
+    return {"digest": str(layer.digest), "size": layer.size}
+
+
+def blob_intact(task: Any, values: dict[str, Any], path: Path, size: int) -> bool:
+    """doit uptodate: the blob is there, of its size, and unchanged since it was verified."""
+    stamp = file_stamp(path)
+    return stamp is not None and stamp[0] == size and list(stamp) == values.get("stamp")
+
+
+def _sources(ctx: RunContext, plan: LayerPlan) -> list[Source]:
+    found: list[Source] = []
+    for registry, repository in plan.origins:
+        for source in ctx.sources(registry, repository):
+            if source not in found:
+                found.append(source)
+    return found
+
+
+def fetch_step(ctx: RunContext, plan: LayerPlan) -> dict[str, Any]:
+    """Make sure the verified blob is in the cache; return its stamp for ``blob_intact``."""
+    layer, cache = plan.layer, ctx.blobs
+    path = cache.path(layer.digest)
+    if file_stamp(path) is not None:
+        try:
+            cache.verify(layer.digest, layer.size)
+            log.info("cached blob verified", bytes=layer.size)
+            return {"stamp": list(file_stamp(path) or ())}
+        except DigestMismatch as err:
+            # Never use it: the blob cache only trusts bytes it verified itself.
+            log.warning("cached blob is corrupt, fetching it again", error=str(err))
+            path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+    started = time.monotonic()
+    progress = ctx.progress.start(layer.size)
+    try:
+        ctx.from_sources(
+            _sources(ctx, plan), f"blob {layer.digest}",
+            lambda client, source: cache.fetch(client, source.registry, source.repository,
+                                               layer.digest, layer.size, progress=progress))
+    finally:
+        progress.finish()
+    seconds = time.monotonic() - started
+    log.info("blob fetched", bytes=layer.size, seconds=round(seconds, 3),
+             rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
+    return {"stamp": list(file_stamp(path) or ())}
+
+
+def fetch_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
+    yield {"basename": "fetch-blob", "name": None,
+           "doc": "download every layer blob the images need (verified, cached by digest)"}
+    for layer_plan in plan.layers:
+        layer = layer_plan.layer
+        name = f"fetch-blob:{layer.digest}"
+        path = ctx.blobs.path(layer.digest)
+        yield {
+            "basename": "fetch-blob",
+            "name": str(layer.digest),
+            "doc": f"fetch layer blob ({format_bytes(layer.size)}) used by "
+                   f"{', '.join(layer_plan.images)}",
+            "actions": [action(fetch_step, ctx, layer_plan, name=name,
+                               images=layer_plan.images, digest=str(layer.digest))],
+            "uptodate": [config_changed(fetch_config(layer)),
+                         (blob_intact, [path, layer.size], {})],
+            "clean": [(remove_path, [path])],
+            "io": IO,
+            "meta": {"images": list(layer_plan.images)},
+        }

@@ -1,0 +1,70 @@
+"""Task family ``flatten:<image>``: the image's layers replayed into a flat image.
+
+Keyed by the ordered layer digests (``flatimage.chain_key``): up to date
+means a finished flat image for that chain exists (its header, written last,
+is there). Two images with the same layers in the same order share one flat
+image; a per-chain lock keeps their two flatten tasks from doing the work
+twice when they run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from doit.tools import config_changed
+
+from ..flatimage import HEADER_NAME
+from ..gc import remove_path
+from ..layerstore import LayerStore
+from ..staging import flatten_image
+from .context import RunContext
+from .plan import BuildPlan, ImagePlan
+from .steps import IO, action
+from .unpack import check_diff_id
+
+__all__ = ["flatten_tasks", "flatten_step", "flat_finished", "flatten_config"]
+
+log = structlog.get_logger(__name__)
+
+
+def flatten_config(image: ImagePlan) -> dict[str, Any]:
+    return {"chain": list(image.chain)}
+
+
+def flat_finished(flat_root: Path, chain_key: str) -> bool:
+    """doit uptodate: the finished flat image for this chain exists."""
+    return (flat_root / chain_key / HEADER_NAME).is_file()
+
+
+def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
+    stores = []
+    for layer in image.resolved.layers:
+        store = LayerStore.open(ctx.layers_root, layer.digest)
+        check_diff_id(store, layer)
+        stores.append(store)
+    with ctx.chain_lock(image.chain_key):
+        flat = flatten_image(stores, ctx.flat_root)
+    log.info("image flattened", flat=str(flat), layers=len(stores))
+
+
+def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
+    yield {"basename": "flatten", "name": None,
+           "doc": "flatten each image's layers into a staging tree (once per layer chain)"}
+    for image in plan.images:
+        name = f"flatten:{image.name}"
+        yield {
+            "name": image.name,
+            "basename": "flatten",
+            "doc": f"flatten the {len(image.chain)} layers of {image.spec.ref_text} "
+                   f"(chain {image.chain_key[:12]})",
+            "actions": [action(flatten_step, ctx, image, name=name, images=[image.name])],
+            "task_dep": [f"unpack:{digest}" for digest in dict.fromkeys(image.chain)],
+            "uptodate": [config_changed(flatten_config(image)),
+                         (flat_finished, [ctx.flat_root, image.chain_key], {})],
+            "clean": [(remove_path, [ctx.flat_root / image.chain_key])],
+            "io": IO,
+            "meta": {"images": [image.name]},
+        }

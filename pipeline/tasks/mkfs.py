@@ -1,0 +1,146 @@
+"""Task family ``mkfs:<image>``: out/<name>.ext4 and its build record out/<name>.json.
+
+Everything that decides the outputs is collected in one dict,
+``mkfs_config``: it feeds doit's ``config_changed`` and, hashed, becomes the
+record's ``build_key``. Up to date means: that config is unchanged and the
+record beside the image says it was built for this key from this very file
+(``buildrecord.describes``). So a changed size option reruns exactly this
+task, and a deleted output too.
+
+The step avoids work it can prove unnecessary: when doit's database was
+lost (SIGKILL, a fresh cache) but the record still describes the file, or
+when only the reference text changed and the ext4 bytes would be the same
+(``ext4_key``, checked against the file's sha256), it rewrites only the
+record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from doit.tools import config_changed
+
+from ..buildrecord import (BuildRecord, build_key, describes, file_stamp, now_utc, read_record,
+                           record_path_for, write_record)
+from ..errors import Ext4Error
+from ..ext4 import build_ext4
+from ..flatimage import HEADER_NAME
+from ..sizes import format_size
+from .context import RunContext
+from .plan import BuildPlan, ImagePlan
+from .steps import IO, action
+
+__all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
+           "output_path"]
+
+log = structlog.get_logger(__name__)
+
+_HASH_CHUNK = 1 << 20
+
+
+def output_path(ctx: RunContext, name: str) -> Path:
+    return ctx.output_dir / f"{name}.ext4"
+
+
+def ext4_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
+    """What decides the ext4 bytes: the layer chain, the options, the e2fsprogs versions."""
+    return {"chain": image.chain_key, "options": image.spec.ext4.to_dict(), "tools": dict(tools)}
+
+
+def mkfs_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
+    """What decides both outputs: the ext4 config plus what the record says about the image."""
+    return {**ext4_config(image, tools), "name": image.name, "ref": image.spec.ref_text,
+            "resolved": image.resolved.to_json()}
+
+
+def output_intact(output: Path, record: Path, key: str) -> bool:
+    """doit uptodate: the record was written for ``key`` and ``output`` is that file."""
+    return describes(read_record(record), output, key)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """A killed build leaves ``.<name>.ext4.*.tmp`` beside the output; we hold the run lock."""
+    for pattern in (f".{output.name}.*.tmp", f".{record_path_for(output).name}.*.tmp"):
+        for stale in output.parent.glob(pattern):
+            stale.unlink(missing_ok=True)
+            log.info("removed an interrupted build's file", path=str(stale))
+
+
+def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> None:
+    config = mkfs_config(image, tools)
+    key, ext4_key = build_key(config), build_key(ext4_config(image, tools))
+    output = output_path(ctx, image.name)
+    record_path = record_path_for(output)
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    old = read_record(record_path)
+    if describes(old, output, key):
+        log.info("image already built")
+        return
+    if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
+            and _sha256(output) == old.get("sha256")):
+        _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
+               output)
+        log.info("image unchanged, record rewritten", output=str(output))
+        return
+    _remove_stale_temporaries(output)
+    flat = ctx.flat_root / image.chain_key
+    if not (flat / HEADER_NAME).is_file():
+        raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
+                        f"`doit flatten:{image.name}` first (or plain `doit`)")
+    # The seed is the chain and options only: the same inputs give the same UUID.
+    seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
+    result = build_ext4(flat, output, image.spec.ext4, seed=seed)
+    _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
+           output)
+    log.info("image built", output=str(output), size=format_size(result.size),
+             sha256=result.sha256, free=format_size(result.free_bytes))
+
+
+def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
+           tools: Mapping[str, str], key: str, ext4_key: str, output: Path) -> None:
+    stamp = file_stamp(output)
+    if stamp is None:
+        raise AssertionError(f"internal error: {output} vanished right after its build")
+    write_record(record_path, BuildRecord(
+        name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
+        chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
+        uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
+        ext4_stamp=stamp, built_at=now_utc()))
+
+
+def mkfs_tasks(ctx: RunContext, plan: BuildPlan,
+               tools: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    yield {"basename": "mkfs", "name": None,
+           "doc": "build out/<image>.ext4 and out/<image>.json for every image"}
+    for image in plan.images:
+        config = mkfs_config(image, tools)
+        output = output_path(ctx, image.name)
+        record = record_path_for(output)
+        name = f"mkfs:{image.name}"
+        size = image.spec.ext4.size
+        yield {
+            "name": image.name,
+            "basename": "mkfs",
+            "doc": f"build {output.name} ({'auto size' if size is None else format_size(size)}) "
+                   f"from {image.spec.ref_text}",
+            "actions": [action(mkfs_step, ctx, image, tools, name=name, images=[image.name])],
+            "task_dep": [f"flatten:{image.name}"],
+            "targets": [str(output), str(record)],
+            "uptodate": [config_changed(config),
+                         (output_intact, [output, record, build_key(config)], {})],
+            "clean": True,
+            "io": IO,
+            "meta": {"images": [image.name]},
+        }

@@ -1,0 +1,168 @@
+"""Task family ``resolve:<image>``, and ``update``: references into the lock file.
+
+``resolve:<image>`` is up to date while the lock holds an entry resolved
+from the same reference text and platform, so a build needs no registry
+round trip for resolution; a new image or a changed reference is resolved
+in the same run, before the build tasks are created from the lock.
+
+Unlike the other families this one has no doit ``config_changed``: its
+config (reference and platform) is stored *in the lock entry*, which is the
+state that matters. A fresh clone with a committed lock and no doit database
+must not resolve again: that would silently move floating tags.
+
+``update`` re-resolves every image (floating tags such as ``latest`` move
+upstream) and rewrites the lock; the next ``doit`` rebuilds what changed.
+
+In frozen mode (CI) nothing is resolved: a missing or stale entry is an
+error, checked when the tasks load (``check_frozen``).
+
+Mirrors are tried first, in order, then the registry; the lock always
+records the upstream registry, so a lock made through a CI mirror works on
+a laptop and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+from ..config import ImageSpec
+from ..errors import LockError, PipelineError
+from ..lockfile import LockEntry, read_lock, update_lock
+from ..resolve import ResolvedImage, resolve_image
+from .context import RunContext
+from .plan import current_entry
+from .steps import IO, action
+
+__all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
+           "lock_is_current", "check_frozen", "resolve_config"]
+
+log = structlog.get_logger(__name__)
+
+
+def resolve_config(spec: ImageSpec) -> dict[str, Any]:
+    """Everything that decides a lock entry: the reference as written and the platform."""
+    return {"ref": spec.ref_text, "platform": str(spec.platform)}
+
+
+def lock_is_current(lock_path: Path, name: str, ref: str, platform: str) -> bool:
+    """doit uptodate: the lock's entry for ``name`` was resolved from ``ref`` and ``platform``."""
+    entry = read_lock(lock_path).get(name)
+    return entry is not None and entry.matches(ref, platform)
+
+
+def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
+    """Resolve one image through its mirrors, then its registry; record the upstream."""
+    ref = spec.ref
+
+    def attempt(client, source) -> ResolvedImage:  # type: ignore[no-untyped-def]
+        asked = ref.with_registry(source.registry) if source.mirror_of else ref
+        return resolve_image(client, asked, spec.platform, ctx.blobs)
+
+    resolved = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+                                f"image {spec.name!r} ({spec.ref_text})", attempt)
+    return dataclasses.replace(resolved, ref=ref, registry=ref.registry,
+                               repository=ref.repository)
+
+
+def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
+    declared = {spec.name for spec in ctx.manifest.images}
+
+    def change(entries: dict[str, LockEntry]) -> dict[str, LockEntry]:
+        entries.update(new)
+        # Entries of images no longer in the manifest go with the next write.
+        return {name: entry for name, entry in entries.items() if name in declared}
+
+    if update_lock(ctx.lock_path, change):
+        log.info("lock written", path=str(ctx.lock_path), images=sorted(new))
+
+
+def _entry(spec: ImageSpec, resolved: ResolvedImage) -> LockEntry:
+    return LockEntry(ref=spec.ref_text, platform=str(spec.platform), resolved=resolved)
+
+
+def resolve_step(ctx: RunContext, spec: ImageSpec) -> None:
+    if ctx.frozen:
+        raise LockError(f"{ctx.lock_path}: frozen mode: image {spec.name!r} would need "
+                        "resolving; run `doit` without frozen mode and commit the lock")
+    resolved = resolve_spec(ctx, spec)
+    _store(ctx, {spec.name: _entry(spec, resolved)})
+    log.info("image resolved", ref=spec.ref_text, manifest=str(resolved.manifest_digest),
+             layers=len(resolved.layers), platform=str(resolved.platform))
+
+
+def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
+    """Re-resolve ``specs`` in parallel; write what worked, then fail for what did not."""
+    if ctx.frozen:
+        raise LockError("frozen mode: `doit update` would rewrite the lock; run it without "
+                        "frozen mode")
+    results: dict[str, LockEntry] = {}
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=ctx.manifest.settings.jobs) as pool:
+        futures = {spec.name: (spec, pool.submit(resolve_spec, ctx, spec)) for spec in specs}
+        for name, (spec, future) in futures.items():
+            try:
+                results[name] = _entry(spec, future.result())
+            except PipelineError as err:
+                failures.append(f"{name}: {err}")
+    before = read_lock(ctx.lock_path)
+    changed = sorted(name for name, entry in results.items()
+                     if name not in before or before[name].resolved != entry.resolved)
+    _store(ctx, results)
+    log.info("images updated", resolved=len(results), changed=changed)
+    if failures:
+        raise LockError(f"update: {len(failures)} of {len(specs)} images could not be "
+                        f"resolved (the others were updated): {'; '.join(failures)}")
+
+
+def resolve_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
+    yield {"name": None, "doc": f"resolve every image reference into {ctx.lock_path.name} "
+                                "(only new or changed ones touch the registry)"}
+    for spec in ctx.manifest.images:
+        config = resolve_config(spec)
+        name = f"resolve:{spec.name}"
+        yield {
+            "name": spec.name,
+            "doc": f"resolve {spec.ref_text} for {spec.platform} into {ctx.lock_path.name}",
+            "actions": [action(resolve_step, ctx, spec, name=name, images=[spec.name])],
+            "uptodate": [(lock_is_current, [ctx.lock_path, spec.name, config["ref"],
+                                            config["platform"]], {})],
+            "io": IO,
+            "meta": {"images": [spec.name]},
+        }
+
+
+def update_task(ctx: RunContext) -> dict[str, Any]:
+    specs = list(ctx.manifest.images)
+    return {
+        "doc": f"re-resolve every image (floating tags) and rewrite {ctx.lock_path.name}; "
+               "then run doit to rebuild what changed",
+        "actions": [action(update_step, ctx, specs, name="update",
+                           images=[s.name for s in specs])],
+        "uptodate": [False],
+        "io": IO,
+        "meta": {"images": [s.name for s in specs]},
+    }
+
+
+def check_frozen(ctx: RunContext) -> None:
+    """Frozen mode: every image must have a current lock entry before anything runs."""
+    entries = read_lock(ctx.lock_path)
+    if not entries and not ctx.lock_path.exists():
+        raise LockError(f"{ctx.lock_path}: frozen mode: the lock file is missing; run `doit` "
+                        "without frozen mode and commit it")
+    for spec in ctx.manifest.images:
+        if current_entry(spec, entries) is not None:
+            continue
+        found = entries.get(spec.name)
+        if found is None:
+            detail = "has no entry"
+        else:
+            detail = (f"is stale: locked {found.ref!r} for {found.platform}, the manifest "
+                      f"says {spec.ref_text!r} for {spec.platform}")
+        raise LockError(f"{ctx.lock_path}: frozen mode: image {spec.name!r} {detail}; run "
+                        "`doit` without frozen mode and commit the lock")
