@@ -248,6 +248,16 @@ class RegistryClient:
         code, detail = _registry_diagnostic(body)
         said = f"{status} {response.reason_phrase}" + (f" ({code}: {detail})" if code else "")
         registry = url.split("/", 3)[2]
+        final = response.request.url
+        if final.netloc.decode("ascii") != registry:
+            # A redirect target (blob storage) answered, not the registry: our
+            # credentials were rightly never sent there, so do not blame them.
+            where = str(final.copy_with(query=None, fragment=None))
+            return RegistryError(f"{said} from {where}, where the registry redirected us; the"
+                                 " registry's storage refused the request, try again later or"
+                                 " report it to the registry", method=method, url=url,
+                                 status=status, code=code,
+                                 temporary=status in TEMPORARY_STATUSES)
         if status == 401:
             configured = self._auth.has_credentials(_registry_name(registry))
             hint = ("the registry refused the configured credentials; run `docker login`"
