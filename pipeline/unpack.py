@@ -240,9 +240,12 @@ class _TarReader:
                 copied = self.stream.copy_to(fd, m.size)
             finally:
                 os.close(fd)
-            if copied < m.size or self.stream.skip(-m.size % BLOCK) < -m.size % BLOCK:
+            if copied < m.size:
                 raise self._fail(CorruptTar, f"tar stream ends inside this file's data"
                                  f" ({copied} of {m.size} bytes)", m.raw_name)
+            if self.stream.skip(-m.size % BLOCK) < -m.size % BLOCK:
+                raise self._fail(CorruptTar, "tar stream ends inside the padding after this"
+                                 " file's data", m.raw_name)
         w.add(IndexEntry(path=m.path, kind=m.kind, mode=m.mode, uid=m.uid, gid=m.gid,
                          mtime_ns=m.mtime_ns, xattrs=m.xattrs,
                          size=m.size if m.kind is EntryKind.REGULAR else 0,
