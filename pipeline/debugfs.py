@@ -123,9 +123,9 @@ def run_debugfs(image: Path, *, script: Path | None = None, request: str | None 
     problems = [line for line in proc.stderr.split(b"\n")
                 if line.strip() and not _BANNER_RE.fullmatch(line.strip())]
     if proc.returncode != 0 or problems:
-        stderr = proc.stderr.decode("utf-8", "backslashreplace")
+        stderr = b"\n".join(problems or [proc.stderr]).decode("utf-8", "backslashreplace")
         what = "script " + script.name if script is not None else repr(request)
-        raise ToolError("debugfs", f"{what} on {image.name} failed; the image is unusable",
+        raise ToolError("debugfs", f"{what} on {image.name} failed",
                         returncode=proc.returncode, stderr=stderr)
     return proc.stdout
 
@@ -176,7 +176,7 @@ def parse_ls_p(output: bytes) -> dict[int, list[DirRecord]]:
 def list_directories(image: Path, inos: Sequence[int], scratch: Path) -> dict[int, list[DirRecord]]:
     """``ls -p`` every directory inode in ``inos`` in one debugfs run.
 
-    ``.`` and ``..`` are dropped; every requested directory must be listed.
+    ``.``, ``..`` and empty slots are dropped; every requested directory must be listed.
     """
     script = Script()
     for ino in inos:
@@ -188,7 +188,9 @@ def list_directories(image: Path, inos: Sequence[int], scratch: Path) -> dict[in
     if missing or len(listings) != len(set(inos)):
         raise ToolError("debugfs", f"ls -p listed {len(listings)} directories, expected "
                         f"{len(set(inos))} (missing inodes {sorted(missing)[:5]})")
-    return {ino: [r for r in records if r.name not in (b".", b"..")]
+    # ls iterates with DIRENT_FLAG_INCLUDE_EMPTY: unused space (a fresh block
+    # of lost+found, an unlinked first entry) shows up as inode 0.
+    return {ino: [r for r in records if r.ino != 0 and r.name not in (b".", b"..")]
             for ino, records in listings.items()}
 
 
