@@ -124,10 +124,13 @@ class Tree:
         names leading to the target, ``..`` already applied, so that
         ``dirs[i].children[names[i]] is dirs[i + 1]``. Missing components are
         created as plain directories when ``create`` is set; otherwise the
-        result is None. Raises SymlinkLoop or NotADirectoryInTree.
+        result is None. Below a missing component ``..`` is applied lexically
+        (as filepath-securejoin does), so ``missing/../x`` creates nothing
+        but ``x``. Raises SymlinkLoop or NotADirectoryInTree.
         """
         dirs: list[Inode] = [self.root]
         names: list[str] = []
+        missing: list[str] = []  # names below dirs[-1] that do not exist (yet)
         todo = list(reversed(parts))
         follows = 0
         while todo:
@@ -135,19 +138,19 @@ class Tree:
             if name in ("", "."):
                 continue
             if name == "..":
-                if names:  # ".." at the root stays at the root, as in a chroot
+                if missing:  # nothing below a missing directory: ".." is lexical there
+                    missing.pop()
+                elif names:  # ".." at the root stays at the root, as in a chroot
                     names.pop()
                     dirs.pop()
                 continue
             here = dirs[-1]
             assert here.children is not None
-            child = here.children.get(name)
+            child = None if missing else here.children.get(name)
             if child is None:
-                if not create:
-                    return None
-                child = new_directory()
-                here.children[name] = child
-            elif child.type is FileType.SYMLINK:
+                missing.append(name)
+                continue
+            if child.type is FileType.SYMLINK:
                 follows += 1
                 if follows > MAX_SYMLINK_FOLLOWS:
                     raise SymlinkLoop(f"more than {MAX_SYMLINK_FOLLOWS} symlinks while"
@@ -157,13 +160,24 @@ class Tree:
                     dirs, names = [self.root], []
                 todo.extend(reversed(target.split("/")))
                 continue
-            elif child.children is None:
+            if child.children is None:
                 where = "/".join([*names, name])
                 raise NotADirectoryInTree(f"{where!r} is a {child.type.name.lower()}, not a"
                                           f" directory, while resolving {'/'.join(parts)!r}",
                                           where)
             dirs.append(child)
             names.append(name)
+        if missing:
+            if not create:
+                return None
+            for name in missing:
+                child = new_directory()
+                children = dirs[-1].children
+                assert children is not None
+                children[name] = child
+                child.nlink = 1
+                dirs.append(child)
+                names.append(name)
         return dirs, names
 
     def lookup(self, parts: Sequence[str]) -> Inode | None:
