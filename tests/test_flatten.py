@@ -352,9 +352,13 @@ def test_flatten_and_staging_pass_unprivileged() -> None:
         os.chown(work, NOBODY, NOBODY)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
                "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": str(work), "LC_ALL": "C.UTF-8"}
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                     sys.executable]
+        who = subprocess.run([*as_nobody, "-c", "import os; print(os.geteuid(), os.getegid())"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        assert who.stdout.split() == [str(NOBODY), str(NOBODY)]
         result = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            [*as_nobody, "-m", "pytest", "-q", "-p", "no:cacheprovider",
              f"--basetemp={work / 'bt'}", "-k", "not unprivileged",
              "tests/test_flatten.py", "tests/test_staging.py"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
