@@ -1,0 +1,183 @@
+"""Run the real ``doit`` on a project directory and see what it did.
+
+``run_doit`` starts ``doit -f <repo>/dodo.py -d <project> ...`` as a
+subprocess of this interpreter with JSON logs, and returns what ran (the
+reporter's ``task done`` events), what failed, and, when asked, an audit
+trail written by a Python audit hook inside the doit process: every file it
+opened and every socket it connected. That trail is how the tests prove a
+no-op run reads no blob and makes no network request.
+
+``ThrottleProxy`` is a TCP relay in front of the real registry that can slow
+responses to a trickle: the one fault a real registry will not produce on
+demand, needed to kill a run in the middle of a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DODO = REPO / "dodo.py"
+
+# Runs doit exactly as its console script does, with an audit hook first.
+LAUNCHER = r"""
+import os, sys
+trail = os.environ.get("ROOTFS_TEST_AUDIT")
+if trail:
+    out = open(trail, "a", buffering=1)
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            out.write("open " + os.fsdecode(args[0]) + "\n")
+        elif event == "socket.connect":
+            out.write("connect " + repr(args[1]) + "\n")
+    sys.addaudithook(hook)
+from doit.doit_cmd import DoitMain
+sys.exit(DoitMain().run(sys.argv[1:]))
+"""
+
+
+@dataclass
+class Run:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    audit: list[str] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.stderr.splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        return found
+
+    def tasks(self, event: str) -> list[str]:
+        return [e["task"] for e in self.events if e.get("event") == event]
+
+    @property
+    def ran(self) -> list[str]:
+        """Names of the tasks that ran and succeeded, in completion order."""
+        return self.tasks("task done")
+
+    @property
+    def failed(self) -> list[str]:
+        return self.tasks("task failed")
+
+    def opened(self, under: Path) -> list[str]:
+        prefix = str(under) + os.sep
+        return [line[5:] for line in self.audit
+                if line.startswith("open ") and line[5:].startswith(prefix)]
+
+    @property
+    def connects(self) -> list[str]:
+        return [line[8:] for line in self.audit if line.startswith("connect ")]
+
+    def check(self) -> Run:
+        assert self.returncode == 0, f"doit {self.args} exited {self.returncode}:\n" \
+            f"{self.stdout}\n{self.stderr[-4000:]}"
+        return self
+
+
+def doit_command(project: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", LAUNCHER, "-f", str(DODO), "-d", str(project), *args]
+
+
+def doit_env(env: Mapping[str, str] | None = None, *,
+             audit: Path | None = None) -> dict[str, str]:
+    merged = {k: v for k, v in os.environ.items() if not k.startswith("ROOTFS_")}
+    merged.update({"ROOTFS_LOG": "json", "PYTHONDONTWRITEBYTECODE": "1"})
+    if audit is not None:
+        merged["ROOTFS_TEST_AUDIT"] = str(audit)
+    merged.update(env or {})
+    return merged
+
+
+def run_doit(project: Path, *args: str, env: Mapping[str, str] | None = None,
+             audit: bool = False, timeout: float = 180) -> Run:
+    trail = project.parent / f".audit-{time.monotonic_ns()}" if audit else None
+    command = doit_command(project, *args)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=doit_env(env, audit=trail), cwd=project, check=False)
+    lines = trail.read_text().splitlines() if trail is not None and trail.exists() else []
+    if trail is not None:
+        trail.unlink(missing_ok=True)
+    return Run(list(args), proc.returncode, proc.stdout, proc.stderr, lines)
+
+
+def start_doit(project: Path, *args: str, env: Mapping[str, str] | None = None,
+               log: Path) -> subprocess.Popen[bytes]:
+    """doit in the background, in its own process group (so a kill takes its children)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(doit_command(project, *args), stdout=out, stderr=out,
+                                env=doit_env(env), cwd=project, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class ThrottleProxy:
+    """A TCP relay to ``upstream`` (host:port); ``rate`` bytes/s per response when set."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.upstream = (host, int(port))
+        self.rate: int | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        with client, server, contextlib.suppress(OSError):  # a killed peer resets
+            pairs = {client: server, server: client}
+            while not self._stop.is_set():
+                readable, _, _ = select.select(list(pairs), [], [], 0.2)
+                for sock in readable:
+                    rate = self.rate if sock is server else None
+                    data = sock.recv(min(rate, 65536) if rate else 65536)
+                    if not data:
+                        return
+                    pairs[sock].sendall(data)
+                    if rate:
+                        time.sleep(len(data) / rate)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
