@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -419,3 +421,19 @@ def test_401_from_redirect_target_is_not_answered(
         f" {proxy.redirect_url}/presigned/" in str(info.value)
     storage = proxy.requests(listener="redirect")
     assert [(r.authorization, r.status) for r in storage] == [(False, 401)]
+
+
+def test_threads_sharing_a_client_share_one_token(anonymous: RegistryClient,
+                                                  token_registry: Registry,
+                                                  token_server: TokenServer, repo: str,
+                                                  public: Image) -> None:
+    start = threading.Barrier(6)
+
+    def get(_: int) -> bytes:
+        start.wait()
+        return anonymous.get_manifest(token_registry.host, repo, "v1").body
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(get, range(6))) == {public.manifest}
+    # Every thread met the 401; one fetched the token, the others waited for it.
+    assert len(token_server.requests()) == 1
