@@ -17,6 +17,7 @@ newline, but never a ``/``, which is what makes the records unambiguous.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -42,6 +43,23 @@ _ECHO_RE = re.compile(rb"debugfs: ls -p <([0-9]+)>\n")
 # ls.c, PARSE_OPT: "/%u/%06o/%d/%d/%.*s/" then "/" for directories or "%llu/",
 # then "\n". Names never contain "/", so [^/]* cannot overrun the record.
 _RECORD_RE = re.compile(rb"/([0-9]+)/([0-7]+)/(-?[0-9]+)/(-?[0-9]+)/([^/]*)/([0-9]*)/\n")
+
+
+_TOKEN_RE = re.compile(r"[-A-Za-z0-9_.<>@\[\]/]+")
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(arg: str) -> bytes:
+    if not _TOKEN_RE.fullmatch(arg):
+        raise AssertionError(f"internal error: unsafe debugfs token {arg!r}")
+    return arg.encode("ascii")
+
+
+def _token(arg: str) -> bytes:
+    # Inode references and times differ on every line: check them without the cache.
+    if arg[:1] in "<@" and arg[1:].rstrip(">").isdigit() and arg.isascii():
+        return arg.encode("ascii")
+    return _plain(arg)
 
 
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -77,16 +95,14 @@ class Script:
         return len(self._lines)
 
     def command(self, *args: bytes | str | int) -> None:
-        """Append one command; str and int arguments must be plain tokens."""
+        """Append one command; str and int arguments must be plain tokens, bytes are
+        written as given (quote them first)."""
         parts = []
         for arg in args:
             if isinstance(arg, int):
                 parts.append(b"%d" % arg)
             elif isinstance(arg, str):
-                token = arg.encode("ascii")
-                if not re.fullmatch(rb"[-A-Za-z0-9_.<>@\[\]/]+", token):
-                    raise AssertionError(f"internal error: unsafe debugfs token {arg!r}")
-                parts.append(token)
+                parts.append(_token(arg))
             else:
                 parts.append(arg)
         line = b" ".join(parts)
@@ -95,7 +111,9 @@ class Script:
         self._lines.append(line)
 
     def sif(self, ino: int, field: str, value: int | str) -> None:
-        self.command("sif", f"<{ino}>", field, value)
+        """``set_inode_field <ino> field value``; the hot path, tens of thousands per image."""
+        encoded = b"%d" % value if isinstance(value, int) else _token(value)
+        self._lines.append(b"sif <%d> %s %s" % (ino, _token(field), encoded))
 
     def write(self, path: Path) -> None:
         with open(path, "wb") as f:

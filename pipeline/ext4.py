@@ -60,6 +60,8 @@ _TWO_GIB = 2 * 1024**3
 # instant, as the image has no meaningful build time. 0 means "unset" to
 # e2fsprogs, which would then use the clock.
 FS_EPOCH = 1
+# Images are build products anyone may read (mkstemp would leave 0600).
+OUTPUT_MODE = 0o644
 _MKE2FS_CONF = """\
 [defaults]
 \tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
@@ -142,11 +144,13 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str)
     started = time.monotonic()
     flat_dir, output = Path(flat_dir), Path(output)
     versions = tool_versions()
-    output.unlink(missing_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)          # a failed build leaves nothing at the final path
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
                                     suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, OUTPUT_MODE)
         with tempfile.TemporaryDirectory(prefix="rootfs-ext4-") as scratch_name:
             result = _build(flat_dir, tmp, fd, Path(scratch_name), options, seed, versions,
                             started)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -49,8 +48,9 @@ INODE_RATIO = 16384                        # mke2fs.conf default bytes per inode
 # A safety margin for what the model does not follow block by block: files
 # split at flex group boundaries, the journal's extent tree, the resize inode.
 SLACK_BLOCKS = 64
-# Rounds of the auto-size fixed point (each adds at least 1 MiB); a few suffice.
-MAX_PLAN_ROUNDS = 10000
+# Rounds of the auto-size fixed point: each grows the size by at least 1 MiB
+# and a handful usually suffice; the bound only turns a planner bug into an error.
+MAX_PLAN_ROUNDS = 1000
 
 # ext4 xattr name indexes (fs/ext4/xattr.h): the prefix is stored as a number.
 _XATTR_PREFIXES = (("user.", 1), ("system.posix_acl_access", 2),
@@ -136,8 +136,9 @@ def measure_tree(entries: list[FlatEntry], *, inode_size: int, csum: bool) -> Tr
             data = math.ceil(entry.size / BLOCK_SIZE)
             extents = math.ceil(data / EXTENT_MAX_BLOCKS) + (1 if data > 1 else 0)
             blocks += data + _extent_index_blocks(extents)
-        elif entry.type is FileType.SYMLINK and len(os.fsencode(entry.target or "")) > FAST_SYMLINK_MAX:
-            blocks += 1
+        elif entry.type is FileType.SYMLINK:
+            if len(os.fsencode(entry.target or "")) > FAST_SYMLINK_MAX:
+                blocks += 1
         xattr_size = _xattr_bytes(entry.xattrs)
         if xattr_size:
             if xattr_size > in_inode + in_block:

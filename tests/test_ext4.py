@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,12 +26,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import Ext4Error
-from pipeline.ext4 import (FS_EPOCH, Ext4Options, Ext4Result, build_ext4, derive_uuids,
-                           tool_versions)
+from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, build_ext4,
+                           derive_uuids, tool_versions)
+from pipeline.ext4size import layout
 from pipeline.flatimage import (ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry,
                                 FlatHeader, write_entries, write_header)
 from pipeline.sizes import MiB, Headroom
 from tests.ext4reader import Ext4Image, Node
+from tests.harness.debian import debian_like
 
 MTIME_NS = 1_700_000_000_123_456_789
 NOBODY = 65534
@@ -262,7 +264,6 @@ CAP_V3 = bytes.fromhex("0100000300200000000000000000000000000000e8030000")
 
 def acl(*entries: tuple[int, int, int]) -> bytes:
     """A system.posix_acl_* value in the xattr form (version 2, 8-byte entries)."""
-    import struct
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
@@ -272,7 +273,8 @@ ACCESS_ACL = acl((0x01, 7, UNDEF), (0x02, 4, 1000), (0x04, 5, UNDEF), (0x08, 4, 
 DEFAULT_ACL = acl((0x01, 7, UNDEF), (0x04, 5, UNDEF), (0x20, 0, UNDEF))
 
 RICH: list[Spec] = [
-    d("bin"), d("etc"), d("dev"), d("home"), d("tmp", 0o1777), d("var"), d("var/mail", 0o2775, gid=8),
+    d("bin"), d("etc"), d("dev"), d("home"), d("tmp", 0o1777), d("var"),
+    d("var/mail", 0o2775, gid=8),
     f("bin/su", b"\x7fELF su", 0o4755),
     f("bin/wall", b"\x7fELF wall", 0o2755, gid=5),
     f("bin/sticky-exec", b"odd but legal", 0o1755),
@@ -637,8 +639,8 @@ def test_declared_lost_found_is_kept_as_declared(tmp_path: Path) -> None:
 
 
 def test_debian_like_tree(tmp_path: Path) -> None:
-    from tests.harness.debian import debian_like
-    specs = specs_from_members(debian_like(files=3000, size=100 * MiB).expected())
+    """The largest image here: ~3000 entries, ~110 MB, devices, capabilities, hard links."""
+    specs = specs_from_members(debian_like(files=3000, size=128 * MiB).expected())
     result = build(tmp_path, specs)
     fsck_clean(result.path)
     assert_image_matches(result.path, specs)
@@ -698,3 +700,41 @@ def test_tool_versions() -> None:
     assert set(versions) == {"mkfs.ext4", "debugfs", "e2fsck"}
     for version in versions.values():
         assert version[0].isdigit() and "(" in version
+
+
+# -- size planning against mke2fs itself ------------------------------------------------
+
+
+@pytest.mark.parametrize(("blocks", "inodes", "features"), [
+    pytest.param(16384, 4096, (), id="64MiB"),
+    pytest.param(65536, 20000, (), id="256MiB"),
+    pytest.param(300000, 70000, (), id="1.1GiB-odd"),
+    pytest.param(1048576, 100000, (), id="4GiB"),
+    pytest.param(40000, 10000, ("^resize_inode",), id="no-resize-inode"),
+    pytest.param(100000, 10000, ("^64bit",), id="32-bit-descriptors"),
+    pytest.param(5000, 100, (), id="tiny"),
+    pytest.param(3 * 32768 + 100, 1000, (), id="short-last-group-dropped"),
+    pytest.param(2 * 32768 + 100, 1000, (), id="short-last-group-kept"),
+])
+def test_layout_matches_mke2fs(tmp_path: Path, blocks: int, inodes: int,
+                               features: tuple[str, ...]) -> None:
+    lay = layout(blocks, inodes, inode_size=256, journal=True,
+                 desc_size=32 if "^64bit" in features else 64,
+                 resize_inode="^resize_inode" not in features, sparse_super=True)
+    conf = tmp_path / "mke2fs.conf"
+    conf.write_text(_MKE2FS_CONF)
+    (tmp_path / "empty").mkdir()
+    image = tmp_path / "img"
+    image.write_bytes(b"")
+    os.truncate(image, blocks * 4096)
+    subprocess.run(["mkfs.ext4", "-F", "-q", "-T", "rootfs", "-b", "4096", "-N", str(inodes),
+                    "-m", "0", *(["-O", ",".join(features)] if features else []),
+                    "-J", f"size={lay.journal_blocks // 256}", "-E", "nodiscard",
+                    "-d", str(tmp_path / "empty"), str(image), str(blocks)],
+                   check=True, capture_output=True, env={**os.environ, "MKE2FS_CONFIG": str(conf)})
+    with Ext4Image(image) as fs:
+        assert (fs.blocks_count, fs.inodes_count) == (lay.blocks, lay.inodes)
+        used = fs.blocks_count - fs.free_blocks
+    # An empty tree is the root's block and lost+found's four; the model may
+    # count one journal index block mke2fs does not need.
+    assert lay.overhead + 5 - 1 <= used <= lay.overhead + 5
