@@ -60,6 +60,7 @@ _TWO_GIB = 2 * 1024**3
 # instant, as the image has no meaningful build time. 0 means "unset" to
 # e2fsprogs, which would then use the clock.
 FS_EPOCH = 1
+MAX_NAME_BYTES = 255                        # ext4 directory entries (name_len is a byte)
 # Images are build products anyone may read (mkstemp would leave 0600).
 OUTPUT_MODE = 0o644
 _MKE2FS_CONF = """\
@@ -183,7 +184,6 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
         timings[step] = round(now - clock[0], 3)
         clock[0] = now
 
-    read_header(flat_dir / HEADER_NAME)
     entries = _read_entries(flat_dir)
     if _version_tuple(versions["mkfs.ext4"]) == _BAD_BIG_FILES and \
             any(e.type is FileType.REGULAR and e.size > _TWO_GIB for e in entries):
@@ -236,23 +236,32 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
 
 
 def _read_entries(flat_dir: Path) -> list[FlatEntry]:
-    entries = list(read_entries(flat_dir / ENTRIES_NAME))
+    """The entries, checked for the shape the mapping relies on."""
+    rebuild = "delete this flat image so flatten rebuilds it"
+    try:
+        read_header(flat_dir / HEADER_NAME)
+        entries = list(read_entries(flat_dir / ENTRIES_NAME))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise Ext4Error(f"flat image {flat_dir} cannot be read ({err}); {rebuild}") from err
     if not entries or entries[0].path != "" or entries[0].type is not FileType.DIRECTORY:
         raise Ext4Error(f"flat image {flat_dir}: entries.jsonl must start with the root "
-                        f"directory (path \"\"); delete this flat image so flatten rebuilds it")
+                        f"directory (path \"\"); {rebuild}")
     seen: set[str] = set()
+    directories: set[str] = set()
     for entry in entries:
         if entry.path in seen:
             raise Ext4Error(f"flat image {flat_dir}: path {entry.path!r} appears twice in "
-                            f"entries.jsonl; delete this flat image so flatten rebuilds it")
+                            f"entries.jsonl; {rebuild}")
         parent, _, name = entry.path.rpartition("/")
-        if entry.path and (parent not in seen or name in ("", ".", "..")):
+        if entry.path and (parent not in directories or name in ("", ".", "..")):
             raise Ext4Error(f"flat image {flat_dir}: entry {entry.path!r} has no parent "
-                            f"directory before it; delete this flat image so flatten "
-                            f"rebuilds it")
-        if len(os.fsencode(name)) > 255:
-            raise Ext4Error(f"{entry.path!r}: the name is longer than ext4's 255 bytes")
+                            f"directory before it; {rebuild}")
+        if len(os.fsencode(name)) > MAX_NAME_BYTES:
+            raise Ext4Error(f"{entry.path!r}: the name is longer than ext4's "
+                            f"{MAX_NAME_BYTES} bytes; shorten it in the image")
         seen.add(entry.path)
+        if entry.type is FileType.DIRECTORY:
+            directories.add(entry.path)
     return entries
 
 

@@ -506,6 +506,12 @@ def _flat_with(tmp: Path, change: str) -> Path:
         entries.append(entries[-1])
     elif change == "entry-before-parent":
         entries = [entries[0], entries[2], entries[1], *entries[3:]]
+    elif change == "parent-is-a-file":
+        entries.append(entries[-1].replace('"p":"dev-null"', '"p":"dev-null/x"'))
+    elif change == "entries-not-json":
+        entries.append("{not json\n")
+    elif change == "header-missing":
+        (flat / HEADER_NAME).unlink()
     else:
         raise AssertionError(change)
     (flat / ENTRIES_NAME).write_text("".join(entries))
@@ -541,6 +547,15 @@ REBUILD = "; delete this flat image so that flatten rebuilds it"
     pytest.param("entry-before-parent", "flat image {flat}: entry 'bin/a' has no parent "
                  "directory before it; delete this flat image so flatten rebuilds it",
                  id="entry-before-parent"),
+    pytest.param("parent-is-a-file", "flat image {flat}: entry 'dev-null/x' has no parent "
+                 "directory before it; delete this flat image so flatten rebuilds it",
+                 id="parent-is-a-file"),
+    pytest.param("entries-not-json", "flat image {flat} cannot be read (Expecting property "
+                 "name enclosed in double quotes: line 1 column 2 (char 1)); delete this flat "
+                 "image so flatten rebuilds it", id="entries-not-json"),
+    pytest.param("header-missing", "flat image {flat} cannot be read ([Errno 2] No such file "
+                 "or directory: '{flat}/flat.json'); delete this flat image so flatten "
+                 "rebuilds it", id="header-missing"),
 ])
 def test_inconsistent_flat_image_fails_and_leaves_nothing(tmp_path: Path, change: str,
                                                           message: str) -> None:
