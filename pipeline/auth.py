@@ -34,7 +34,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -192,11 +192,13 @@ class RegistryAuth(httpx.Auth):
     def has_credentials(self, registry: str) -> bool:
         return self._credentials.get(registry) is not None
 
-    async def async_auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def,override]
+    async def async_auth_flow(
+            self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         raise RuntimeError("internal error: RegistryAuth supports synchronous clients only")
         yield request  # pragma: no cover
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def sync_auth_flow(
+            self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         registry = registry_of(request.url)
         origin = _origin(request.url)
         scope = _scope_for(request.url.path)
@@ -281,7 +283,8 @@ class RegistryAuth(httpx.Auth):
                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
         else:
             # auth/token.md: one `scope` parameter per scope.
-            fields = service + [("scope", one) for one in scope.split()]
+            fields: list[tuple[str, str | int | float | bool | None]] = [
+                *service, *(("scope", one) for one in scope.split())]
             request = httpx.Request("GET", realm.copy_merge_params(httpx.QueryParams(fields)))
             if cred is not None:
                 request.headers["Authorization"] = _basic(cred)
@@ -317,7 +320,8 @@ class RegistryAuth(httpx.Auth):
         except (ValueError, AttributeError):
             raise AuthError(f"{where} answered for {registry} with something that is not a"
                             " JSON object") from None
-        if not isinstance(value, str) or not value or not value.isascii() or not value.isprintable():
+        usable = isinstance(value, str) and value.isascii() and value.isprintable()
+        if not usable or not value:
             raise AuthError(f"{where} answered for {registry} without a usable token")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
             ttl = DEFAULT_TOKEN_TTL_S

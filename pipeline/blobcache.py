@@ -103,7 +103,7 @@ class BlobCache:
         return final
 
     def clean_stale(self) -> int:
-        """Remove temporary files of crashed runs (not those of live downloads); return the count."""
+        """Remove temp files of crashed runs (never those of live downloads); return the count."""
         removed = 0
         for partial in sorted(self.root.glob(f"*/.*{_PARTIAL}")):
             hex_ = partial.name[1:].split(".", 1)[0]

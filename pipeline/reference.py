@@ -77,7 +77,7 @@ class ImageRef:
     """A normalised image reference: ``registry/repository[:tag][@digest]``."""
 
     registry: str
-    """As written by the user after normalisation: ``docker.io``, ``localhost:5000``, ``[::1]:5000``."""
+    """As written after normalisation: ``docker.io``, ``localhost:5000``, ``[::1]:5000``."""
     repository: str
     """The path, e.g. ``library/alpine``."""
     tag: str | None

@@ -40,7 +40,8 @@ from .errors import AuthError, BadDigest, DigestMismatch, RegistryError
 from .oci import MANIFEST_MAX_BYTES
 from .reference import (api_host_for, is_link_local_host, is_loopback_host, split_host_port,
                         validate_registry, validate_repository, validate_tag)
-from .retry import TEMPORARY_STATUSES, RetryPolicy, parse_retry_after, with_retry_after
+from .retry import (DEFAULT_RETRY, TEMPORARY_STATUSES, RetryPolicy, parse_retry_after,
+                    with_retry_after)
 
 __all__ = ["RegistryClient", "ManifestResponse", "ManifestHead", "BlobStream",
            "DEFAULT_TIMEOUT", "USER_AGENT"]
@@ -106,7 +107,7 @@ class RegistryClient:
 
     def __init__(self, *, credentials: CredentialSource | None = None,
                  insecure_hosts: frozenset[str] = frozenset(),
-                 retry: RetryPolicy = RetryPolicy(),
+                 retry: RetryPolicy = DEFAULT_RETRY,
                  transport: httpx.BaseTransport | None = None,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  user_agent: str = USER_AGENT) -> None:

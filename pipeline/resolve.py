@@ -147,7 +147,8 @@ def _size(data: Mapping[str, Any], what: str) -> int:
 def _blob(data: Any, what: str) -> BlobRef:
     if not isinstance(data, Mapping):
         raise ValueError(f"{what!r} must be an object")
-    return BlobRef(parse_digest(_text(data, "digest")), _size(data, what), _text(data, "media_type"))
+    return BlobRef(parse_digest(_text(data, "digest")), _size(data, what),
+                   _text(data, "media_type"))
 
 
 def _layer(data: Any, position: int) -> LayerRef:
@@ -195,7 +196,7 @@ def resolve_image(client: RegistryClient, ref: ImageRef, platform: Platform,
         raise BadImage(f"{where}: the manifest has {len(manifest.layers)} layers but the config"
                        f" lists {len(config.diff_ids)} diff_ids; the image is corrupt")
     layers = tuple(_check_layer(desc, diff_id, where=where)
-                   for desc, diff_id in zip(manifest.layers, config.diff_ids))
+                   for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True))
     resolved = ResolvedImage(ref, ref.registry, ref.repository, chosen, index_digest,
                              manifest_digest, BlobRef(config_desc.digest, config_desc.size,
                                                       config_desc.media_type), layers)

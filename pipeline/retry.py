@@ -27,8 +27,8 @@ import structlog
 
 from .errors import RegistryError
 
-__all__ = ["RetryPolicy", "MAX_RETRY_AFTER_S", "TEMPORARY_STATUSES", "parse_retry_after",
-           "retry_after_of", "with_retry_after"]
+__all__ = ["RetryPolicy", "DEFAULT_RETRY", "MAX_RETRY_AFTER_S", "TEMPORARY_STATUSES",
+           "parse_retry_after", "retry_after_of", "with_retry_after"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -81,11 +81,12 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"internal error: RetryPolicy.attempts must be >= 1, got {self.attempts}")
+            raise ValueError("internal error: RetryPolicy.attempts must be >= 1,"
+                             f" got {self.attempts}")
 
     def backoff(self, attempt: int) -> float:
         """Delay before try ``attempt + 1`` (attempt counts from 0): exponential, half jitter."""
-        ceiling = min(self.max_delay_s, self.base_delay_s * (2 ** attempt))
+        ceiling: float = min(self.max_delay_s, self.base_delay_s * 2.0 ** attempt)
         return ceiling * (0.5 + 0.5 * self.jitter())
 
     def next_delay(self, error: RegistryError, attempt: int) -> float:
@@ -110,6 +111,9 @@ class RetryPolicy:
                 delay = self.next_delay(error, attempt)
             self.sleep(delay)
             attempt += 1
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 def _too_long(error: RegistryError, asked: float, limit: float) -> RegistryError:

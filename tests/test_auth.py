@@ -332,7 +332,8 @@ def test_bearer_not_sent_across_origins(anonymous: RegistryClient, token_registr
     layer = public.layers[0]
     with anonymous.open_blob(proxy.host, repo, parse_digest(layer.digest)) as blob:
         assert b"".join(blob.chunks()) == layer.data
-    sent = [(r.listener, r.authorization, r.status) for r in proxy.requests(path="/blobs/|/presigned/")]
+    sent = [(r.listener, r.authorization, r.status)
+            for r in proxy.requests(path="/blobs/|/presigned/")]
     assert sent == [("proxy", False, 401), ("proxy", True, 307), ("redirect", False, 200)]
 
 

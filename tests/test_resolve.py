@@ -163,7 +163,8 @@ REFUSED: list[tuple[str, Callable[[], Image], str]] = [
     ("diff-id-count", lambda: make_image(layers("x"), diff_ids=["sha256:" + "0" * 64]),
      "the manifest has 3 layers but the config lists 1 diff_ids; the image is corrupt"),
     ("foreign-layer", lambda: make_image([make_layer(
-        [file("f", b"w")], media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")]),
+        [file("f", b"w")],
+        media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")]),
      "is a foreign (non-distributable) layer (application/vnd.docker.image.rootfs.foreign.diff"
      ".tar.gzip) whose bytes live outside the registry; such images (Windows base layers)"
      " cannot become a root filesystem"),
