@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 __all__ = ["Terminal", "TransferProgress", "BlobProgress", "format_bytes", "format_eta"]
@@ -111,7 +112,8 @@ class BlobProgress:
 class TransferProgress:
     """All downloads of one run, drawn as one status line on a terminal."""
 
-    def __init__(self, terminal: Terminal, *, clock=time.monotonic) -> None:
+    def __init__(self, terminal: Terminal, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.terminal = terminal
         self._clock = clock
         self._lock = threading.Lock()

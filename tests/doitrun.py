@@ -15,6 +15,7 @@ demand, needed to kill a run in the middle of a download.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
@@ -28,6 +29,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.harness.images import Layer, dir, file, make_image, make_layer
+from tests.harness.push import push
+from tests.harness.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 DODO = REPO / "dodo.py"
@@ -181,3 +186,69 @@ class ThrottleProxy:
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+
+# A small world of images sharing a base layer ----------------------------------
+
+
+@dataclass
+class World:
+    registry: Registry
+    namespace: str
+    project: Path
+    base: Layer
+    tops: dict[str, Layer] = field(default_factory=dict)
+    host: str = ""
+
+    def ref(self, name: str, tag: str = "v1") -> str:
+        return f"{self.host or self.registry.host}/{self.namespace}/{name}:{tag}"
+
+    def push(self, name: str, tag: str, top: Layer) -> None:
+        push(self.registry, f"{self.namespace}/{name}", tag, make_image([self.base, top]))
+
+    def write_manifest(self, extra: dict[str, str] | None = None, **refs: str) -> None:
+        text = ""
+        for name in sorted(self.tops):
+            text += f'[images.{name}]\nref = "{refs.get(name, self.ref(name))}"\n'
+            text += (extra or {}).get(name, "")
+        (self.project / "images.toml").write_text(text)
+
+    def blob(self, layer: Layer) -> Path:
+        return self.project / ".cache/blobs/sha256" / layer.digest.split(":", 1)[1]
+
+
+def top_layer(name: str, version: str = "1", size: int = 0) -> Layer:
+    data = f"{name} {version}\n".encode() * 50 + (os.urandom(size) if size else b"")
+    return make_layer([dir("etc"), file(f"etc/{name}-release", data)])
+
+
+def make_world(registry: Registry, repo: str, tmp_path: Path, *, names: str = "abc",
+               big: int = 0, host: str = "") -> World:
+    base = make_layer([dir("etc"), file("etc/os-release", b"ID=base\n"), dir("bin"),
+                       file("bin/sh", b"#!/bin/true\n", mode=0o755), dir("tmp", mode=0o1777)])
+    world = World(registry, repo, tmp_path / "project", base, host=host)
+    world.project.mkdir()
+    for name in names:
+        world.tops[name] = top_layer(name, size=big if name == names[0] else 0)
+        world.push(name, "v1", world.tops[name])
+    world.write_manifest()
+    return world
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_outputs(project: Path, names) -> None:  # type: ignore[no-untyped-def]
+    """Each output exists, matches its record's sha256 and checks clean."""
+    for name in names:
+        image, record = project / f"out/{name}.ext4", project / f"out/{name}.json"
+        data = json.loads(record.read_text())
+        assert data["sha256"] == sha256_file(image), name
+        fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert not list((project / "out").glob(".*")), "no temporary files left in out/"

@@ -8,67 +8,19 @@ what was opened or connected, from an audit hook inside the doit process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.doitrun import (ThrottleProxy, kill_group, run_doit, start_doit, wait_for)
-from tests.harness.images import Layer, dir, file, make_image, make_layer
-from tests.harness.push import push
+from tests.doitrun import (ThrottleProxy, World, kill_group, make_world, run_doit, sha256_file,
+                           start_doit, top_layer, verify_outputs, wait_for)
+from tests.harness.images import Layer
 from tests.harness.registry import Registry
-
-
-@dataclass
-class World:
-    registry: Registry
-    namespace: str
-    project: Path
-    base: Layer
-    tops: dict[str, Layer] = field(default_factory=dict)
-    host: str = ""
-
-    def ref(self, name: str, tag: str = "v1") -> str:
-        return f"{self.host or self.registry.host}/{self.namespace}/{name}:{tag}"
-
-    def push(self, name: str, tag: str, top: Layer) -> str:
-        image = make_image([self.base, top])
-        push(self.registry, f"{self.namespace}/{name}", tag, image)
-        return str(image.config.digest) if hasattr(image.config, "digest") else ""
-
-    def write_manifest(self, extra: dict[str, str] | None = None, **refs: str) -> None:
-        text = ""
-        for name in sorted(self.tops):
-            text += f'[images.{name}]\nref = "{refs.get(name, self.ref(name))}"\n'
-            text += (extra or {}).get(name, "")
-        (self.project / "images.toml").write_text(text)
-
-    def blob(self, layer: Layer) -> Path:
-        return self.project / ".cache/blobs/sha256" / layer.digest.split(":", 1)[1]
-
-
-def top_layer(name: str, version: str = "1", size: int = 0) -> Layer:
-    data = f"{name} {version}\n".encode() * 50 + (os.urandom(size) if size else b"")
-    return make_layer([dir("etc"), file(f"etc/{name}-release", data)])
-
-
-def make_world(registry: Registry, repo: str, tmp_path: Path, *, names: str = "abc",
-               big: int = 0, host: str = "") -> World:
-    base = make_layer([dir("etc"), file("etc/os-release", b"ID=base\n"), dir("bin"),
-                       file("bin/sh", b"#!/bin/true\n", mode=0o755), dir("tmp", mode=0o1777)])
-    world = World(registry, repo, tmp_path / "project", base, host=host)
-    world.project.mkdir()
-    for name in names:
-        world.tops[name] = top_layer(name, size=big if name == names[0] else 0)
-        world.push(name, "v1", world.tops[name])
-    world.write_manifest()
-    return world
 
 
 @pytest.fixture
@@ -85,25 +37,6 @@ def cold_tasks(world: World) -> list[str]:
     return sorted([f"resolve:{n}" for n in world.tops] + [f"flatten:{n}" for n in world.tops]
                   + [f"mkfs:{n}" for n in world.tops] + [f"fetch-blob:{d(x)}" for x in layers]
                   + [f"unpack:{d(x)}" for x in layers])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_outputs(project: Path, names) -> None:  # type: ignore[no-untyped-def]
-    """Each output exists, matches its record's sha256 and checks clean."""
-    for name in names:
-        image, record = project / f"out/{name}.ext4", project / f"out/{name}.json"
-        data = json.loads(record.read_text())
-        assert data["sha256"] == sha256_file(image), name
-        fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    assert not list((project / "out").glob(".*")), "no temporary files left in out/"
 
 
 def stamps(project: Path, names) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-def]

@@ -279,8 +279,9 @@ def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
                          image=name)
         if key == "size" and value == "auto":
             continue
+        alone: dict[str, Any] = {key: value}
         try:
-            Ext4Options(**{key: value})
+            Ext4Options(**alone)
         except PipelineError as err:
             raise c.fail(f"bad `{key}`: {err}", *where, key, image=name) from err
         given[key] = value

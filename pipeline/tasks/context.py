@@ -7,8 +7,9 @@ run never open a connection.
 
 Mirrors: for a registry with mirrors (images.toml or ``ROOTFS_MIRRORS``),
 ``sources`` lists each mirror first, then the registry itself. Mirrors are
-asked through a client that gives up quickly (``MIRROR_RETRY``), because a
-dead mirror must cost seconds, not a full backoff, before the fallback.
+asked through a client that does not retry (``MIRROR_RETRY``): a mirror that
+fails once is skipped at once, with one log line, and the next source (in the
+end the registry, with full retries) is asked instead.
 Whoever serves the bytes, every digest is verified by the registry client
 and the blob cache; a mirror is trusted for nothing but availability.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import structlog
 
 from ..blobcache import BlobCache
@@ -36,9 +38,13 @@ __all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_RETRY"]
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-# Two tries, short waits: enough to ride out a blip, short enough that a
-# dead mirror falls back to the next source within a few seconds.
-MIRROR_RETRY = RetryPolicy(attempts=2, base_delay_s=0.2, max_delay_s=1.0, max_retry_after_s=2.0)
+# One try: the fallback is the retry. A dead or overloaded mirror costs one
+# failed request (and one log line), never a backoff, before the next source.
+MIRROR_RETRY = RetryPolicy(attempts=1)
+# A mirror on the CI's own network answers a connect in milliseconds; one that
+# does not within this is treated as down rather than waited for (the
+# registry client's default is 10 s).
+MIRROR_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
 # What a failing source may raise that the next source can cure. Anything
 # else (a malformed image, a refused platform) is the image's own fault.
 FALLBACK_ERRORS = (RegistryError, DigestMismatch)
@@ -145,9 +151,9 @@ class RunContext:
         with self._clients_lock:
             found = self._clients.get(kind)
             if found is None:
-                options = {"insecure_hosts": self.manifest.insecure_hosts}
+                options: dict[str, object] = {"insecure_hosts": self.manifest.insecure_hosts}
                 if mirror:
-                    options["retry"] = MIRROR_RETRY
+                    options.update(retry=MIRROR_RETRY, timeout=MIRROR_TIMEOUT)
                 found = self._clients[kind] = self.client_factory(**options)
             return found
 

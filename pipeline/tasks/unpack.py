@@ -28,6 +28,8 @@ __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "ch
 
 log = structlog.get_logger(__name__)
 
+DEFAULT_LIMITS = Limits()
+
 
 def unpack_config(layer: LayerRef, limits: Limits) -> dict[str, Any]:
     return {"digest": str(layer.digest), "diff_id": str(layer.diff_id),
@@ -54,7 +56,7 @@ def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
 
 
 def unpack_tasks(ctx: RunContext, plan: BuildPlan,
-                 limits: Limits = Limits()) -> Iterator[dict[str, Any]]:
+                 limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield {"basename": "unpack", "name": None,
            "doc": "unpack every layer into a content store (once per layer digest)"}
     for layer_plan in plan.layers:
