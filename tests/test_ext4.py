@@ -392,7 +392,7 @@ def build_as_nobody(flat: Path, output: Path) -> dict:
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
          sys.executable, "-c", _AS_NOBODY, str(flat), str(output)],
         capture_output=True, text=True, cwd=output.parent, timeout=120,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parent.parent)})
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
