@@ -301,6 +301,7 @@ def test_another_manifest_and_another_projects_dodo(world: World) -> None:
     run = run_doit(world.project, "manifest=other.toml").check()
     assert sorted(run.ran) == cold_tasks(world)
     assert (world.project / "other.lock.json").exists()
+    assert run_doit(world.project, env={"ROOTFS_MANIFEST": "other.toml"}).check().ran == []
     # Another project's dodo.py: the two documented lines, run with plain `doit`.
     (world.project / "dodo.py").write_text(textwrap.dedent("""\
         from pipeline.tasks import load_pipeline
