@@ -7,6 +7,7 @@ Hierarchy::
     ├── LockError                  images.lock.json is missing, stale or corrupt
     ├── BadReference               an image reference does not parse
     ├── BadDigest                  a digest string is malformed or unsupported
+    ├── BadPlatform                a platform string does not parse
     ├── PlatformNotFound           an index offers no manifest for the platform
     ├── BadImage                   a manifest, index or config is malformed or refused
     ├── RegistryError              the registry refused or failed a request
@@ -32,6 +33,7 @@ __all__ = [
     "AuthError",
     "BadDigest",
     "BadImage",
+    "BadPlatform",
     "BadReference",
     "BusyError",
     "DigestMismatch",
@@ -99,6 +101,15 @@ class BadDigest(PipelineError):
         self.reason = reason
 
 
+class BadPlatform(PipelineError):
+    """A platform string is not ``os/arch[/variant]``."""
+
+    def __init__(self, platform: str, reason: str) -> None:
+        super().__init__(f"invalid platform {platform!r}: {reason}")
+        self.platform = platform
+        self.reason = reason
+
+
 class PlatformNotFound(PipelineError):
     """An image index has no manifest for the requested platform."""
 
@@ -133,6 +144,7 @@ class RegistryError(PipelineError):
         status: int | None = None,
         code: str | None = None,
         temporary: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         head = f"{method} {url}: " if method and url else ""
         super().__init__(head + message)
@@ -141,6 +153,8 @@ class RegistryError(PipelineError):
         self.status = status
         self.code = code
         self.temporary = temporary
+        self.retry_after = retry_after
+        """Seconds the registry asked us to wait (Retry-After), if it said."""
 
 
 class AuthError(RegistryError):

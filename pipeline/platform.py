@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import ManifestError
+from .errors import BadPlatform
 
 __all__ = ["Platform", "DEFAULT_PLATFORM", "parse_platform", "normalize", "best_match"]
 
@@ -113,16 +113,15 @@ def normalize(platform: Platform) -> Platform:
 def parse_platform(text: str) -> Platform:
     """Parse ``os/arch[/variant]`` (or a bare architecture, meaning Linux) and normalise it."""
     if not isinstance(text, str) or not text.strip():
-        raise ManifestError(f"invalid platform {text!r}: expected 'os/arch[/variant]',"
-                            " e.g. 'linux/amd64' or 'linux/arm/v7'", key="platform")
+        raise BadPlatform(str(text), "expected 'os/arch[/variant]', e.g. 'linux/amd64' or"
+                          " 'linux/arm/v7'")
     parts = text.strip().split("/")
     if len(parts) > 3 or not all(_PART.fullmatch(p) for p in parts):
-        raise ManifestError(f"invalid platform {text!r}: expected 'os/arch[/variant]' with"
-                            " letters, digits, '_', '.' or '-' in each part", key="platform")
+        raise BadPlatform(text, "expected 'os/arch[/variant]' with letters, digits, '_', '.'"
+                          " or '-' in each part")
     if len(parts) == 1:
         if parts[0].lower() not in _KNOWN_ARCHITECTURES:
-            raise ManifestError(f"invalid platform {text!r}: give both os and architecture,"
-                                " e.g. 'linux/amd64'", key="platform")
+            raise BadPlatform(text, "give both os and architecture, e.g. 'linux/amd64'")
         parts = ["linux", parts[0]]
     return Platform.of(*parts)
 

@@ -25,7 +25,7 @@ from . import mediatypes as mt
 from .blobcache import BlobCache
 from .digest import Digest, parse_digest
 from .errors import (BadDigest, BadImage, BadReference, DigestMismatch, LockError,
-                     ManifestError, PlatformNotFound)
+                     BadPlatform, PlatformNotFound)
 from .oci import (CONFIG_MAX_BYTES, Descriptor, Index, Manifest, parse_image_config,
                   parse_manifest_document, select_manifest)
 from .platform import Platform, parse_platform
@@ -126,7 +126,7 @@ class ResolvedImage:
                 config=BlobRef(config.digest, config.size, config.media_type),
                 layers=tuple(_layer(item, i) for i, item in enumerate(layers)),
             )
-        except (ValueError, BadDigest, BadReference, ManifestError) as err:
+        except (ValueError, BadDigest, BadReference, BadPlatform) as err:
             raise LockError(f"{where}: {err}; run the resolve step again to rewrite it") from None
 
 

@@ -58,14 +58,13 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def with_retry_after(error: RegistryError, seconds: float | None) -> RegistryError:
-    """Attach the registry's Retry-After to an error (kept as an attribute)."""
-    error.retry_after = seconds  # type: ignore[attr-defined]
+    """Attach the registry's Retry-After to an error."""
+    error.retry_after = seconds
     return error
 
 
 def retry_after_of(error: BaseException) -> float | None:
-    value = getattr(error, "retry_after", None)
-    return float(value) if isinstance(value, (int, float)) else None
+    return error.retry_after if isinstance(error, RegistryError) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ManifestError
+from pipeline.errors import BadPlatform
 from pipeline.platform import DEFAULT_PLATFORM, Platform, best_match, parse_platform
 
 PARSE = [
@@ -41,22 +41,22 @@ def test_parse(text: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "images.toml: invalid platform '': expected 'os/arch[/variant]', e.g. 'linux/amd64'"
+    ("", "invalid platform '': expected 'os/arch[/variant]', e.g. 'linux/amd64'"
      " or 'linux/arm/v7'"),
-    ("linux", "images.toml: invalid platform 'linux': give both os and architecture, e.g."
+    ("linux", "invalid platform 'linux': give both os and architecture, e.g."
      " 'linux/amd64'"),
-    ("linux/arm/v7/extra", "images.toml: invalid platform 'linux/arm/v7/extra': expected"
+    ("linux/arm/v7/extra", "invalid platform 'linux/arm/v7/extra': expected"
      " 'os/arch[/variant]' with letters, digits, '_', '.' or '-' in each part"),
-    ("linux//v7", "images.toml: invalid platform 'linux//v7': expected 'os/arch[/variant]'"
+    ("linux//v7", "invalid platform 'linux//v7': expected 'os/arch[/variant]'"
      " with letters, digits, '_', '.' or '-' in each part"),
-    ("linux/am d64", "images.toml: invalid platform 'linux/am d64': expected"
+    ("linux/am d64", "invalid platform 'linux/am d64': expected"
      " 'os/arch[/variant]' with letters, digits, '_', '.' or '-' in each part"),
 ], ids=["empty", "os-only", "four-parts", "empty-part", "space"])
 def test_parse_bad(text: str, message: str) -> None:
-    with pytest.raises(ManifestError) as info:
+    with pytest.raises(BadPlatform) as info:
         parse_platform(text)
     assert str(info.value) == message
-    assert info.value.key == "platform"
+    assert info.value.platform == text
 
 
 def P(text: str) -> Platform:

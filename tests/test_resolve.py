@@ -322,7 +322,7 @@ def broken(path: str, value: object) -> dict[str, object]:
     (broken("layers.0.diff_id", KeyError), "'diff_id' must be a non-empty string"),
     (broken("layers", {}), "'layers' must be a list"),
     (broken("config", None), "'config' must be an object"),
-    (broken("platform", "linux"), "images.toml: invalid platform 'linux': give both os and"
+    (broken("platform", "linux"), "invalid platform 'linux': give both os and"
      " architecture, e.g. 'linux/amd64'"),
     (broken("ref", "docker.io/Upper/case"), "invalid image reference 'docker.io/Upper/case':"
      " repository name 'Upper/case' must be lowercase"),

@@ -127,11 +127,10 @@ def test_other_exceptions_pass_through() -> None:
     assert rec.sleeps == []
 
 
-def test_retry_after_of_ignores_non_numbers() -> None:
+def test_retry_after_of_reads_registry_errors_only() -> None:
     error = RegistryError("x")
     assert retry_after_of(error) is None
-    error.retry_after = "10"  # type: ignore[attr-defined]
-    assert retry_after_of(error) is None
+    assert retry_after_of(ValueError("x")) is None
     assert retry_after_of(with_retry_after(error, 3)) == 3.0
 
 

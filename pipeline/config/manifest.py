@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ManifestError, PipelineError
+from ..errors import BadPlatform, ManifestError, PipelineError
 from ..ext4options import Ext4Options
 from ..platform import Platform, parse_platform
 from ..reference import ImageRef, parse_reference
@@ -178,7 +178,7 @@ class _Checker:
         text = self.string(value, *where, image=image)
         try:
             return parse(text)
-        except ManifestError as err:
+        except (ManifestError, BadPlatform) as err:
             # Parsers without a file to name say "images.toml: ..."; say it once, here.
             reason = str(err).removeprefix("images.toml: ")
             raise self.fail(reason, *where, image=image) from err
