@@ -34,7 +34,8 @@ from ..config import ImageSpec
 from ..errors import LockError, PipelineError
 from ..lockfile import LockEntry, read_lock, update_lock
 from ..resolve import ResolvedImage, resolve_image
-from .context import RunContext
+from ..registry import RegistryClient
+from .context import RunContext, Source
 from .plan import current_entry
 from .steps import IO, action
 
@@ -59,7 +60,7 @@ def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     """Resolve one image through its mirrors, then its registry; record the upstream."""
     ref = spec.ref
 
-    def attempt(client, source) -> ResolvedImage:  # type: ignore[no-untyped-def]
+    def attempt(client: RegistryClient, source: Source) -> ResolvedImage:
         asked = ref.with_registry(source.registry) if source.mirror_of else ref
         return resolve_image(client, asked, spec.platform, ctx.blobs)
 
