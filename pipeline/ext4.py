@@ -104,13 +104,17 @@ class Ext4Result:
     """Seconds per step: plan, mkfs, map, fixup, fsck, hash, total."""
 
 
-@functools.lru_cache(maxsize=1)
 def tool_versions() -> dict[str, str]:
     """Versions of mkfs.ext4, debugfs and e2fsck, e.g. ``{"mkfs.ext4": "1.47.0 (5-Feb-2023)"}``.
 
     Raises ToolError when a tool is missing or older than MIN_E2FSPROGS.
     """
-    versions = {}
+    return dict(_tool_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _tool_versions() -> tuple[tuple[str, str], ...]:
+    versions: dict[str, str] = {}
     for tool in ("mkfs.ext4", "debugfs", "e2fsck"):
         if shutil.which(tool) is None:
             raise ToolError(tool, "not found on PATH; install e2fsprogs "
@@ -125,7 +129,7 @@ def tool_versions() -> dict[str, str]:
         if _version_tuple(versions[tool]) < MIN_E2FSPROGS:
             raise ToolError(tool, f"version {versions[tool]!r} is too old; install e2fsprogs "
                                   f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
-    return versions
+    return tuple(versions.items())
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ import pytest
 from pipeline.errors import Ext4Error
 from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, build_ext4,
                            derive_uuids, tool_versions)
+from pipeline.ext4options import DEFAULT_FEATURES, TOGGLABLE_FEATURES
 from pipeline.ext4size import layout
 from pipeline.flatimage import (ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry,
                                 FlatHeader, write_entries, write_header)
@@ -630,6 +631,14 @@ def test_options_reach_the_superblock(tmp_path: Path) -> None:
         assert not fs.ro_compat & 0x400                  # metadata_csum
         assert fs.incompat & 0x4000                      # large_dir
         assert fs.reserved_blocks == fs.blocks_count * 5 // 100
+    fsck_clean(result.path)
+    assert_image_matches(result.path, RICH, RICH_ROOT)
+
+
+@pytest.mark.parametrize("feature", sorted(TOGGLABLE_FEATURES | {
+    "^" + f for f in TOGGLABLE_FEATURES & DEFAULT_FEATURES}))
+def test_every_togglable_feature_builds_a_clean_exact_image(tmp_path: Path, feature: str) -> None:
+    result = build(tmp_path, RICH, Ext4Options(features=(feature,)), root=RICH_ROOT)
     fsck_clean(result.path)
     assert_image_matches(result.path, RICH, RICH_ROOT)
 
