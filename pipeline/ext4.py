@@ -121,7 +121,7 @@ def _tool_versions() -> tuple[tuple[str, str], ...]:
                                   f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
         proc = subprocess.run([tool, "-V"], capture_output=True, text=True, env=tool_env(),
                               stdin=subprocess.DEVNULL, check=False)
-        match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.M)
+        match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.MULTILINE)
         if match is None:
             raise ToolError(tool, "-V printed no version", returncode=proc.returncode,
                             stderr=proc.stderr)
@@ -288,8 +288,8 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
             *(["-O", ",".join(features)] if features else []), *journal,
             # nodiscard + eager init: the same bytes and group flags whether or
             # not the output filesystem can punch holes.
-            "-E", f"root_owner=0:0,hash_seed={hash_seed},nodiscard,lazy_itable_init=0,"
-                  "lazy_journal_init=0",
+            "-E", (f"root_owner=0:0,hash_seed={hash_seed},nodiscard,lazy_itable_init=0,"
+                   "lazy_journal_init=0"),
             "-d", str(staging), str(image), str(blocks)]
     env = tool_env({"MKE2FS_CONFIG": str(conf), **_fake_time()})
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -312,8 +312,8 @@ def _fsck(image: Path) -> None:
     problems = [line for line in (proc.stdout + proc.stderr).splitlines()
                 if line.strip() and not _FSCK_OK.fullmatch(line.strip())]
     if proc.returncode != 0 or problems:
-        raise ToolError("e2fsck", f"the image built from the flat image does not check "
-                                  f"clean, which is a bug in the builder",
+        raise ToolError("e2fsck", "the image built from the flat image does not check "
+                                  "clean, which is a bug in the builder",
                         returncode=proc.returncode,
                         stderr="\n".join(problems) or proc.stdout + proc.stderr)
 

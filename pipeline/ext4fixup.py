@@ -208,10 +208,10 @@ def fixup_script(entries: Sequence[FlatEntry], inodes: InodeMap, *, staging: Pat
     # Relink device entries last, so the directory entry's file type byte is
     # taken from the finished inode (debugfs "link" uses ext2_file_type(mode)).
     for entry in relinks:
-        name = quote(_basename(entry.path), what="device node name")
+        quoted = quote(_basename(entry.path), what="device node name")
         script.command("cd", f"<{inodes.dir_ino[entry.path]}>")
-        script.command("unlink", name)
-        script.command("link", f"<{inodes.ino[entry.path]}>", name)
+        script.command("unlink", quoted)
+        script.command("link", f"<{inodes.ino[entry.path]}>", quoted)
     return script
 
 

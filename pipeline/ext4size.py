@@ -275,8 +275,11 @@ def plan_size(usage: TreeUsage, *, size: int | None, headroom: Headroom, inode_s
 
     Raises Ext4Error, naming the size needed, when a fixed size cannot hold the tree.
     """
-    geometry = dict(inode_size=inode_size, journal=journal, desc_size=desc_size,
-                    resize_inode=resize_inode, sparse_super=sparse_super)
+    def lay_out(blocks: int, inodes: int) -> Layout:
+        return layout(blocks, inodes, inode_size=inode_size, journal=journal,
+                      desc_size=desc_size, resize_inode=resize_inode,
+                      sparse_super=sparse_super)
+
     used = usage.blocks + SLACK_BLOCKS
 
     def reserved(blocks: int) -> int:
@@ -296,7 +299,7 @@ def plan_size(usage: TreeUsage, *, size: int | None, headroom: Headroom, inode_s
         # mke2fs's usual bytes-per-inode ratio if that fits, else just what the tree needs.
         for inodes in (max(usage.inodes, size // INODE_RATIO), usage.inodes):
             try:
-                candidate = layout(size // BLOCK_SIZE, inodes, **geometry)
+                candidate = lay_out(size // BLOCK_SIZE, inodes)
             except Ext4Error:
                 continue
             if needed(candidate, 0) <= candidate.blocks:
@@ -322,7 +325,7 @@ def plan_size(usage: TreeUsage, *, size: int | None, headroom: Headroom, inode_s
             blocks = max(blocks, min_groups * BLOCKS_PER_GROUP)
         # Converges in a few rounds: metadata grows far slower than the size.
         for _ in range(MAX_PLAN_ROUNDS):
-            lay = layout(blocks, inodes, **geometry)
+            lay = lay_out(blocks, inodes)
             if lay.blocks < blocks:         # a last group mke2fs would drop: grow it
                 blocks += 256
                 continue
