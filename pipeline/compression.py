@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import enum
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +39,8 @@ __all__ = ["Compression", "LAYER_MEDIA_TYPES", "compression_for", "sniff",
 # inflate and sha256, small enough that a bomb yields at most this much before
 # the caller's limit check sees it.
 CHUNK_BYTES = 1 << 20
+# Decompressed chunks buffered ahead of the tar reader (so at most this many MiB).
+PREFETCH_CHUNKS = 8
 
 
 class Compression(enum.Enum):
@@ -273,26 +277,93 @@ class LayerStream:
     intermediate copy), and ``drain`` hashes whatever follows the archive.
     """
 
-    __slots__ = ("_chunks", "_buf", "_pos", "_hasher", "_limit", "_layer")
+    __slots__ = ("_chunks", "_buf", "_pos", "_hasher", "_limit", "_layer", "_queue", "_stop",
+                 "_thread")
 
     def __init__(self, chunks: Iterator[bytes], hasher: VerifyingHasher, *, limit: int,
-                 layer: str) -> None:
+                 layer: str, background: bool = False) -> None:
         self._chunks = chunks
         self._buf = b""
         self._pos = 0
         self._hasher = hasher
         self._limit = limit
         self._layer = layer
+        self._queue: queue.Queue[bytes | BaseException | None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            # Decompression and hashing release the GIL for much of their work, and
+            # the tar reader mostly waits in file-creation syscalls: overlap them.
+            self._queue = queue.Queue(maxsize=PREFETCH_CHUNKS)
+            self._thread = threading.Thread(target=self._produce, name="layer-decompress",
+                                            daemon=True)
+            self._thread.start()
 
-    def _fill(self) -> bool:
+    def __enter__(self) -> LayerStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the background reader (if any) and wait for it."""
+        if self._thread is None or self._queue is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._thread = None
+
+    def _next_checked(self) -> bytes | None:
         chunk = next(self._chunks, None)
         if chunk is None:
-            return False
+            return None
         self._hasher.update(chunk)
         if self._hasher.count > self._limit:
             raise LimitExceeded(self._layer, f"uncompressed stream passes {self._limit} bytes"
                                 " (unpack.Limits.max_stream_bytes); a decompression bomb, or raise"
                                 " the limit for this image")
+        return chunk
+
+    def _produce(self) -> None:
+        assert self._queue is not None
+        item: bytes | BaseException | None
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._next_checked()
+                except BaseException as e:  # handed to the reader, raised there
+                    item = e
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if item is None or isinstance(item, BaseException):
+                    return
+        finally:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _fill(self) -> bool:
+        if self._queue is None:
+            chunk = self._next_checked()
+        else:
+            got = self._queue.get()
+            if isinstance(got, BaseException):
+                self._queue.put(got)  # every later read fails the same way
+                raise got
+            if got is None:
+                self._queue.put(None)
+            chunk = got
+        if chunk is None:
+            return False
         self._buf, self._pos = chunk, 0
         return True
 
@@ -341,4 +412,4 @@ class LayerStream:
         """Read (and hash) everything left, e.g. the zero blocks and padding."""
         self._buf, self._pos = b"", 0
         while self._fill():
-            pass
+            self._pos = len(self._buf)

@@ -135,9 +135,12 @@ class _Applier:
                 unlink_subtree(existing)
             parent.children[name] = node
             node.nlink += 1
-        for d, n in zip(dirs, names):
-            d.mark_upper(n, self.layer)
         parent.mark_upper(name, self.layer)
+        # Ancestors: walk up until one is already marked (then all above it are).
+        for i in range(len(names) - 1, -1, -1):
+            if dirs[i].is_upper(names[i], self.layer):
+                break
+            dirs[i].mark_upper(names[i], self.layer)
 
     def _link_target(self, entry: IndexEntry) -> Inode:
         target = entry.link or ""

@@ -91,20 +91,26 @@ class IndexEntry:
     rdev: tuple[int, int] | None = None
 
     def to_json(self) -> str:
-        r: dict[str, object] = {"p": self.path, "t": self.kind.value}
-        if self.kind not in (EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK):
-            r.update(m=self.mode, u=self.uid, g=self.gid, mt=self.mtime_ns)
+        # Built by hand (an index has one line per tar member): strings go through
+        # the json module's C escaper with ensure_ascii semantics, so lone
+        # surrogates from non-UTF-8 names come out as \udcXX escapes.
+        out = ['{"p":', _quote(self.path), ',"t":"', self.kind.value, '"']
+        if self.kind not in _NO_METADATA:
+            out.append(f',"m":{self.mode},"u":{self.uid},"g":{self.gid},"mt":{self.mtime_ns}')
         if self.xattrs:
-            r["x"] = [[k, base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
+            out.append(',"x":[' + ",".join(
+                f'[{_quote(k)},"{base64.b64encode(v).decode("ascii")}"]' for k, v in self.xattrs)
+                + "]")
         if self.size:
-            r["s"] = self.size
+            out.append(f',"s":{self.size}')
         if self.content is not None:
-            r["c"] = self.content
+            out.append(f',"c":{self.content}')
         if self.link is not None:
-            r["l"] = self.link
+            out.append(',"l":' + _quote(self.link))
         if self.rdev is not None:
-            r["r"] = list(self.rdev)
-        return json.dumps(r, ensure_ascii=True, separators=(",", ":"))
+            out.append(f',"r":[{self.rdev[0]},{self.rdev[1]}]')
+        out.append("}")
+        return "".join(out)
 
     @classmethod
     def from_json(cls, line: str) -> IndexEntry:
@@ -115,6 +121,10 @@ class IndexEntry:
                    xattrs=tuple((k, base64.b64decode(v)) for k, v in r.get("x", ())),
                    size=r.get("s", 0), content=r.get("c"), link=r.get("l"),
                    rdev=(rdev[0], rdev[1]) if rdev is not None else None)
+
+
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_NO_METADATA = frozenset({EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK})
 
 
 def content_name(content: int) -> str:

@@ -89,14 +89,25 @@ def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
     return dest
 
 
+class _Dir:
+    """A directory on the current walk path; ``fd`` is -1 until something needs it."""
+
+    __slots__ = ("path", "name", "fd")
+
+    def __init__(self, path: str, name: bytes, fd: int) -> None:
+        self.path = path
+        self.name = name
+        self.fd = fd
+
+
 class _Builder:
     def __init__(self, tree: Tree, tmp: Path, chain: tuple[str, ...]) -> None:
         self.tree = tree
         self.tmp = tmp
         self.chain = chain
-        self.items = list(tree.walk())
+        self.items = [(path, os.fsencode(name_str(path)), inode) for path, inode in tree.walk()]
         self.names: dict[int, int] = {}
-        for _, inode in self.items:
+        for _, _, inode in self.items:
             self.names[id(inode)] = self.names.get(id(inode), 0) + 1
         self.store_fds: dict[str, int] = {}
         self.used: dict[tuple[str, int], int] = {}   # (store, content id) -> id(inode)
@@ -126,28 +137,40 @@ class _Builder:
 
     def _pass(self, select: Callable[[Inode], bool], *, create_dirs: bool = False
               ) -> Iterator[tuple[int, bytes, Inode]]:
-        """Yield (parent fd, name, inode) for wanted inodes in walk order.
+        """Yield (parent fd, name, inode) for selected inodes, in walk order.
 
-        Keeps one open fd per directory on the current path; the walk is
-        depth-first preorder, so a directory's fd is closed once its subtree is done.
+        The walk is depth-first preorder, so the directories on the current
+        path form a stack; each is opened (relative to its parent's fd, with
+        O_NOFOLLOW) only when something must be created in it, and closed once
+        its subtree is done.
         """
-        stack: list[tuple[str, int]] = [("", os.open(self.tmp / ROOTFS_NAME, _DIR_FLAGS))]
+        stack = [_Dir("", b"", os.open(self.tmp / ROOTFS_NAME, _DIR_FLAGS))]
+
+        def fd_of_top() -> int:
+            first = len(stack) - 1
+            while stack[first].fd == -1:
+                first -= 1
+            for i in range(first + 1, len(stack)):
+                stack[i].fd = os.open(stack[i].name, _DIR_FLAGS, dir_fd=stack[i - 1].fd)
+            return stack[-1].fd
+
         try:
-            for path, inode in self.items[1:]:
-                parent, _, base = path.rpartition("/")
-                while stack[-1][0] != parent:
-                    os.close(stack.pop()[1])
-                fd, name = stack[-1][1], os.fsencode(base)
-                if inode.is_dir:
-                    if create_dirs:
-                        os.mkdir(name, 0o755, dir_fd=fd)
-                    if inode.children:
-                        stack.append((path, os.open(name, _DIR_FLAGS, dir_fd=fd)))
+            for path, name, inode in self.items[1:]:
+                parent = path.rpartition("/")[0]
+                while stack[-1].path != parent:
+                    closing = stack.pop().fd
+                    if closing != -1:
+                        os.close(closing)
+                if inode.is_dir and create_dirs:
+                    os.mkdir(name, 0o755, dir_fd=fd_of_top())
                 if select(inode):
-                    yield fd, name, inode
+                    yield fd_of_top(), name, inode
+                if inode.children:
+                    stack.append(_Dir(path, name, -1))
         finally:
-            for _, fd in stack:
-                os.close(fd)
+            for entry in stack:
+                if entry.fd != -1:
+                    os.close(entry.fd)
 
     def _create(self, fd: int, name: bytes, inode: Inode) -> None:
         key = id(inode)
@@ -209,7 +232,7 @@ class _Builder:
 
         def entries() -> Iterator[FlatEntry]:
             nonlocal directories, regular_bytes
-            for path, inode in self.items:
+            for path, _, inode in self.items:
                 key = id(inode)
                 group = None
                 if self.names[key] > 1:
@@ -232,6 +255,11 @@ class _Builder:
                             directories=directories, regular_bytes=regular_bytes)
         write_header(self.tmp / HEADER_NAME, header)
         return header
+
+
+def name_str(path: str) -> str:
+    """The last component of a tree path."""
+    return path.rpartition("/")[2]
 
 
 def _copy(src: int, dst: int, size: int) -> None:

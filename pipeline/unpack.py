@@ -131,10 +131,10 @@ def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,
     started = time.monotonic()
     hasher = VerifyingHasher(layer.diff_id, what=f"layer {digest} uncompressed (diff_id)")
     with StoreWriter(layers_root, digest, layer.diff_id) as writer:
-        stream = LayerStream(decompressed_chunks(blob, layer.media_type, layer=where),
-                             hasher, limit=limits.max_stream_bytes, layer=where)
-        _TarReader(stream, writer, limits, where).run()
-        stream.drain()
+        with LayerStream(decompressed_chunks(blob, layer.media_type, layer=where), hasher,
+                         limit=limits.max_stream_bytes, layer=where, background=True) as stream:
+            _TarReader(stream, writer, limits, where).run()
+            stream.drain()
         hasher.verify()
         store = writer.commit(stream_bytes=hasher.count)
     log.info("layer_unpacked", digest=where, entries=store.entries_count,
@@ -390,9 +390,6 @@ def _cstring(field: bytes) -> bytes:
     return field.split(b"\0", 1)[0]
 
 
-_OCTAL = re.compile(rb"[0-7]*")
-
-
 def _parse_number(field: bytes) -> int | None:
     """A numeric header field: base-256 if the high bit is set, else padded octal."""
     if field and field[0] & 0x80:
@@ -401,9 +398,11 @@ def _parse_number(field: bytes) -> int | None:
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * (len(field) - 1))) if field[0] == 0xFF else value
     digits = field.strip(b" \0")
-    if not _OCTAL.fullmatch(digits):
+    if not digits:
+        return 0
+    if digits.translate(None, b"01234567"):  # anything but octal digits (int() allows "_")
         return None
-    return int(digits, 8) if digits else 0
+    return int(digits, 8)
 
 
 def _check_checksum(block: bytes, layer: str) -> None:

@@ -7,6 +7,8 @@ import hashlib
 import os
 import random
 import struct
+import threading
+from collections.abc import Iterator
 import zlib
 from pathlib import Path
 
@@ -274,3 +276,50 @@ def test_isal_and_zlib_agree(tmp_path: Path) -> None:
     blob = zlib.compressobj(6, zlib.DEFLATED, 31)
     gz = blob.compress(data) + blob.flush()
     assert hashlib.sha256(run(tmp_path, gz, GZ)).digest() == hashlib.sha256(data).digest()
+
+
+def test_background_stream_matches_foreground(tmp_path: Path) -> None:
+    data = payload(5 * CHUNK_BYTES + 17)
+    path = tmp_path / "blob"
+    path.write_bytes(gzip.compress(data))
+    hasher = VerifyingHasher(digest_of(data), what="bg")
+    with LayerStream(decompressed_chunks(path, GZ, layer=LAYER), hasher, limit=1 << 40,
+                     layer=LAYER, background=True) as stream:
+        assert stream.read(10) == data[:10]
+        assert stream.skip(CHUNK_BYTES) == CHUNK_BYTES
+        rest = stream.read(len(data))
+        assert rest == data[10 + CHUNK_BYTES:]
+        stream.drain()
+    hasher.verify()
+
+
+def test_background_stream_forwards_errors(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(gzip.compress(payload(3 * CHUNK_BYTES))[:-100])
+    hasher = VerifyingHasher(digest_of(b""), what="bg")
+    with LayerStream(decompressed_chunks(path, GZ, layer=LAYER), hasher, limit=1 << 40,
+                     layer=LAYER, background=True) as stream:
+        with pytest.raises(CorruptStream):
+            stream.drain()
+        with pytest.raises(CorruptStream):  # and keeps failing
+            stream.read(1)
+
+
+def test_background_stream_stops_when_the_reader_gives_up(tmp_path: Path) -> None:
+    # A bomb the reader abandons after one read: close() must stop the producer
+    # (blocked on a full queue) instead of decompressing the rest.
+    path = tmp_path / "blob"
+    path.write_bytes(gzip.compress(bytes(256 * CHUNK_BYTES), 9))
+    consumed: list[int] = []
+
+    def counting() -> Iterator[bytes]:
+        for chunk in decompressed_chunks(path, GZ, layer=LAYER):
+            consumed.append(len(chunk))
+            yield chunk
+
+    hasher = VerifyingHasher(digest_of(b""), what="bg")
+    stream = LayerStream(counting(), hasher, limit=1 << 40, layer=LAYER, background=True)
+    assert stream.read(512) == bytes(512)
+    stream.close()
+    assert len(consumed) < 32
+    assert not [t for t in threading.enumerate() if t.name == "layer-decompress"]
