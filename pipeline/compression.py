@@ -15,6 +15,7 @@ anything after the last member or frame).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import queue
@@ -311,10 +312,8 @@ class LayerStream:
             return
         self._stop.set()
         while self._thread.is_alive():
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
         self._thread.join()
         self._thread = None
 

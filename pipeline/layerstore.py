@@ -123,7 +123,7 @@ class IndexEntry:
                    rdev=(rdev[0], rdev[1]) if rdev is not None else None)
 
 
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring_ascii
 _NO_METADATA = frozenset({EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK})
 
 
@@ -204,7 +204,8 @@ class StoreWriter:
         os.mkdir(self.tmp, 0o700)
         os.mkdir(self.tmp / FILES_DIR, 0o700)
         self.files_fd = os.open(self.tmp / FILES_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._index: IO[str] = open(self.tmp / INDEX_NAME, "w", encoding="ascii",
+        # Kept open across add() calls; commit() or abort() closes it.
+        self._index: IO[str] = open(self.tmp / INDEX_NAME, "w", encoding="ascii",  # noqa: SIM115
                                     buffering=1 << 20)
         self.entries = 0
         self.files = 0

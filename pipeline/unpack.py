@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -155,7 +154,8 @@ class _Pending:
 class _TarReader:
     """Parses headers and writes contents + index records for one layer."""
 
-    def __init__(self, stream: LayerStream, writer: StoreWriter, limits: Limits, layer: str) -> None:
+    def __init__(self, stream: LayerStream, writer: StoreWriter, limits: Limits,
+                 layer: str) -> None:
         self.stream = stream
         self.writer = writer
         self.limits = limits
@@ -305,9 +305,9 @@ class _Member:
         if typeflag == b"\0" and name.endswith(b"/"):
             kind = EntryKind.DIRECTORY  # pre-POSIX convention, as Go's reader does
         mode = r._number(block[100:108], "mode", block)
-        uid = _pax_int(pax, b"uid", r, name) if b"uid" in pax else r._number(block[108:116], "uid", block)
-        gid = _pax_int(pax, b"gid", r, name) if b"gid" in pax else r._number(block[116:124], "gid", block)
-        size = _pax_int(pax, b"size", r, name) if b"size" in pax else r._number(block[124:136], "size", block)
+        uid = _field(pax, b"uid", block, 108, 116, r, name)
+        gid = _field(pax, b"gid", block, 116, 124, r, name)
+        size = _field(pax, b"size", block, 124, 136, r, name)
         if b"mtime" in pax:
             mtime_ns = _pax_time(pax[b"mtime"], r, name)
         else:
@@ -434,6 +434,14 @@ def _parse_pax(data: bytes, layer: str) -> dict[bytes, bytes]:
         records[key] = value
         pos += length
     return records
+
+
+def _field(pax: dict[bytes, bytes], key: bytes, block: bytes, start: int, end: int,
+           r: _TarReader, member: bytes) -> int:
+    """A numeric field: the PAX record if there is one, else the header's."""
+    if key in pax:
+        return _pax_int(pax, key, r, member)
+    return r._number(block[start:end], key.decode(), block)
 
 
 def _pax_int(pax: dict[bytes, bytes], key: bytes, r: _TarReader, member: bytes) -> int:

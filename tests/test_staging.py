@@ -135,8 +135,8 @@ def test_entries_carry_the_image_metadata_in_mkfs_order(tmp_path: Path) -> None:
     flat = build(tmp_path, [
         dir("b", mode=0o700, uid=1, gid=2), file("b/z", b"zz", mode=0o4755),
         file("b/a", b"a", uid=100000), symlink("a-b", "b"), chardev("a/c", 5, 1, mode=0o600),
-        fifo("a/p"), hardlink("b/h", "b/z"), file("ping", b"p", xattrs={"security.capability": cap}),
-        dir("B")], [whiteout("b/a")])
+        fifo("a/p"), hardlink("b/h", "b/z"),
+        file("ping", b"p", xattrs={"security.capability": cap}), dir("B")], [whiteout("b/a")])
     got = list(read_entries(flat / "entries.jsonl"))
     assert got == [
         FlatEntry("", FileType.DIRECTORY, 0o755, 0, 0, 0),

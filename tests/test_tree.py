@@ -75,7 +75,8 @@ def test_missing_is_none_unless_created(tree: Tree) -> None:
     created = tree.lookup(["nonexistent", "deeper"])
     assert created is not None and created.is_dir
     assert (created.mode, created.uid, created.gid, created.mtime_ns) == (0o755, 0, 0, 0)
-    assert tree.lookup(["dangling"]) is not None and tree.lookup(["dangling"]).type is FileType.SYMLINK
+    dangling = tree.lookup(["dangling"])
+    assert dangling is not None and dangling.type is FileType.SYMLINK
 
 
 def test_dotdot_below_a_missing_directory_is_lexical(tree: Tree) -> None:

@@ -25,7 +25,7 @@ from pipeline.layerstore import EntryKind, IndexEntry, LayerStore
 from pipeline.unpack import (BadName, CorruptTar, Limits, MalformedWhiteout, PathOutsideRoot,
                              UnsupportedEntry, unpack_layer)
 from tests.harness.images import (Layer, Member, blockdev, chardev, dir, fifo, file, hardlink,
-                                  make_layer, opaque, raw, raw_bytes, symlink, whiteout)
+                                  make_layer, raw, raw_bytes, symlink)
 from tests.harness.tarball import MTIME, tar_bytes
 
 K = EntryKind
@@ -56,11 +56,11 @@ def store_blob(tmp_path: Path, layer: Layer) -> Path:
     return path
 
 
-def unpack(tmp_path: Path, members: Iterable[Member] | Layer, *, limits: Limits = Limits(),
+def unpack(tmp_path: Path, members: Iterable[Member] | Layer, *, limits: Limits | None = None,
            diff_id: str | None = None, **kw: object) -> LayerStore:
     layer = members if isinstance(members, Layer) else make_layer(members, **kw)  # type: ignore[arg-type]
     return unpack_layer(store_blob(tmp_path, layer), descriptor(layer, diff_id=diff_id),
-                        tmp_path / "layers", limits=limits)
+                        tmp_path / "layers", limits=limits or Limits())
 
 
 def records(tmp_path: Path, members: Iterable[Member] | Layer, **kw: object) -> list[IndexEntry]:
@@ -518,8 +518,8 @@ def test_concurrent_unpacks_of_one_layer_agree(tmp_path: Path) -> None:
 
 
 def test_index_round_trips_every_field() -> None:
-    entry = IndexEntry("a/\udcff\n\"b", K.REGULAR, 0o7777, 2**40, 7, -5, (("user.\udce9", b"\0\xff"),),
-                       12, 3, None, None)
+    entry = IndexEntry("a/\udcff\n\"b", K.REGULAR, 0o7777, 2**40, 7, -5,
+                       (("user.\udce9", b"\0\xff"),), 12, 3, None, None)
     line = entry.to_json()
     assert line.isascii() and "\n" not in line
     assert IndexEntry.from_json(line) == entry
