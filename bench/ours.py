@@ -1,0 +1,105 @@
+"""Our side: the pipeline exactly as a user runs it, ``doit`` on an images.toml.
+
+Each build directory gets an ``images.toml`` naming images on the loopback
+registry (plain HTTP is the default there, so no ``[registries]`` table)
+and is built with::
+
+    <venv>/bin/doit -f <repo>/dodo.py -d <dir>
+
+with the default settings: ``jobs`` (doit's ``-n``) from the default config,
+cache and outputs under ``<dir>``. A cold run starts from an empty
+directory. The pipeline's JSON log lines (it logs JSON when stderr is not a
+terminal) are kept per run and summarised: seconds per task family and how
+many tasks ran, which is what says where our time went.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procmon import measure
+from .world import World, WorldImage
+
+__all__ = ["OursRun", "Ours", "write_manifest"]
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_FAMILIES = ("resolve", "fetch-blob", "unpack", "flatten", "mkfs")
+
+
+@dataclass(slots=True)
+class OursRun:
+    seconds: float
+    peak_rss: int
+    peak_pss: int
+    tasks_ran: int | None = None
+    tasks_up_to_date: int | None = None
+    steps: dict[str, float] = field(default_factory=dict)
+    """Seconds per task family, summed over tasks (they overlap with -n > 1)."""
+    outputs: list[Path] = field(default_factory=list)
+
+
+def write_manifest(directory: Path, world: World, images: Sequence[WorldImage]) -> None:
+    """Write ``directory/images.toml`` building ``images`` from the world's registry."""
+    lines = ["# Written by bench/run.py.", ""]
+    for image in images:
+        lines += [f"[images.{image.name}]", f'ref = "{world.ref(image)}"', ""]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "images.toml").write_text("\n".join(lines))
+
+
+def _summarise(log: Path, run: OursRun, start_offset: int) -> None:
+    with open(log, "rb") as f:
+        f.seek(start_offset)
+        for raw in f:
+            if not raw.startswith(b"{"):
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if event.get("event") == "task done" and "seconds" in event:
+                family = str(event.get("task", "")).split(":", 1)[0]
+                if family in _FAMILIES:
+                    run.steps[family] = round(run.steps.get(family, 0.0) + event["seconds"], 3)
+            elif event.get("event") == "run finished":
+                run.tasks_ran = event.get("ran")
+                run.tasks_up_to_date = event.get("up_to_date")
+
+
+class Ours:
+    """Runs doit on build directories; one log file per bench run."""
+
+    def __init__(self, world: World, log_dir: Path) -> None:
+        self.world = world
+        self.log = log_dir / "ours.log"
+        self.doit = Path(sys.executable).parent / "doit"
+        if not self.doit.exists():
+            raise RuntimeError(f"{self.doit} is missing: install the package into the venv "
+                               "that runs the bench (pip install -e .)")
+
+    def build(self, directory: Path, *, profile: Path | None = None) -> OursRun:
+        """Run doit in ``directory`` (its images.toml must exist)."""
+        argv = [str(self.doit), "-f", str(_REPO_ROOT / "dodo.py"), "-d", str(directory)]
+        if profile is not None:
+            # --idle: waits (on mkfs.ext4, locks, the network) are most of a
+            # pipeline's wall time and must show where they happen.
+            argv = [str(self.doit.parent / "py-spy"), "record", "--subprocesses", "--idle",
+                    "--format", "speedscope", "--rate", "200", "-o", str(profile), "--",
+                    *argv]
+        start = self.log.stat().st_size if self.log.exists() else 0
+        env = dict(os.environ)
+        env.pop("ROOTFS_MIRRORS", None)
+        m = measure(argv, env=env, log=self.log)
+        if m.returncode != 0:
+            raise RuntimeError(f"ours: doit exited {m.returncode} in {directory}; "
+                               f"see {self.log}")
+        run = OursRun(m.seconds, m.peak_rss, m.peak_pss)
+        _summarise(self.log, run, start)
+        out = directory / "out"
+        run.outputs = sorted(out.glob("*.ext4")) if out.is_dir() else []
+        return run

@@ -1,0 +1,137 @@
+"""One command: set up the world, run us and the peer side by side, print the ratios.
+
+::
+
+    .venv/bin/python bench/run.py [--runs N] [--quick] [--scenario 1,2,...]
+                                  [--work DIR] [--keep] [--json PATH] [--profile 1|2|5]
+
+See bench/README.md for what each scenario measures and docs/benchmarks.md
+for the latest numbers. Exit status: 0 when the bench ran (targets missed
+are reported, not fatal: this is a measurement, not a test), 1 when a side
+failed to build, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from bench.peer import ensure_peer_tools  # noqa: E402
+from bench.profile import PROFILE_SCENARIOS, profile_ours  # noqa: E402
+from bench.report import render, write_json  # noqa: E402
+from bench.scenarios import SCENARIOS, Bench, with_dependencies  # noqa: E402
+from bench.world import World, WorldSpec, open_world  # noqa: E402
+
+DEFAULT_RUNS = 3
+WORK_VAR = "ROOTFS_BENCH_DIR"
+# /tmp here is the root disk, not tmpfs; a run needs about 10 GB at its peak.
+DEFAULT_WORK = Path("/tmp/rootfs-bench")
+# Warming reads every blob once so the first measured side does not pay for
+# cold disk reads the others then skip.
+_WARM_CHUNK = 1 << 20
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=None,
+                   help=f"runs per scenario, median reported (default {DEFAULT_RUNS})")
+    p.add_argument("--quick", action="store_true", help="one run of each scenario")
+    p.add_argument("--scenario", action="append", default=None,
+                   help=f"scenarios to run, comma separated or repeated: {', '.join(SCENARIOS)} "
+                        "(default all; 3 and 4 also run what they continue from)")
+    p.add_argument("--work", type=Path, default=None,
+                   help=f"work directory (default ${WORK_VAR} or {DEFAULT_WORK}); the "
+                        "generated world is cached in <work>/world")
+    p.add_argument("--keep", action="store_true",
+                   help="keep this run's registry storage and build directories")
+    p.add_argument("--json", type=Path, default=None,
+                   help="result file (default <work>/results/<time>/bench.json)")
+    p.add_argument("--profile", choices=PROFILE_SCENARIOS, default=None,
+                   help="after measuring, profile our side of one scenario with py-spy")
+    args = p.parse_args(argv)
+    if args.quick and args.runs is not None:
+        p.error("--quick means one run; give either --quick or --runs")
+    args.runs = 1 if args.quick else (args.runs or DEFAULT_RUNS)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    chosen = [s.strip() for group in (args.scenario or [",".join(SCENARIOS)])
+              for s in group.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    args.selected = with_dependencies(chosen)
+    args.work = (args.work or Path(os.environ.get(WORK_VAR) or DEFAULT_WORK)).resolve()
+    return args
+
+
+def _warm(world: World) -> None:
+    for image in world.images.values():
+        for layer in image.layers:
+            with open(world.blob_path(layer), "rb") as f:
+                while f.read(_WARM_CHUNK):
+                    pass
+
+
+def _world_json(world: World) -> dict[str, object]:
+    return {"key": world.spec.key(), "generate_seconds": world.generate_seconds,
+            "images": {k: {"layers": len(v.layers), "uncompressed_bytes": v.uncompressed_bytes,
+                           "compressed_bytes": v.compressed_bytes,
+                           "entries": sum(layer.entries for layer in v.layers)}
+                       for k, v in sorted(world.images.items())}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.work / "runs" / stamp
+    results_dir = args.work / "results" / stamp
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.json or results_dir / "bench.json"
+    started = time.monotonic()
+    _say(f"bench: scenarios {', '.join(args.selected)}, {args.runs} run(s); "
+         f"logs in {results_dir}")
+    ensure_peer_tools(_say)
+    try:
+        with open_world(WorldSpec(), cache=args.work / "world", run_dir=run_dir,
+                        log=_say) as world:
+            _warm(world)
+            bench = Bench(world, run_dir, results_dir, _say)
+            for index in range(1, args.runs + 1):
+                _say(f"bench: run {index} of {args.runs}")
+                bench.run(index, args.selected)
+            table = render(bench.results, args.runs)
+            print(table)
+            (results_dir / "table.md").write_text(table + "\n")
+            write_json(json_path, results=bench.results, runs=args.runs,
+                       world=_world_json(world),
+                       info={"scenarios_run": args.selected,
+                             "bench_seconds": round(time.monotonic() - started, 1)})
+            _say(f"bench: results in {json_path}")
+            if args.profile:
+                summary = profile_ours(world, args.profile, run_dir, results_dir)
+                print("\n" + summary.read_text())
+                _say(f"bench: profile in {summary.with_suffix('')}.speedscope.json")
+    except RuntimeError as err:
+        _say(f"bench: failed: {err}")
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    _say(f"bench: done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The scenarios of issue 4, each run for us and for the peer in the same bench run.
+
+====  ==============================================  ===================================
+id    what is timed (ours: one ``doit`` run)           peer
+====  ==============================================  ===================================
+1     cold build of ``app00`` (fresh cache)            fresh OCI layout; plus the floor
+2     cold batch ``app00``-``app09`` (shared base)     one fresh layout for the batch
+3     no-op rerun of the batch                         the same script again (warm layout)
+4     ``app00`` bumped ``v1`` -> ``v2`` (new top)      copy + unpack + mkfs of app00:v2
+5     ``big`` (~1 GiB uncompressed, fresh cache)       fresh layout
+L     ``layers`` (4 layers, whiteouts, opaque dirs)    fresh layout (no target: a check)
+====  ==============================================  ===================================
+
+Within one bench run the order is fixed (peer, floor, ours per scenario) and
+scenarios 3 and 4 continue in scenario 2's directories, so 3 needs 2 and 4
+needs 2 and 1 (its target is against 1). Directories of a finished scenario
+are removed at once to keep the disk footprint to one scenario's worth, and
+``sync`` runs (untimed) before each side so neither pays to write back the
+other's dirty pages.
+After each build the ext4 outputs of both sides are compared by used
+inode count, so a side that silently skipped work shows up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ours import Ours, OursRun, write_manifest
+from .peer import Peer, PeerRun
+from .world import World, WorldImage
+
+__all__ = ["SCENARIOS", "Sample", "Samples", "Bench", "with_dependencies", "ext4_inodes_used"]
+
+SCENARIOS = ("1", "2", "3", "4", "5", "layers")
+_NEEDS = {"3": ("2",), "4": ("2", "1")}
+
+
+def with_dependencies(selected: Sequence[str]) -> list[str]:
+    """``selected`` plus the scenarios they continue from, in canonical order."""
+    wanted = set(selected)
+    for sid in list(wanted):
+        wanted.update(_NEEDS.get(sid, ()))
+    return [sid for sid in SCENARIOS if sid in wanted]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One side of one scenario in one run."""
+
+    seconds: float
+    peak_rss: int
+    peak_pss: int
+    steps: dict[str, float]
+    tasks_ran: int | None = None
+
+    @classmethod
+    def of(cls, run: OursRun | PeerRun) -> Sample:
+        ran = run.tasks_ran if isinstance(run, OursRun) else None
+        return cls(round(run.seconds, 3), run.peak_rss, run.peak_pss, dict(run.steps), ran)
+
+    def to_json(self) -> dict[str, object]:
+        return {"seconds": self.seconds, "peak_rss": self.peak_rss, "peak_pss": self.peak_pss,
+                "steps": self.steps, "tasks_ran": self.tasks_ran}
+
+
+@dataclass(slots=True)
+class Samples:
+    """Every run's samples of one scenario, and the output checks."""
+
+    ours: list[Sample] = field(default_factory=list)
+    peer: list[Sample] = field(default_factory=list)
+    floor: list[Sample] = field(default_factory=list)
+    checks: list[dict[str, object]] = field(default_factory=list)
+
+    @staticmethod
+    def median(samples: list[Sample]) -> float | None:
+        return statistics.median(s.seconds for s in samples) if samples else None
+
+    @staticmethod
+    def peak(samples: list[Sample], attr: str = "peak_rss") -> int | None:
+        return max(getattr(s, attr) for s in samples) if samples else None
+
+    @staticmethod
+    def median_steps(samples: list[Sample]) -> dict[str, float]:
+        keys = sorted({k for s in samples for k in s.steps})
+        return {k: round(statistics.median(s.steps.get(k, 0.0) for s in samples), 3)
+                for k in keys}
+
+    def to_json(self) -> dict[str, object]:
+        return {"ours": [s.to_json() for s in self.ours],
+                "peer": [s.to_json() for s in self.peer],
+                "floor": [s.to_json() for s in self.floor], "checks": self.checks}
+
+
+def ext4_inodes_used(image: Path) -> int:
+    """Inodes in use, from the primary superblock (s_inodes_count - s_free_inodes_count)."""
+    with open(image, "rb") as f:
+        f.seek(1024)
+        sb = f.read(20)
+    inodes, _, _, _, free_inodes = struct.unpack("<5I", sb)
+    return int(inodes - free_inodes)
+
+
+class Bench:
+    """Runs the selected scenarios once per call to :meth:`run`, appending samples."""
+
+    def __init__(self, world: World, run_root: Path, log_dir: Path,
+                 log: Callable[[str], None]) -> None:
+        self.world = world
+        self.run_root = run_root
+        self.log_dir = log_dir
+        self.say = log
+        self.ours = Ours(world, log_dir)
+        self.results: dict[str, Samples] = {}
+
+    def _samples(self, sid: str) -> Samples:
+        return self.results.setdefault(sid, Samples())
+
+    def _check(self, sid: str, ours: OursRun, peer: PeerRun) -> None:
+        pairs = {p.stem: p for p in peer.outputs}
+        for mine in ours.outputs:
+            theirs = pairs.get(mine.stem)
+            if theirs is None:
+                continue
+            check = {"image": mine.stem, "ours_inodes": ext4_inodes_used(mine),
+                     "peer_inodes": ext4_inodes_used(theirs)}
+            self._samples(sid).checks.append(check)
+            if check["ours_inodes"] != check["peer_inodes"]:
+                self.say(f"  warning: {mine.stem}: ours uses {check['ours_inodes']} inodes, "
+                         f"the peer {check['peer_inodes']}")
+
+    def _side_by_side(self, sid: str, title: str, peer: Peer, images: Sequence[WorldImage],
+                      ours_dir: Path, *, floor: bool = False) -> tuple[PeerRun, OursRun]:
+        # Each side starts with no dirty pages left by the other to write back.
+        os.sync()
+        p = peer.build(images)
+        self._samples(sid).peer.append(Sample.of(p))
+        line = f"  [{sid}] {title}: peer {p.seconds:.2f} s"
+        if floor:
+            f = peer.floor(images[0], self.run_root)
+            self._samples(sid).floor.append(Sample.of(f))
+            line += f", floor {f.seconds:.2f} s"
+        os.sync()
+        o = self.ours.build(ours_dir)
+        self._samples(sid).ours.append(Sample.of(o))
+        self.say(f"{line}, ours {o.seconds:.2f} s (ratio {o.seconds / p.seconds:.2f})")
+        self._check(sid, o, p)
+        return p, o
+
+    def run(self, index: int, selected: Sequence[str]) -> None:
+        w = self.world
+        root = self.run_root / f"run{index}"
+        app00 = w.image("app00")
+        if "1" in selected:
+            d = root / "s1"
+            write_manifest(d / "ours", w, [app00])
+            self._side_by_side("1", "cold single", Peer(w, d / "peer", self.log_dir), [app00],
+                               d / "ours", floor=True)
+            shutil.rmtree(d)
+        if "2" in selected:
+            d = root / "s2"
+            peer = Peer(w, d / "peer", self.log_dir)
+            write_manifest(d / "ours", w, w.batch)
+            self._side_by_side("2", f"cold batch of {len(w.batch)}", peer, w.batch, d / "ours")
+            if "3" in selected:
+                _, o = self._side_by_side("3", "no-op rerun", peer, w.batch, d / "ours")
+                if o.tasks_ran:
+                    self.say(f"  warning: the no-op rerun ran {o.tasks_ran} tasks")
+            if "4" in selected:
+                bumped = w.image("app00", "v2")
+                write_manifest(d / "ours", w, [bumped, *w.batch[1:]])
+                self._side_by_side("4", "tag bump app00 v1->v2", peer, [bumped], d / "ours")
+            shutil.rmtree(d)
+        for sid, image, title in (("5", w.image("big"), "1 GiB image"),
+                                  ("layers", w.image("layers"), "multi-layer whiteouts")):
+            if sid in selected:
+                d = root / f"s{sid}"
+                write_manifest(d / "ours", w, [image])
+                self._side_by_side(sid, title, Peer(w, d / "peer", self.log_dir), [image],
+                                   d / "ours")
+                shutil.rmtree(d)
+        shutil.rmtree(root, ignore_errors=True)
