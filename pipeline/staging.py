@@ -114,6 +114,7 @@ class _Builder:
         self.sources: dict[int, tuple[int, bytes]] = {}  # id(inode) -> (dir fd, name)
         self.spare_fd = -1
         self.spares = 0
+        self.copied: dict[str, int] = {}  # why store files were copied, not linked -> count
 
     def build(self) -> FlatHeader:
         os.mkdir(self.tmp / ROOTFS_NAME, 0o700)
@@ -133,6 +134,10 @@ class _Builder:
             for fd in self.store_fds.values():
                 os.close(fd)
         shutil.rmtree(self.tmp / _SPARE)
+        for reason, count in self.copied.items():
+            log.warning("staging_copied", files=count, reason=reason,
+                        hint="keep the layer and flat caches on one filesystem, owned by"
+                             " the user who builds")
         return self._write_metadata()
 
     def _pass(self, select: Callable[[Inode], bool], *, create_dirs: bool = False
@@ -191,7 +196,8 @@ class _Builder:
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
                     raise
-                log.warning("staging_copy", reason=e.strerror, size=inode.size)
+                self.copied[e.strerror or str(e.errno)] = (
+                    self.copied.get(e.strerror or str(e.errno), 0) + 1)
         if self.names[key] > 1:  # several names: make the file once, link every name
             spare = str(self.spares).encode()
             self.spares += 1

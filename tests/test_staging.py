@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,18 @@ def test_mkfs_sees_exactly_the_image_hard_links(tmp_path: Path) -> None:
     assert ino["a"] == ino["b"] and ino["e"] == ino["f"]
     assert len({ino["a"], ino["c"], ino["d"], ino["e"]}) == 4
     assert (nodes["a"].nlink, nodes["c"].nlink, nodes["e"].nlink) == (2, 1, 2)
+
+
+def test_flat_on_another_filesystem_copies(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's tmp_path")
+    built = stores(tmp_path, [file("a", b"linked"), hardlink("b", "a"), file("c", b"alone")])
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        flat = flatten_image(built, Path(other) / "flat")
+        a, b, c = (host(flat, p) for p in "abc")
+        assert a.st_ino == b.st_ino and a.st_nlink == 2 and c.st_nlink == 1
+        assert a.st_dev != built[0].content_path(0).stat().st_dev
+        assert (flat / "rootfs/b").read_bytes() == b"linked"
+        assert (flat / "rootfs/c").read_bytes() == b"alone"
+        assert sorted(os.listdir(flat)) == ["entries.jsonl", "flat.json", "rootfs"]
