@@ -323,3 +323,5 @@ def test_background_stream_stops_when_the_reader_gives_up(tmp_path: Path) -> Non
     stream.close()
     assert len(consumed) < 32
     assert not [t for t in threading.enumerate() if t.name == "layer-decompress"]
+    with pytest.raises(AssertionError, match="internal error: LayerStream read after close"):
+        stream.read(1 << 20)
