@@ -117,9 +117,20 @@ def host(tmp_path: Path, registry: Registry, repo: str, client: RegistryClient) 
 
 
 def tree_of(flat: Path) -> dict[str, str]:
-    """The flat image as {path: line}: metadata from entries.jsonl, bytes from rootfs."""
+    """The flat image as {path: line}: metadata from entries.jsonl, bytes from rootfs.
+
+    Also checks that staging names share a host inode exactly when they share a
+    ``link_group`` (what mkfs.ext4 -d turns into ext4 hard links).
+    """
     out: dict[str, str] = {}
+    inodes: dict[int, set[object]] = {}
+    groups: dict[object, set[int]] = {}
     for e in read_entries(flat / "entries.jsonl"):
+        if e.path and e.type is FileType.REGULAR:
+            key = e.link_group if e.link_group is not None else e.path
+            ino = (flat / "rootfs" / e.path).lstat().st_ino
+            inodes.setdefault(ino, set()).add(key)
+            groups.setdefault(key, set()).add(ino)
         if not e.path:
             continue
         owner = f"{e.mode:04o} {e.uid}:{e.gid}"
@@ -138,6 +149,8 @@ def tree_of(flat: Path) -> dict[str, str]:
         if e.link_group is not None:
             line += f" #{e.link_group}"
         out[e.path] = line
+    assert all(len(keys) == 1 for keys in inodes.values()), inodes
+    assert all(len(found) == 1 for found in groups.values()), groups
     return out
 
 
