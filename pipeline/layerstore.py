@@ -45,7 +45,7 @@ from typing import IO
 
 import structlog
 
-from .digest import Digest
+from .digest import Digest, parse_digest
 from .errors import LayerError
 
 __all__ = ["EntryKind", "IndexEntry", "LayerStore", "StoreWriter", "STORE_FORMAT",
@@ -127,6 +127,10 @@ _quote = json.encoder.encode_basestring_ascii
 _NO_METADATA = frozenset({EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK})
 
 
+def _digest(digest: Digest | str) -> Digest:
+    return digest if isinstance(digest, Digest) else parse_digest(digest)
+
+
 def content_name(content: int) -> str:
     """The file name of content number ``content`` under ``files/``."""
     return f"{content:06d}"
@@ -151,12 +155,14 @@ class LayerStore:
         return f"LayerStore({self.digest}, {self.entries_count} entries)"
 
     @classmethod
-    def path_for(cls, layers_root: Path, digest: Digest) -> Path:
-        return Path(layers_root) / digest.hex
+    def path_for(cls, layers_root: Path, digest: Digest | str) -> Path:
+        """Where the finished store of ``digest`` lives (validated before use in a path)."""
+        return Path(layers_root) / _digest(digest).hex
 
     @classmethod
-    def open(cls, layers_root: Path, digest: Digest) -> LayerStore:
+    def open(cls, layers_root: Path, digest: Digest | str) -> LayerStore:
         """Open the finished store for ``digest``; LayerError if there is none."""
+        digest = _digest(digest)
         root = cls.path_for(layers_root, digest)
         try:
             marker = json.loads((root / MARKER_NAME).read_text(encoding="ascii"))

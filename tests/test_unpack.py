@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.digest import Digest, digest_of, parse_digest
-from pipeline.errors import DigestMismatch, LayerError, LimitExceeded, UnsafeLayerEntry
+from pipeline.errors import (BadDigest, DigestMismatch, LayerError, LimitExceeded,
+                             UnsafeLayerEntry)
 from pipeline.layerstore import EntryKind, IndexEntry, LayerStore
 from pipeline.unpack import (BadName, CorruptTar, Limits, MalformedWhiteout, PathOutsideRoot,
                              UnsupportedEntry, unpack_layer)
@@ -441,6 +442,9 @@ def test_store_is_reused_and_opened_only_when_finished(tmp_path: Path) -> None:
     assert (again.root / "index.jsonl").stat().st_ino == index_inode
     opened = LayerStore.open(tmp_path / "layers", parse_digest(layer.digest))
     assert (opened.digest, opened.diff_id) == (layer.digest, layer.diff_id)
+    assert LayerStore.open(tmp_path / "layers", layer.digest).root == opened.root
+    with pytest.raises(BadDigest):
+        LayerStore.open(tmp_path / "layers", "sha256:../../etc")
     assert [p.name for p in (tmp_path / "layers").iterdir()] == [layer.digest[7:]]
 
 
