@@ -182,7 +182,7 @@ class BlobCache:
                 tmp.unlink()
             raise
         _fsync_dir(final.parent)
-        log.info("blobcache.fetched", digest=str(d), size=size, registry=registry,
+        log.debug("blobcache.fetched", digest=str(d), size=size, registry=registry,
                  repository=repository)
 
 
@@ -233,7 +233,7 @@ class _Transfer:
             if offset:
                 if stream.status == 200 and not stream.encoded:
                     # Range ignored: this is the whole blob again, so use it from byte 0.
-                    log.info("blobcache.range_ignored", digest=str(self.digest), offset=offset)
+                    log.debug("blobcache.range_ignored", digest=str(self.digest), offset=offset)
                     self._restart()
                 elif not (stream.status == 206 and not stream.encoded
                           and _range_ok(stream.content_range, offset, self.size)):

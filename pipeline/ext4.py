@@ -171,7 +171,7 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str)
     finally:
         os.close(fd)
     timings = dict(result.timings, total=round(time.monotonic() - started, 3))
-    log.info("ext4.built", path=str(output), size=result.size, sha256=result.sha256,
+    log.debug("ext4.built", path=str(output), size=result.size, sha256=result.sha256,
              **{f"seconds_{k}": v for k, v in timings.items()})
     return Ext4Result(path=output, size=result.size, sha256=result.sha256, uuid=result.uuid,
                       inodes=result.inodes, free_bytes=result.free_bytes,

@@ -262,7 +262,7 @@ class StoreWriter:
             # stores are content-addressed, so theirs is as good as ours.
             if not final.is_dir():
                 raise
-            log.info("layer_store_raced", digest=str(self.digest), error=e.strerror)
+            log.debug("layer_store_raced", digest=str(self.digest), error=e.strerror)
             shutil.rmtree(self.tmp, ignore_errors=True)
             return LayerStore.open(self.layers_root, self.digest)
         _fsync_dir(self.layers_root)

@@ -200,7 +200,7 @@ def resolve_image(client: RegistryClient, ref: ImageRef, platform: Platform,
     resolved = ResolvedImage(ref, ref.registry, ref.repository, chosen, index_digest,
                              manifest_digest, BlobRef(config_desc.digest, config_desc.size,
                                                       config_desc.media_type), layers)
-    log.info("resolve.done", ref=where, platform=str(chosen), manifest=str(manifest_digest),
+    log.debug("resolve.done", ref=where, platform=str(chosen), manifest=str(manifest_digest),
              layers=len(layers))
     return resolved
 

@@ -84,7 +84,7 @@ def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(dest.parent)
-    log.info("materialized", dest=str(dest), entries=header.entries, inodes=header.inodes,
+    log.debug("materialized", dest=str(dest), entries=header.entries, inodes=header.inodes,
              bytes=header.regular_bytes, seconds=round(time.monotonic() - started, 3))
     return dest
 

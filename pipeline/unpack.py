@@ -136,8 +136,8 @@ def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,
             stream.drain()
         hasher.verify()
         store = writer.commit(stream_bytes=hasher.count)
-    log.info("layer_unpacked", digest=where, entries=store.entries_count,
-             files=store.files_count, bytes=store.stream_bytes,
+    log.debug("layer_unpacked", digest=where, entries=store.entries_count,
+              files=store.files_count, bytes=store.stream_bytes,
              seconds=round(time.monotonic() - started, 3))
     return store
 

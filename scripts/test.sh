@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 packages="docker-registry e2fsprogs skopeo umoci qemu-system-x86 linux-image-amd64
-busybox-static util-linux"
+busybox-static util-linux time"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

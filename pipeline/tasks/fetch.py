@@ -28,7 +28,7 @@ from ..progress import format_bytes
 from ..resolve import LayerRef
 from .context import RunContext, Source
 from .plan import BuildPlan, LayerPlan
-from .steps import IO, action
+from .steps import IO, action, note
 
 __all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
 
@@ -61,7 +61,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan) -> dict[str, Any]:
     if file_stamp(path) is not None:
         try:
             cache.verify(layer.digest, layer.size)
-            log.info("cached blob verified", bytes=layer.size)
+            note(outcome="cached blob verified", bytes=layer.size)
             return {"stamp": list(file_stamp(path) or ())}
         except DigestMismatch as err:
             # Never use it: the blob cache only trusts bytes it verified itself.
@@ -79,8 +79,8 @@ def fetch_step(ctx: RunContext, plan: LayerPlan) -> dict[str, Any]:
     finally:
         progress.finish()
     seconds = time.monotonic() - started
-    log.info("blob fetched", bytes=layer.size, seconds=round(seconds, 3),
-             rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
+    note(outcome="fetched", bytes=layer.size,
+         rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
     return {"stamp": list(file_stamp(path) or ())}
 
 

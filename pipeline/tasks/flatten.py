@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import structlog
 from doit.tools import config_changed
 
 from ..flatimage import HEADER_NAME
@@ -22,12 +21,10 @@ from ..layerstore import LayerStore
 from ..staging import flatten_image
 from .context import RunContext
 from .plan import BuildPlan, ImagePlan
-from .steps import IO, action
+from .steps import IO, action, note
 from .unpack import check_diff_id
 
 __all__ = ["flatten_tasks", "flatten_step", "flat_finished", "flatten_config"]
-
-log = structlog.get_logger(__name__)
 
 
 def flatten_config(image: ImagePlan) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
         stores.append(store)
     with ctx.chain_lock(image.chain_key):
         flat = flatten_image(stores, ctx.flat_root)
-    log.info("image flattened", flat=str(flat), layers=len(stores))
+    note(flat=str(flat), layers=len(stores))
 
 
 def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:

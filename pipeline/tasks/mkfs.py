@@ -32,7 +32,7 @@ from ..flatimage import HEADER_NAME
 from ..sizes import format_size
 from .context import RunContext
 from .plan import BuildPlan, ImagePlan
-from .steps import IO, action
+from .steps import IO, action, note
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
            "output_path"]
@@ -86,13 +86,13 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     old = read_record(record_path)
     if describes(old, output, key):
-        log.info("image already built")
+        note(outcome="already built", output=str(output))
         return
     if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
             and _sha256(output) == old.get("sha256")):
         _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
                output)
-        log.info("image unchanged, record rewritten", output=str(output))
+        note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
     flat = ctx.flat_root / image.chain_key
@@ -104,8 +104,8 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     result = build_ext4(flat, output, image.spec.ext4, seed=seed)
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output)
-    log.info("image built", output=str(output), size=format_size(result.size),
-             sha256=result.sha256, free=format_size(result.free_bytes))
+    note(outcome="built", output=str(output), size=format_size(result.size),
+         sha256=result.sha256, free=format_size(result.free_bytes))
 
 
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,

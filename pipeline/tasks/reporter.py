@@ -64,10 +64,10 @@ class PipelineReporter(ConsoleReporter):
     def add_success(self, task: Any) -> None:
         if not _real(task):
             return
+        # The step logged its own "task done" line (steps.run_step), with
+        # what it did; here we only count.
         self.ran += 1
-        started = self._started.pop(task.name, None)
-        seconds = round(time.monotonic() - started, 3) if started is not None else None
-        log.info("task done", task=task.name, images=_images(task), seconds=seconds)
+        self._started.pop(task.name, None)
 
     def skip_uptodate(self, task: Any) -> None:
         if _real(task):

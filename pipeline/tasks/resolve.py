@@ -37,7 +37,7 @@ from ..resolve import ResolvedImage, resolve_image
 from ..registry import RegistryClient
 from .context import RunContext, Source
 from .plan import current_entry
-from .steps import IO, action
+from .steps import IO, action, note
 
 __all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
            "lock_is_current", "check_frozen", "resolve_config"]
@@ -79,7 +79,7 @@ def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
         return {name: entry for name, entry in entries.items() if name in declared}
 
     if update_lock(ctx.lock_path, change):
-        log.info("lock written", path=str(ctx.lock_path), images=sorted(new))
+        log.debug("lock written", path=str(ctx.lock_path), images=sorted(new))
 
 
 def _entry(spec: ImageSpec, resolved: ResolvedImage) -> LockEntry:
@@ -92,8 +92,8 @@ def resolve_step(ctx: RunContext, spec: ImageSpec) -> None:
                         "resolving; run `doit` without frozen mode and commit the lock")
     resolved = resolve_spec(ctx, spec)
     _store(ctx, {spec.name: _entry(spec, resolved)})
-    log.info("image resolved", ref=spec.ref_text, manifest=str(resolved.manifest_digest),
-             layers=len(resolved.layers), platform=str(resolved.platform))
+    note(ref=spec.ref_text, manifest=str(resolved.manifest_digest),
+         layers=len(resolved.layers), platform=str(resolved.platform))
 
 
 def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
@@ -114,7 +114,7 @@ def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
     changed = sorted(name for name, entry in results.items()
                      if name not in before or before[name].resolved != entry.resolved)
     _store(ctx, results)
-    log.info("images updated", resolved=len(results), changed=changed)
+    note(resolved=len(results), changed=changed)
     if failures:
         raise LockError(f"update: {len(failures)} of {len(specs)} images could not be "
                         f"resolved (the others were updated): {'; '.join(failures)}")

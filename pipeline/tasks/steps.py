@@ -7,6 +7,12 @@ build), and turns a PipelineError into doit's ``TaskFailed`` carrying the
 error's one-sentence message. Anything else is a bug and propagates, so doit
 shows its traceback.
 
+A finished step logs exactly one ``task done`` line at info level; what the
+step wants said about its work (bytes, rate, output, ...) it hands to
+``note(...)``, which adds the fields to that line instead of logging its own.
+Library modules log their details at debug level, so a CI log holds one line
+per finished step.
+
 The steps themselves are plain functions of the run context and values from
 the plan; they run and test without doit.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -24,9 +31,21 @@ from ..errors import PipelineError
 from ..log import bound
 from .context import RunContext
 
-__all__ = ["run_step", "action", "IO"]
+__all__ = ["run_step", "action", "note", "IO"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("pipeline.run")
+
+# Fields for the running step's "task done" line; one dict per step, per
+# thread (doit's thread workers each run one step at a time).
+_notes: ContextVar[dict[str, Any] | None] = ContextVar("pipeline_step_notes", default=None)
+
+
+def note(**fields: Any) -> None:
+    """Add ``fields`` to the running step's ``task done`` line."""
+    notes = _notes.get()
+    if notes is None:
+        raise AssertionError("internal error: note() called outside run_step")
+    notes.update(fields)
 
 # Thread-mode doit leaves sys.stdout broken after a Python action that
 # captures output (DESIGN.md); our steps log through structlog instead.
@@ -40,13 +59,20 @@ def run_step(step: Callable[..., Any], ctx: RunContext, *args: Any, name: str,
     guard = ctx.guard.exclusive if exclusive else ctx.guard.shared
     image = ",".join(images) if images else None
     started = time.monotonic()
-    with bound(task=name, image=image, digest=digest), guard():
-        try:
-            result = step(ctx, *args)
-        except PipelineError as err:
-            log.debug("step failed", error=str(err), error_type=type(err).__name__,
-                      seconds=round(time.monotonic() - started, 3))
-            return TaskFailed(str(err))
+    notes: dict[str, Any] = {}
+    token = _notes.set(notes)
+    try:
+        with bound(task=name, image=image, digest=digest), guard():
+            try:
+                result = step(ctx, *args)
+            except PipelineError as err:
+                log.debug("step failed", error=str(err), error_type=type(err).__name__,
+                          seconds=round(time.monotonic() - started, 3))
+                return TaskFailed(str(err))
+            log.info("task done", images=list(images),
+                     seconds=round(time.monotonic() - started, 3), **notes)
+    finally:
+        _notes.reset(token)
     return result
 
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import structlog
 from doit.tools import config_changed
 
 from ..errors import LayerError
@@ -22,11 +21,9 @@ from ..resolve import LayerRef
 from ..unpack import Limits, unpack_layer
 from .context import RunContext
 from .plan import BuildPlan
-from .steps import IO, action
+from .steps import IO, action, note
 
 __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "check_diff_id"]
-
-log = structlog.get_logger(__name__)
 
 DEFAULT_LIMITS = Limits()
 
@@ -53,6 +50,7 @@ def check_diff_id(store: LayerStore, layer: LayerRef) -> None:
 def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
     store = unpack_layer(ctx.blobs.path(layer.digest), layer, ctx.layers_root, limits=limits)
     check_diff_id(store, layer)
+    note(entries=store.entries_count, files=store.files_count, bytes=store.stream_bytes)
 
 
 def unpack_tasks(ctx: RunContext, plan: BuildPlan,
