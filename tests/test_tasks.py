@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import io
 import os
 from collections.abc import Iterable
@@ -251,6 +253,20 @@ def test_run_step_turns_pipeline_errors_into_one_failed_line(project: Path) -> N
 
     with pytest.raises(KeyError):
         run_step(bug, ctx, name="mkfs:a", images=["a"])
+
+    def disk_full(_ctx: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/cache/layers/x/files/000001")
+
+    failed = run_step(disk_full, ctx, name="unpack:x", images=["a"])
+    assert isinstance(failed, TaskFailed)
+    assert failed.message == ("No space left on device (/cache/layers/x/files/000001); "
+                              "fix that and run doit again")
+
+    def missing(_ctx: Any) -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")
+
+    with pytest.raises(FileNotFoundError):  # not environmental: a bug keeps its traceback
+        run_step(missing, ctx, name="mkfs:a", images=["a"])
     assert run_step(lambda _ctx: {"stamp": [1, 2]}, ctx, name="x", images=[]) == {"stamp": [1, 2]}
 
 

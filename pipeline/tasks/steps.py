@@ -19,6 +19,7 @@ the plan; they run and test without doit.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -47,6 +48,18 @@ def note(**fields: Any) -> None:
         raise AssertionError("internal error: note() called outside run_step")
     notes.update(fields)
 
+# Failures of the machine rather than of the program: the user fixes them
+# (free disk space, fix permissions) and reruns, so they get one line, not a
+# traceback. Any other OSError is treated as a bug.
+ENVIRONMENTAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                  errno.EROFS, errno.EMFILE, errno.ENFILE, errno.EIO})
+
+
+def _environmental(err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{err.strerror or err}{where}; fix that and run doit again"
+
+
 # Thread-mode doit leaves sys.stdout broken after a Python action that
 # captures output (DESIGN.md); our steps log through structlog instead.
 IO = {"capture": False}
@@ -69,6 +82,10 @@ def run_step(step: Callable[..., Any], ctx: RunContext, *args: Any, name: str,
                 log.debug("step failed", error=str(err), error_type=type(err).__name__,
                           seconds=round(time.monotonic() - started, 3))
                 return TaskFailed(str(err))
+            except OSError as err:
+                if err.errno not in ENVIRONMENTAL_ERRNOS:
+                    raise
+                return TaskFailed(_environmental(err))
             log.info("task done", images=list(images),
                      seconds=round(time.monotonic() - started, 3), **notes)
     finally:
