@@ -30,11 +30,10 @@ from isal import isal_zlib
 
 from . import mediatypes as mt
 from .digest import VerifyingHasher
-from .errors import LayerError, LimitExceeded
+from .errors import CompressionMismatch, CorruptStream, LimitExceeded, UnknownMediaType
 
 __all__ = ["Compression", "LAYER_MEDIA_TYPES", "compression_for", "sniff",
-           "decompressed_chunks", "UnknownMediaType", "CompressionMismatch",
-           "CorruptStream", "CHUNK_BYTES", "LayerStream"]
+           "decompressed_chunks", "CHUNK_BYTES", "LayerStream"]
 
 # 1 MiB reads and outputs: large enough that per-call overhead vanishes next to
 # inflate and sha256, small enough that a bomb yields at most this much before
@@ -66,18 +65,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Skippable frames: magic 0x184D2A50..0x184D2A5F little-endian (RFC 8878 3.1.2).
 _SKIPPABLE_MASK, _SKIPPABLE_BASE = 0xFFFFFFF0, 0x184D2A50
-
-
-class UnknownMediaType(LayerError):
-    """The descriptor's media type is not a layer type we know how to read."""
-
-
-class CompressionMismatch(LayerError):
-    """The blob's magic bytes disagree with its descriptor's media type."""
-
-
-class CorruptStream(LayerError):
-    """The compressed stream is truncated, corrupt or followed by garbage."""
 
 
 def compression_for(media_type: str, *, layer: str) -> Compression:

@@ -14,8 +14,20 @@ Hierarchy::
     │   └── AuthError              credentials missing, rejected or unobtainable
     ├── DigestMismatch             bytes do not hash to what was promised
     ├── LayerError                 a layer cannot be unpacked (corrupt, truncated)
-    │   ├── UnsafeLayerEntry       a layer entry tries to leave or corrupt the tree
-    │   └── LimitExceeded          a layer exceeds a configured safety limit
+    │   ├── UnknownMediaType       not a layer media type we read
+    │   ├── CompressionMismatch    magic bytes disagree with the media type
+    │   ├── CorruptStream          compressed stream truncated, corrupt or with garbage
+    │   ├── CorruptTar             tar stream malformed
+    │   ├── UnsupportedEntry       tar entry type we cannot represent
+    │   ├── BadHardLink            hard link to a missing, whited-out or directory entry
+    │   ├── ParentNotDirectory     an entry's parent is a file, device or fifo
+    │   ├── LimitExceeded          a layer exceeds a configured safety limit
+    │   └── UnsafeLayerEntry       a layer entry tries to leave or corrupt the tree
+    │       ├── PathOutsideRoot    ``..`` leaves the image root
+    │       ├── BadName            NUL, empty or overlong name or link target
+    │       ├── MalformedWhiteout  ``.wh.`` names that name nothing
+    │       ├── RootTypeChange     the root would stop being a directory
+    │       └── TooManySymlinks    a symlink loop while resolving a parent
     ├── Ext4Error                  the ext4 image cannot be built as asked
     ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
     └── BusyError                  another pipeline run holds the same directory
@@ -32,21 +44,33 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "BadDigest",
+    "BadHardLink",
     "BadImage",
+    "BadName",
     "BadPlatform",
     "BadReference",
     "BusyError",
+    "CompressionMismatch",
+    "CorruptStream",
+    "CorruptTar",
     "DigestMismatch",
     "Ext4Error",
     "LayerError",
     "LimitExceeded",
     "LockError",
+    "MalformedWhiteout",
     "ManifestError",
+    "ParentNotDirectory",
+    "PathOutsideRoot",
     "PipelineError",
     "PlatformNotFound",
     "RegistryError",
+    "RootTypeChange",
+    "TooManySymlinks",
     "ToolError",
+    "UnknownMediaType",
     "UnsafeLayerEntry",
+    "UnsupportedEntry",
 ]
 
 
@@ -189,6 +213,57 @@ class UnsafeLayerEntry(LayerError):
 
 class LimitExceeded(LayerError):
     """A layer goes past a safety limit (bytes, entries, header or path size)."""
+
+
+# Reading the blob (compression): one class per rejection reason.
+class UnknownMediaType(LayerError):
+    """The descriptor's media type is not a layer type we know how to read."""
+
+
+class CompressionMismatch(LayerError):
+    """The blob's magic bytes disagree with its descriptor's media type."""
+
+
+class CorruptStream(LayerError):
+    """The compressed stream is truncated, corrupt or followed by garbage."""
+
+
+# Reading the tar stream (unpack): one class per rejection reason.
+class CorruptTar(LayerError):
+    """The tar stream is malformed: bad checksum or number, truncated, garbage."""
+
+
+class UnsupportedEntry(LayerError):
+    """A tar entry type we cannot represent (unknown type, GNU sparse file)."""
+
+
+class PathOutsideRoot(UnsafeLayerEntry):
+    """A name or hard-link target uses ``..`` to leave the image root."""
+
+
+class BadName(UnsafeLayerEntry):
+    """A name or link target holds a NUL byte, is empty where it cannot be, or is too long."""
+
+
+class MalformedWhiteout(UnsafeLayerEntry):
+    """A ``.wh.`` name that names nothing (``.wh.``, ``.wh..``, ``.wh...``) or unknown metadata."""
+
+
+# Applying a layer to the tree (flatten): one class per rejection reason.
+class RootTypeChange(UnsafeLayerEntry):
+    """An entry for the root path is not a directory (it could make the root a symlink)."""
+
+
+class BadHardLink(LayerError):
+    """A hard link's target is missing, whited out or a directory."""
+
+
+class ParentNotDirectory(LayerError):
+    """An entry's parent path runs into a file, device or fifo."""
+
+
+class TooManySymlinks(UnsafeLayerEntry):
+    """Resolving an entry's parent path follows too many symlinks (a loop)."""
 
 
 class Ext4Error(PipelineError):

@@ -34,35 +34,18 @@ from collections.abc import Sequence
 
 import structlog
 
-from .errors import LayerError, UnsafeLayerEntry
+from .errors import BadHardLink, ParentNotDirectory, RootTypeChange, TooManySymlinks
 from .flatimage import FileType
 from .layerstore import EntryKind, IndexEntry, LayerStore
 from .tree import Inode, NotADirectoryInTree, SymlinkLoop, Tree, unlink_subtree
 
-__all__ = ["flatten", "apply_layer", "RootTypeChange", "BadHardLink", "ParentNotDirectory",
-           "TooManySymlinks"]
+__all__ = ["flatten", "apply_layer"]
 
 log = structlog.get_logger(__name__)
 
 _TYPES = {EntryKind.REGULAR: FileType.REGULAR, EntryKind.DIRECTORY: FileType.DIRECTORY,
           EntryKind.SYMLINK: FileType.SYMLINK, EntryKind.CHAR: FileType.CHAR,
           EntryKind.BLOCK: FileType.BLOCK, EntryKind.FIFO: FileType.FIFO}
-
-
-class RootTypeChange(UnsafeLayerEntry):
-    """An entry for the root path is not a directory (it could make the root a symlink)."""
-
-
-class BadHardLink(LayerError):
-    """A hard link's target is missing, whited out or a directory."""
-
-
-class ParentNotDirectory(LayerError):
-    """An entry's parent path runs into a file, device or fifo."""
-
-
-class TooManySymlinks(UnsafeLayerEntry):
-    """Resolving an entry's parent path follows too many symlinks (a loop)."""
 
 
 def flatten(stores: Sequence[LayerStore]) -> Tree:

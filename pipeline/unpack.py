@@ -44,11 +44,11 @@ import structlog
 
 from .compression import LayerStream, decompressed_chunks
 from .digest import Digest, VerifyingHasher
-from .errors import LayerError, LimitExceeded, UnsafeLayerEntry
+from .errors import (BadName, CorruptTar, LayerError, LimitExceeded, MalformedWhiteout,
+                     PathOutsideRoot, UnsupportedEntry)
 from .layerstore import EntryKind, IndexEntry, LayerStore, StoreWriter
 
-__all__ = ["Limits", "unpack_layer", "CorruptTar", "UnsupportedEntry", "PathOutsideRoot",
-           "BadName", "MalformedWhiteout", "LayerDescriptor"]
+__all__ = ["Limits", "unpack_layer", "LayerDescriptor"]
 
 log = structlog.get_logger(__name__)
 
@@ -89,26 +89,6 @@ class LayerDescriptor(Protocol):
     def media_type(self) -> str: ...
     @property
     def diff_id(self) -> Digest: ...
-
-
-class CorruptTar(LayerError):
-    """The tar stream is malformed: bad checksum or number, truncated, garbage."""
-
-
-class UnsupportedEntry(LayerError):
-    """A tar entry type we cannot represent (unknown type, GNU sparse file)."""
-
-
-class PathOutsideRoot(UnsafeLayerEntry):
-    """A name or hard-link target uses ``..`` to leave the image root."""
-
-
-class BadName(UnsafeLayerEntry):
-    """A name or link target holds a NUL byte, is empty where it cannot be, or is too long."""
-
-
-class MalformedWhiteout(UnsafeLayerEntry):
-    """A ``.wh.`` name that names nothing (``.wh.``, ``.wh..``, ``.wh...``) or unknown metadata."""
 
 
 def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,

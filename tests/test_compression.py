@@ -16,11 +16,11 @@ import pytest
 import zstandard
 
 from pipeline import compression
-from pipeline.compression import (CHUNK_BYTES, LAYER_MEDIA_TYPES, Compression,
-                                  CompressionMismatch, CorruptStream, LayerStream,
-                                  UnknownMediaType, compression_for, decompressed_chunks, sniff)
+from pipeline.compression import (CHUNK_BYTES, LAYER_MEDIA_TYPES, Compression, LayerStream,
+                                  compression_for, decompressed_chunks, sniff)
 from pipeline.digest import VerifyingHasher, digest_of
-from pipeline.errors import DigestMismatch, LayerError, LimitExceeded
+from pipeline.errors import (CompressionMismatch, CorruptStream, DigestMismatch, LayerError,
+                             LimitExceeded, UnknownMediaType)
 
 OCI = "application/vnd.oci.image.layer.v1.tar"
 GZ = OCI + "+gzip"

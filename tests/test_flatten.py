@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import LayerError, UnsafeLayerEntry
+from pipeline.errors import (BadHardLink, LayerError, ParentNotDirectory, RootTypeChange,
+                             TooManySymlinks, UnsafeLayerEntry)
 from pipeline.flatimage import FileType
-from pipeline.flatten import (BadHardLink, ParentNotDirectory, RootTypeChange, TooManySymlinks,
-                              flatten)
+from pipeline.flatten import flatten
 from pipeline.layerstore import LayerStore
 from pipeline.tree import Tree
 from tests.harness.images import (Member, blockdev, chardev, dir, fifo, file, hardlink,

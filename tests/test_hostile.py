@@ -19,17 +19,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.blobcache import BlobCache
-from pipeline.compression import CompressionMismatch, CorruptStream
 from pipeline.credentials import NoCredentials
-from pipeline.errors import DigestMismatch, LayerError, LimitExceeded, PipelineError
+from pipeline.errors import (BadHardLink, CompressionMismatch, CorruptStream, CorruptTar,
+                             DigestMismatch, LayerError, LimitExceeded, PathOutsideRoot,
+                             PipelineError)
 from pipeline.flatimage import FileType, read_entries
-from pipeline.flatten import BadHardLink
 from pipeline.platform import parse_platform
 from pipeline.reference import parse_reference
 from pipeline.registry import RegistryClient
 from pipeline.resolve import resolve_image
 from pipeline.staging import flatten_image
-from pipeline.unpack import CorruptTar, Limits, PathOutsideRoot, unpack_layer
+from pipeline.unpack import Limits, unpack_layer
 from tests.harness.images import (Layer, Member, blockdev, bomb, chardev, dir, fifo, file,
                                   hardlink, make_image, make_layer, opaque, symlink, whiteout)
 from tests.harness.push import push

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.digest import Digest, digest_of, parse_digest
-from pipeline.errors import (BadDigest, DigestMismatch, LayerError, LimitExceeded,
-                             UnsafeLayerEntry)
+from pipeline.errors import (BadDigest, BadName, CorruptTar, DigestMismatch, LayerError,
+                             LimitExceeded, MalformedWhiteout, PathOutsideRoot, UnsafeLayerEntry,
+                             UnsupportedEntry)
 from pipeline.layerstore import EntryKind, IndexEntry, LayerStore
-from pipeline.unpack import (BadName, CorruptTar, Limits, MalformedWhiteout, PathOutsideRoot,
-                             UnsupportedEntry, unpack_layer)
+from pipeline.unpack import Limits, unpack_layer
 from tests.harness.images import (Layer, Member, blockdev, chardev, dir, fifo, file, hardlink,
                                   make_layer, raw, raw_bytes, symlink)
 from tests.harness.tarball import MTIME, tar_bytes

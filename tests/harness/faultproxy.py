@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Literal
 
 __all__ = ["Fault", "FaultProxy", "ProxyRequest", "Rule"]
