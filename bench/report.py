@@ -134,6 +134,12 @@ def _first_line(argv: list[str]) -> str:
     return text.splitlines()[0] if text else "?"
 
 
+def revision() -> str:
+    """The repository revision measured (``git describe --always --dirty``)."""
+    return _first_line(["git", "-C", str(Path(__file__).resolve().parents[1]), "describe",
+                        "--always", "--dirty"])
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     cpu = "?"
@@ -155,7 +161,7 @@ def machine() -> dict[str, object]:
 def write_json(path: Path, *, results: dict[str, Samples], runs: int,
                world: dict[str, object], info: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"runs": runs, "machine": machine(), "world": world, **info,
+    doc = {"runs": runs, "machine": machine(), "revision": revision(), "world": world, **info,
            "scenarios": {sid: s.to_json() for sid, s in results.items()},
            "targets": [t.to_json() for t in targets(results)]}
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

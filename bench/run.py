@@ -26,7 +26,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from bench.peer import ensure_peer_tools  # noqa: E402
 from bench.profile import PROFILE_SCENARIOS, profile_ours  # noqa: E402
-from bench.report import render, write_json  # noqa: E402
+from bench.report import render, revision, write_json  # noqa: E402
 from bench.scenarios import SCENARIOS, Bench, with_dependencies  # noqa: E402
 from bench.world import World, WorldSpec, open_world  # noqa: E402
 
@@ -94,13 +94,19 @@ def _world_json(world: World) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if os.geteuid() != 0:
+        # umoci unpack needs root to write real owners, devices and xattrs.
+        _say("bench: run as root (the peer's umoci unpack writes owners and device nodes)")
+        return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.work / "runs" / stamp
     results_dir = args.work / "results" / stamp
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.json or results_dir / "bench.json"
     started = time.monotonic()
-    _say(f"bench: scenarios {', '.join(args.selected)}, {args.runs} run(s); "
+    # Other work on the machine skews every number: say how busy it was.
+    load_before = os.getloadavg()
+    _say(f"bench: scenarios {', '.join(args.selected)}, {args.runs} run(s) of {revision()}; "
          f"logs in {results_dir}")
     ensure_peer_tools(_say)
     try:
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(json_path, results=bench.results, runs=args.runs,
                        world=_world_json(world),
                        info={"scenarios_run": args.selected,
+                             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                              "bench_seconds": round(time.monotonic() - started, 1)})
             _say(f"bench: results in {json_path}")
             if args.profile:
