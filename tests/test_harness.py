@@ -15,6 +15,7 @@ import zstandard
 
 from tests.harness.debian import PING_CAPABILITY, debian_like
 from tests.harness.dockerconfig import DockerConfig
+from tests.harness.expected import expected_tree
 from tests.harness.images import (MT, Layer, bomb, chardev, dir, fifo, file, hardlink,
                                   make_image, make_index, make_layer, opaque, raw, symlink,
                                   tar_bytes, whiteout)
@@ -229,6 +230,12 @@ def test_debian_like_is_deterministic_and_flattens_as_documented() -> None:
     assert tree["etc/hostname"].data == b"debian-like-updated\n"
     assert tree["usr/local/bin/perl-again"].target == "usr/bin/perl"
     assert tree["etc/alternatives/vi"].target == "/usr/bin/mawk"
+
+
+def test_expected_tree_opaque_root_hides_every_lower_entry() -> None:
+    lower = [file("a", b"1"), dir("d"), file("d/x", b"2")]
+    upper = [opaque(""), file("b", b"3"), dir("d"), file("d/y", b"4")]
+    assert sorted(expected_tree([lower, upper])) == ["b", "d", "d/y"]
 
 
 def test_debian_like_with_busybox() -> None:

@@ -28,7 +28,8 @@ def normalize(path: str) -> str:
 
 
 def _remove(tree: dict[str, Member], path: str, *, keep_self: bool = False) -> None:
-    prefix = path + "/"
+    # The root ("") is the parent of every path: an opaque marker there hides all.
+    prefix = path + "/" if path else ""
     for key in [k for k in tree if k.startswith(prefix) or (k == path and not keep_self)]:
         del tree[key]
 
