@@ -115,8 +115,9 @@ def render(results: dict[str, Samples], runs: int) -> str:
             continue
         fmt = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in d.items()) or "-"  # noqa: E731
         step_rows.append([title, fmt(Samples.median_steps(s.ours)),
-                          fmt(Samples.median_steps(s.peer))])
-    out += _table(["scenario", "ours", "peer"], step_rows)
+                          fmt(Samples.median_steps(s.peer)),
+                          fmt(Samples.median_steps(s.floor))])
+    out += _table(["scenario", "ours", "peer", "floor"], step_rows)
     out += ["", "Targets (issue 4):", ""]
     out += _table(["target", "limit", "measured", "result"],
                   [[t.name, t.limit, t.shown,
