@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
+# Run as a script, Python puts bench/ itself first on sys.path; the modules
+# here are meant as the package ``bench`` beside ``pipeline`` and ``tests``.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO_ROOT / "bench"]
+sys.path.insert(0, str(_REPO_ROOT))
 
 from bench.peer import ensure_peer_tools  # noqa: E402
-from bench.profile import PROFILE_SCENARIOS, profile_ours  # noqa: E402
+from bench.profiling import PROFILE_SCENARIOS, profile_ours  # noqa: E402
 from bench.report import render, revision, write_json  # noqa: E402
 from bench.scenarios import SCENARIOS, Bench, with_dependencies  # noqa: E402
 from bench.world import World, WorldSpec, open_world  # noqa: E402
