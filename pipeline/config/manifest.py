@@ -304,6 +304,8 @@ def parse_manifest(text: str, path: Path, *,
         message = str(err)
         found = re.search(r"\(at line (\d+), column \d+\)", message)
         line = int(found.group(1)) if found else None
+        if line is None and "(at end of document)" in message:
+            line = len(text.splitlines()) or 1  # the file ended too early: blame its last line
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
         duplicate = re.match(r"Cannot declare \('images', '([^']*)'\) twice", reason)
         if duplicate:
