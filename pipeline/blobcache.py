@@ -32,13 +32,15 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 
 from .digest import Digest, VerifyingHasher, parse_digest
 from .errors import BadDigest, BusyError, DigestMismatch, RegistryError
-from .registry import RegistryClient
+
+if TYPE_CHECKING:  # the client is handed in; importing it here would pull httpx into every run
+    from .registry import RegistryClient
 
 __all__ = ["BlobCache", "Progress", "READ_CHUNK_BYTES"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError, PipelineError
-from .resolve import ResolvedImage
+from .resolved import ResolvedImage
 
 __all__ = ["LOCK_VERSION", "LockEntry", "read_lock", "render_lock", "update_lock",
            "write_atomic"]

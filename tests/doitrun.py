@@ -4,7 +4,8 @@
 subprocess of this interpreter with JSON logs, and returns what ran (the
 reporter's ``task done`` events), what failed, and, when asked, an audit
 trail written by a Python audit hook inside the doit process: every file it
-opened and every socket it connected. That trail is how the tests prove a
+opened, every socket it connected and, at the end, every module it had
+imported. That trail is how the tests prove a
 no-op run reads no blob and makes no network request.
 
 ``ThrottleProxy`` is a TCP relay in front of the real registry that can slow
@@ -50,7 +51,10 @@ if trail:
             out.write("connect " + repr(args[1]) + "\n")
     sys.addaudithook(hook)
 from doit.doit_cmd import DoitMain
-sys.exit(DoitMain().run(sys.argv[1:]))
+code = DoitMain().run(sys.argv[1:])
+if trail:
+    out.write("".join(f"module {name}\n" for name in sorted(sys.modules)))
+sys.exit(code)
 """
 
 
@@ -86,6 +90,11 @@ class Run:
         prefix = str(under) + os.sep
         return [line[5:] for line in self.audit
                 if line.startswith("open ") and line[5:].startswith(prefix)]
+
+    @property
+    def modules(self) -> list[str]:
+        """Every module the doit process had imported when it finished (audit runs only)."""
+        return [line[7:] for line in self.audit if line.startswith("module ")]
 
     @property
     def connects(self) -> list[str]:

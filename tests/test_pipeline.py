@@ -69,6 +69,11 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
     assert [p for p in noop.opened(world.project / "out") if p.endswith(".ext4")] == []
     assert noop.connects == []
     assert noop.opened(world.project)  # the audit trail does record opens (the lock file)
+    # Nothing that only a working step needs was even imported (start-up time).
+    assert "pipeline.tasks.mkfs" in noop.modules
+    assert [m for m in noop.modules if m.split(".")[0] in ("httpx", "httpcore", "zstandard", "isal")
+            or m in ("pipeline.registry", "pipeline.ext4", "pipeline.unpack", "pipeline.staging",
+                     "pipeline.resolve")] == []
 
 
 def test_tag_bump_fetches_only_new_blobs_and_rebuilds_only_that_image(world: World) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
-
 import io
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from pipeline.tasks.mkfs import output_intact
 from pipeline.tasks.reporter import PipelineReporter
 from pipeline.tasks.resolve import check_frozen, lock_is_current, resolve_step, resolve_tasks
 from pipeline.tasks.steps import run_step
+from pipeline.tasks.toolcache import tool_versions
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = b"base layer"
 
@@ -333,3 +338,48 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
                               "you mean 'size'?); allowed: features, headroom, inode_size, "
                               "journal, label, platform, ref, reserved_percent, size")
     structlog.configure(**structlog_config)
+
+
+# What a run that builds nothing loads: no network client, no builder ---------------------
+
+# Modules only a step that fetches, resolves, unpacks, flattens or builds needs.
+HEAVY_MODULES = ("httpx", "httpcore", "pipeline.registry", "pipeline.auth", "pipeline.resolve",
+                 "pipeline.retry", "pipeline.ext4", "pipeline.debugfs", "pipeline.unpack",
+                 "pipeline.compression", "pipeline.staging", "pipeline.flatten", "zstandard",
+                 "isal")
+
+LOAD_DODO = """
+import json, runpy, sys
+namespace = runpy.run_path(sys.argv[1])
+for creator in ("task_resolve", "task_mkfs"):
+    list(namespace[creator]())
+namespace["task_update"](), namespace["task_gc"]()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_modules(code: str, *args: str, cwd: Path) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "ROOTFS_LOG": "json"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_importing_the_tasks_loads_no_network_client_and_no_builder(tmp_path: Path) -> None:
+    found = loaded_modules("import json, sys, pipeline.tasks\n"
+                           "print(json.dumps(sorted(sys.modules)))", cwd=tmp_path)
+    assert "pipeline.tasks" in found
+    assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
+                  or m in HEAVY_MODULES) == []
+
+
+def test_loading_dodo_and_creating_every_task_loads_no_network_client_and_no_builder(
+        project: Path) -> None:
+    # Tool versions are asked once per toolchain (the builder loads then), as the first run did.
+    (project / ".cache").mkdir()
+    tool_versions(project / ".cache")
+    found = loaded_modules(LOAD_DODO, str(REPO / "dodo.py"), cwd=project)
+    assert "pipeline.tasks.mkfs" in found and "doit" in found
+    assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
+                  or m in HEAVY_MODULES) == []

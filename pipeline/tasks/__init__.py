@@ -47,7 +47,6 @@ from doit.exceptions import InvalidDodoFile
 
 from ..config import load_manifest
 from ..errors import PipelineError
-from ..ext4 import tool_versions
 from ..lockfile import read_lock
 from ..log import choose_mode, configure_logging
 from ..progress import Terminal
@@ -60,6 +59,7 @@ from .mkfs import mkfs_tasks
 from .plan import build_plan
 from .reporter import PipelineReporter
 from .resolve import check_frozen, resolve_tasks, update_task
+from .toolcache import tool_versions
 from .unpack import unpack_tasks
 
 __all__ = ["load_pipeline", "make_context", "build_tasks", "doit_config", "MANIFEST_VAR",
@@ -93,7 +93,7 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
     plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
-    tools = tool_versions() if plan.images else {}
+    tools = tool_versions(ctx.cache_dir) if plan.images else {}
     yield from fetch_tasks(ctx, plan)
     yield from unpack_tasks(ctx, plan)
     yield from flatten_tasks(ctx, plan)

@@ -3,12 +3,13 @@
 A ``RunContext`` is built once per doit process (when the dodo file loads)
 and handed to every action. Nothing in it touches the network until an
 action asks for a client, so ``doit list``, ``info``, ``clean`` and a no-op
-run never open a connection.
+run never open a connection; the registry client (and httpx) is not even
+imported until then.
 
 Mirrors: for a registry with mirrors (images.toml or ``ROOTFS_MIRRORS``),
 ``sources`` lists each mirror first, then the registry itself. Mirrors are
-asked through a client that does not retry (``MIRROR_RETRY``): a mirror that
-fails once is skipped at once, with one log line, and the next source (in the
+asked through a client that does not retry (``MIRROR_ATTEMPTS``): a mirror
+that fails once is skipped at once, with one log line, and the next source (in the
 end the registry, with full retries) is asked instead.
 Whoever serves the bytes, every digest is verified by the registry client
 and the blob cache; a mirror is trusted for nothing but availability.
@@ -21,33 +22,50 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import structlog
 
 from ..blobcache import BlobCache
 from ..config import Manifest
 from ..errors import DigestMismatch, RegistryError
 from ..progress import Terminal, TransferProgress
-from ..registry import RegistryClient
-from ..retry import RetryPolicy
 
-__all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_RETRY"]
+if TYPE_CHECKING:  # imported when the first client is made: a no-op run never loads httpx
+    from ..registry import RegistryClient
+
+__all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_ATTEMPTS", "MIRROR_TIMEOUT_S",
+           "MIRROR_CONNECT_TIMEOUT_S"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 # One try: the fallback is the retry. A dead or overloaded mirror costs one
 # failed request (and one log line), never a backoff, before the next source.
-MIRROR_RETRY = RetryPolicy(attempts=1)
+MIRROR_ATTEMPTS = 1
 # A mirror on the CI's own network answers a connect in milliseconds; one that
 # does not within this is treated as down rather than waited for (the
-# registry client's default is 10 s).
-MIRROR_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
+# registry client's default is 10 s). Reads may stall as long as upstream's.
+MIRROR_CONNECT_TIMEOUT_S = 3.0
+MIRROR_TIMEOUT_S = 60.0
 # What a failing source may raise that the next source can cure. Anything
 # else (a malformed image, a refused platform) is the image's own fault.
 FALLBACK_ERRORS = (RegistryError, DigestMismatch)
+
+
+def _registry_client(**options: Any) -> RegistryClient:
+    from ..registry import RegistryClient
+
+    return RegistryClient(**options)
+
+
+def _mirror_options() -> dict[str, Any]:
+    import httpx
+
+    from ..retry import RetryPolicy
+
+    return {"retry": RetryPolicy(attempts=MIRROR_ATTEMPTS),
+            "timeout": httpx.Timeout(MIRROR_TIMEOUT_S, connect=MIRROR_CONNECT_TIMEOUT_S)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +122,7 @@ class RunContext:
     frozen: bool = False
     progress: TransferProgress = field(init=False)
     guard: CacheGuard = field(default_factory=CacheGuard)
-    client_factory: Callable[..., RegistryClient] = RegistryClient
+    client_factory: Callable[..., RegistryClient] = _registry_client
     _clients: dict[str, RegistryClient] = field(default_factory=dict)
     _clients_lock: threading.Lock = field(default_factory=threading.Lock)
     _chain_locks: dict[str, threading.Lock] = field(default_factory=dict)
@@ -153,7 +171,7 @@ class RunContext:
             if found is None:
                 options: dict[str, object] = {"insecure_hosts": self.manifest.insecure_hosts}
                 if mirror:
-                    options.update(retry=MIRROR_RETRY, timeout=MIRROR_TIMEOUT)
+                    options.update(_mirror_options())
                 found = self._clients[kind] = self.client_factory(**options)
             return found
 

@@ -25,7 +25,7 @@ from ..buildrecord import file_stamp
 from ..errors import DigestMismatch
 from ..gc import remove_path
 from ..progress import format_bytes
-from ..resolve import LayerRef
+from ..resolved import LayerRef
 from .context import RunContext, Source
 from .plan import BuildPlan, LayerPlan
 from .steps import IO, action, note

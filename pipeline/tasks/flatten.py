@@ -18,7 +18,6 @@ from doit.tools import config_changed
 from ..flatimage import HEADER_NAME
 from ..gc import remove_path
 from ..layerstore import LayerStore
-from ..staging import flatten_image
 from .context import RunContext
 from .plan import BuildPlan, ImagePlan
 from .steps import IO, action, note
@@ -37,6 +36,8 @@ def flat_finished(flat_root: Path, chain_key: str) -> bool:
 
 
 def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
+    from ..staging import flatten_image  # loads only when an image is flattened
+
     stores = []
     for layer in image.resolved.layers:
         store = LayerStore.open(ctx.layers_root, layer.digest)

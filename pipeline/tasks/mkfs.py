@@ -27,7 +27,6 @@ from doit.tools import config_changed
 from ..buildrecord import (BuildRecord, build_key, describes, file_stamp, now_utc, read_record,
                            record_path_for, write_record)
 from ..errors import Ext4Error
-from ..ext4 import build_ext4
 from ..flatimage import HEADER_NAME
 from ..sizes import format_size
 from .context import RunContext
@@ -101,6 +100,8 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
+    from ..ext4 import build_ext4  # the builder loads only when an image is built
+
     result = build_ext4(flat, output, image.spec.ext4, seed=seed)
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output)

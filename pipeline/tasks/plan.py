@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..config import ImageSpec, Manifest
 from ..flatimage import chain_key
 from ..lockfile import LockEntry
-from ..resolve import LayerRef, ResolvedImage
+from ..resolved import LayerRef, ResolvedImage
 
 __all__ = ["ImagePlan", "LayerPlan", "BuildPlan", "build_plan", "current_entry"]
 

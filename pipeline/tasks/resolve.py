@@ -27,15 +27,18 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from ..config import ImageSpec
 from ..errors import LockError, PipelineError
 from ..lockfile import LockEntry, read_lock, update_lock
-from ..resolve import ResolvedImage, resolve_image
-from ..registry import RegistryClient
+from ..resolved import ResolvedImage
 from .context import RunContext, Source
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 from .plan import current_entry
 from .steps import IO, action, note
 
@@ -58,6 +61,9 @@ def lock_is_current(lock_path: Path, name: str, ref: str, platform: str) -> bool
 
 def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     """Resolve one image through its mirrors, then its registry; record the upstream."""
+    # Imported here: only a run that resolves pays for the registry side.
+    from ..resolve import resolve_image
+
     ref = spec.ref
 
     def attempt(client: RegistryClient, source: Source) -> ResolvedImage:

@@ -17,8 +17,8 @@ from doit.tools import config_changed
 from ..errors import LayerError
 from ..gc import remove_path
 from ..layerstore import MARKER_NAME, LayerStore
-from ..resolve import LayerRef
-from ..unpack import Limits, unpack_layer
+from ..limits import Limits
+from ..resolved import LayerRef
 from .context import RunContext
 from .plan import BuildPlan
 from .steps import IO, action, note
@@ -48,6 +48,8 @@ def check_diff_id(store: LayerStore, layer: LayerRef) -> None:
 
 
 def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
+    from ..unpack import unpack_layer  # the layer reader loads only when a layer is unpacked
+
     store = unpack_layer(ctx.blobs.path(layer.digest), layer, ctx.layers_root, limits=limits)
     check_diff_id(store, layer)
     note(entries=store.entries_count, files=store.files_count, bytes=store.stream_bytes)
