@@ -14,7 +14,10 @@ A download streams to a temporary file, hashing and counting on the way
 place and the directory fsynced. A failure or interrupt removes the
 temporary file. After a dropped connection the download resumes with
 ``Range: bytes=N-`` and accepts only a 206 whose ``Content-Range`` starts at
-N and ends at the blob's end; anything else starts over from byte 0. Who
+N and ends at the blob's end; anything else starts over from byte 0. A
+``BlobTee`` may watch the bytes go by (the layer unpacker does, to overlap
+with the download); it is told when the download starts over and when the
+bytes are verified, and may slow the download down but never changes it. Who
 holds a digest's lock owns every ``.partial`` of that digest, so leftovers
 from crashed runs are removed there (and by ``clean_stale``).
 
@@ -32,7 +35,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import structlog
 
@@ -42,11 +45,29 @@ from .errors import BadDigest, BusyError, DigestMismatch, RegistryError
 if TYPE_CHECKING:  # the client is handed in; importing it here would pull httpx into every run
     from .registry import RegistryClient
 
-__all__ = ["BlobCache", "Progress", "READ_CHUNK_BYTES"]
+__all__ = ["BlobCache", "BlobTee", "Progress", "READ_CHUNK_BYTES"]
 
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+
+class BlobTee(Protocol):
+    """Someone who wants a download's bytes as they arrive (e.g. to unpack them meanwhile).
+
+    Until ``verified`` is called the bytes are unverified; a tee must not
+    act on them in a way it cannot undo.
+    """
+
+    def feed(self, offset: int, chunk: bytes) -> None:
+        """``chunk`` was just written at ``offset`` of the blob (may block to slow us down)."""
+
+    def restart(self) -> None:
+        """The download starts over from byte 0; everything fed so far is discarded."""
+
+    def verified(self) -> None:
+        """Every byte fed is the blob, and its digest and size matched; nothing follows."""
+
 # Rehashing reads in 1 MiB pieces: large enough to amortise syscalls.
 READ_CHUNK_BYTES = 1024 * 1024
 _PARTIAL = ".partial"
@@ -78,8 +99,13 @@ class BlobCache:
         return self.path(digest).is_file()
 
     def fetch(self, client: RegistryClient, registry: str, repository: str,
-              digest: Digest | str, size: int, *, progress: Progress | None = None) -> Path:
-        """The verified blob's path, downloading it first unless it is already here."""
+              digest: Digest | str, size: int, *, progress: Progress | None = None,
+              tee: BlobTee | None = None) -> Path:
+        """The verified blob's path, downloading it first unless it is already here.
+
+        ``tee`` gets the bytes of a download as they are written (none if the
+        blob was here already), and ``verified()`` once they are the blob.
+        """
         d, size = _as_digest(digest), _check_size(size)
         final = self.path(d)
         if self._present(final, size):
@@ -90,7 +116,7 @@ class BlobCache:
             if self._present(final, size):
                 return final
             self._remove_partials(d)
-            self._download(client, registry, repository, d, size, final, progress)
+            self._download(client, registry, repository, d, size, final, progress, tee)
         return final
 
     def verify(self, digest: Digest | str, size: int) -> Path:
@@ -170,12 +196,13 @@ class BlobCache:
             os.close(fd)
 
     def _download(self, client: RegistryClient, registry: str, repository: str, d: Digest,
-                  size: int, final: Path, progress: Progress | None) -> None:
+                  size: int, final: Path, progress: Progress | None,
+                  tee: BlobTee | None) -> None:
         tmp = final.parent / f".{d.hex}.{secrets.token_hex(6)}{_PARTIAL}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             with os.fdopen(fd, "wb") as out:
-                _Transfer(client, registry, repository, d, size, out, progress).run()
+                _Transfer(client, registry, repository, d, size, out, progress, tee).run()
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, final)
@@ -192,14 +219,19 @@ class _Transfer:
     """One blob download into an open file: retries, resume, verification."""
 
     def __init__(self, client: RegistryClient, registry: str, repository: str, d: Digest,
-                 size: int, out: BinaryIO, progress: Progress | None) -> None:
+                 size: int, out: BinaryIO, progress: Progress | None,
+                 tee: BlobTee | None = None) -> None:
         self.client, self.registry, self.repository = client, registry, repository
         self.digest, self.size, self.out, self.progress = d, size, out, progress
+        self.tee = tee
         self.what = f"blob {d} from {registry}/{repository}"
+        self.written = 0
         self._restart()
         self.resumed = False
 
     def _restart(self) -> None:
+        if self.tee is not None and self.written:
+            self.tee.restart()  # it was fed bytes that no longer count
         self.out.seek(0)
         self.out.truncate()
         self.written = 0
@@ -212,6 +244,8 @@ class _Transfer:
             try:
                 self._once()
                 self.hasher.verify()
+                if self.tee is not None:
+                    self.tee.verified()
                 return
             except RegistryError as error:
                 delay = self.client.retry.next_delay(error, attempt)  # raises when giving up
@@ -252,6 +286,8 @@ class _Transfer:
             for chunk in stream.chunks():
                 self.hasher.update(chunk)  # raises DigestMismatch past the declared size
                 self.out.write(chunk)
+                if self.tee is not None:
+                    self.tee.feed(self.written, chunk)
                 self.written += len(chunk)
                 if self.progress is not None:
                     self.progress(self.written, self.size)

@@ -5,6 +5,9 @@ skippable frames anywhere) or a plain tar. The descriptor's media type says
 which; the first bytes must agree, because a blob whose content disagrees with
 its descriptor was produced or served wrongly and nothing else about it can be
 trusted either (image-spec layer.md, "Zstd Media Types" and "Gzip Media Types").
+The blob comes from a file (``decompressed_chunks``) or as any iterator of
+byte chunks, e.g. a download as it arrives (``decompress_chunks``): one
+implementation, cut-anywhere safe.
 
 Refuses to trust: the media type alone, the compressed stream's own idea of
 how much it expands (every decompression call has a bounded output, so a bomb
@@ -17,9 +20,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 from isal import isal_zlib
@@ -28,7 +30,7 @@ from . import mediatypes as mt
 from .errors import CompressionMismatch, CorruptStream, UnknownMediaType
 
 __all__ = ["Compression", "LAYER_MEDIA_TYPES", "compression_for", "sniff",
-           "decompressed_chunks", "CHUNK_BYTES"]
+           "decompressed_chunks", "decompress_chunks", "CHUNK_BYTES"]
 
 # 1 MiB reads and outputs: large enough that per-call overhead vanishes next to
 # inflate and sha256, small enough that a bomb yields at most this much before
@@ -82,35 +84,88 @@ def sniff(head: bytes) -> Compression:
 
 
 def decompressed_chunks(blob: Path, media_type: str, *, layer: str) -> Iterator[bytes]:
-    """Yield the uncompressed layer stream in chunks of at most CHUNK_BYTES.
+    """Yield the uncompressed layer stream of the blob file, in chunks of at most CHUNK_BYTES.
 
     Raises UnknownMediaType, CompressionMismatch or CorruptStream; the caller
     hashes, counts and limits what it receives.
     """
-    declared = compression_for(media_type, layer=layer)
     with open(blob, "rb", buffering=0) as f:
-        head = f.read(4)
-        found = sniff(head)
-        magic = {Compression.GZIP: _GZIP_MAGIC, Compression.ZSTD: _ZSTD_MAGIC}.get(declared)
-        if found is not declared and magic is not None and magic.startswith(head):
-            raise CorruptStream(layer, f"the {declared.value} blob is truncated to {len(head)}"
-                                " bytes; delete the cached blob and fetch it again")
-        if found is not declared:
-            raise CompressionMismatch(
-                layer, f"media type {media_type!r} promises {declared.value} but the blob"
-                f" starts like {found.value} (first bytes {head.hex()!r}); the registry"
-                " or the image builder mislabelled this layer")
-        f.seek(0)
-        if declared is Compression.GZIP:
-            yield from _gunzip(f, layer)
-        elif declared is Compression.ZSTD:
-            yield from _unzstd(f, layer)
+        yield from decompress_chunks(iter(lambda: f.read(CHUNK_BYTES), b""), media_type,
+                                     layer=layer)
+
+
+def decompress_chunks(chunks: Iterable[bytes], media_type: str, *,
+                      layer: str) -> Iterator[bytes]:
+    """Yield the uncompressed layer stream of the compressed ``chunks``, at most CHUNK_BYTES each.
+
+    ``chunks`` are the blob's bytes in order, cut anywhere (a file read in
+    pieces, or a download as it arrives); the end of the iterator is the end
+    of the blob. Raises like ``decompressed_chunks``.
+    """
+    declared = compression_for(media_type, layer=layer)
+    source = _Source(chunks)
+    head = source.peek(4)
+    found = sniff(head)
+    magic = {Compression.GZIP: _GZIP_MAGIC, Compression.ZSTD: _ZSTD_MAGIC}.get(declared)
+    if found is not declared and magic is not None and magic.startswith(head):
+        raise CorruptStream(layer, f"the {declared.value} blob is truncated to {len(head)}"
+                            " bytes; delete the cached blob and fetch it again")
+    if found is not declared:
+        raise CompressionMismatch(
+            layer, f"media type {media_type!r} promises {declared.value} but the blob"
+            f" starts like {found.value} (first bytes {head.hex()!r}); the registry"
+            " or the image builder mislabelled this layer")
+    if declared is Compression.GZIP:
+        yield from _gunzip(source, layer)
+    elif declared is Compression.ZSTD:
+        yield from _unzstd(source, layer)
+    else:
+        while chunk := source.read(CHUNK_BYTES):
+            yield chunk
+
+
+class _Source:
+    """Raw-file reads over an iterator of byte chunks: short reads, ``b""`` only at the end.
+
+    Hands out the iterator's own chunks when they fit, so the file path and
+    the download path copy nothing; empty chunks are skipped, never taken
+    for the end.
+    """
+
+    __slots__ = ("_chunks", "_buf", "_pos")
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self._pos = 0
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) \
+                    else chunk
+                self._pos = 0
+                return True
+        return False
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current position, without consuming them."""
+        while len(self._buf) - self._pos < n and self._more():
+            pass
+        return self._buf[self._pos:self._pos + n]
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos >= len(self._buf) and not self._more():
+            return b""
+        if n < 0 or (self._pos == 0 and n >= len(self._buf)):
+            data = self._buf[self._pos:] if self._pos else self._buf
         else:
-            while chunk := f.read(CHUNK_BYTES):
-                yield chunk
+            data = self._buf[self._pos:self._pos + n]
+        self._pos += len(data)
+        return data
 
 
-def _gunzip(f: BinaryIO, layer: str) -> Iterator[bytes]:
+def _gunzip(f: _Source, layer: str) -> Iterator[bytes]:
     """Inflate every gzip member (RFC 1952 2.2: a file is a series of members)."""
     d = isal_zlib.decompressobj(31)
     pending = b""
@@ -140,7 +195,7 @@ def _gunzip(f: BinaryIO, layer: str) -> Iterator[bytes]:
                             " delete the cached blob and fetch it again")
 
 
-def _unzstd(f: BinaryIO, layer: str) -> Iterator[bytes]:
+def _unzstd(f: _Source, layer: str) -> Iterator[bytes]:
     """Decompress every zstd frame, skipping skippable frames (RFC 8878 3.1)."""
     tracker = _FrameTracker(f, layer)
     reader = zstandard.ZstdDecompressor().stream_reader(
@@ -162,7 +217,7 @@ class _FrameTracker:
     so a bomb is stopped by the output limit before the walk costs much.
     """
 
-    def __init__(self, f: BinaryIO, layer: str) -> None:
+    def __init__(self, f: _Source, layer: str) -> None:
         self._f = f
         self._layer = layer
         self._header = b""      # bytes of a header being collected

@@ -1,6 +1,7 @@
 """Unpack one layer blob into its content store, trusting nothing in the tar.
 
-``unpack_layer`` streams the blob once: decompress (:mod:`.compression`),
+``unpack_layer`` streams the blob file once (``unpack_stream`` does the same
+from the blob's bytes as they download): decompress (:mod:`.compression`),
 hash and count every uncompressed byte (the ``diff_id`` covers the whole
 stream, trailing bytes after the end-of-archive blocks included), parse tar
 headers with a strict reader of our own, write each regular file's bytes to
@@ -24,12 +25,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
-from .compression import decompressed_chunks
+from .compression import decompress_chunks, decompressed_chunks
 from .digest import Digest, VerifyingHasher
 from .errors import CorruptTar, LayerError, LimitExceeded
 from .layerstore import EntryKind, IndexEntry, LayerStore, StoreWriter
@@ -38,7 +40,7 @@ from .limits import Limits
 from .tarheader import (BLOCK, ZERO_BLOCK, HeaderContext, Member, Pending, check_checksum,
                         parse_pax)
 
-__all__ = ["Limits", "unpack_layer", "LayerDescriptor"]
+__all__ = ["Limits", "unpack_layer", "unpack_stream", "LayerDescriptor"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,29 +66,50 @@ def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,
     LayerError (and subclasses), LimitExceeded or DigestMismatch; on error
     nothing is left under the store's final name.
     """
-    digest = layer.digest
-    if LayerStore.path_for(layers_root, digest).exists():
-        return LayerStore.open(layers_root, digest)
-    where = str(digest)
+    if LayerStore.path_for(layers_root, layer.digest).exists():
+        return LayerStore.open(layers_root, layer.digest)
     size = os.stat(blob).st_size
     if size != layer.size:
-        raise LayerError(where, f"blob {str(blob)!r} is {size} bytes but the descriptor says"
-                         f" {layer.size}; delete the cached blob and fetch it again")
+        raise LayerError(str(layer.digest), f"blob {str(blob)!r} is {size} bytes but the"
+                         f" descriptor says {layer.size}; delete the cached blob and fetch it"
+                         " again")
+    return _unpack(decompressed_chunks(blob, layer.media_type, layer=str(layer.digest)), layer,
+                   layers_root, limits)
+
+
+def unpack_stream(chunks: Iterable[bytes], layer: LayerDescriptor, layers_root: Path, *,
+                  limits: Limits = Limits()) -> LayerStore:
+    """Unpack ``layer`` from its blob's bytes as they arrive, e.g. during the download.
+
+    ``chunks`` is the compressed blob in order, cut anywhere. The store is
+    committed only when ``chunks`` ends (and the diff_id matched): whoever
+    feeds it vouches for the bytes by ending it only once they are verified
+    and raising otherwise, which aborts the store. Returns and raises like
+    ``unpack_layer``.
+    """
+    if LayerStore.path_for(layers_root, layer.digest).exists():
+        return LayerStore.open(layers_root, layer.digest)
+    return _unpack(decompress_chunks(chunks, layer.media_type, layer=str(layer.digest)), layer,
+                   layers_root, limits)
+
+
+def _unpack(decompressed: Iterator[bytes], layer: LayerDescriptor, layers_root: Path,
+            limits: Limits) -> LayerStore:
+    digest = layer.digest
+    where = str(digest)
     started = time.monotonic()
     hasher = VerifyingHasher(layer.diff_id, what=f"layer {digest} uncompressed (diff_id)")
     with StoreWriter(layers_root, digest, layer.diff_id) as writer:
-        with LayerStream(decompressed_chunks(blob, layer.media_type, layer=where), hasher,
-                         limit=limits.max_stream_bytes, layer=where, background=True) as stream:
+        with LayerStream(decompressed, hasher, limit=limits.max_stream_bytes, layer=where,
+                         background=True) as stream:
             _TarReader(stream, writer, limits, where).run()
             stream.drain()
         hasher.verify()
         store = writer.commit(stream_bytes=hasher.count)
     log.debug("layer_unpacked", digest=where, entries=store.entries_count,
               files=store.files_count, bytes=store.stream_bytes,
-             seconds=round(time.monotonic() - started, 3))
+              seconds=round(time.monotonic() - started, 3))
     return store
-
-
 
 
 class _TarReader:

@@ -315,3 +315,65 @@ def test_processes_fetching_one_digest_download_once(proxy: FaultProxy, repo: st
     assert blob_gets(proxy) == [(None, 200)]
     cache.verify(blob.digest, blob.size)
     assert leftovers(cache, blob.digest) == []
+
+
+class RecordingTee:
+    """A BlobTee that writes down what the blob cache told it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def feed(self, offset: int, chunk: bytes) -> None:
+        self.events.append(("feed", offset, len(chunk)))
+
+    def restart(self) -> None:
+        self.events.append(("restart", 0, 0))
+
+    def verified(self) -> None:
+        self.events.append(("verified", 0, 0))
+
+    def story(self) -> list[str]:
+        """Runs of contiguous feeds as "fed A-B", and the other calls by name."""
+        told: list[str] = []
+        for kind, offset, length in self.events:
+            if kind != "feed":
+                told.append(kind)
+            elif told and told[-1].startswith("fed ") and int(told[-1].split("-")[1]) == offset:
+                told[-1] = f"{told[-1].split('-')[0]}-{offset + length}"
+            else:
+                told.append(f"fed {offset}-{offset + length}")
+        return told
+
+
+@pytest.mark.parametrize("faults, story", [
+    pytest.param(lambda p, b: None, ["fed 0-{size}", "verified"], id="clean"),
+    pytest.param(lambda p, b: p.add(Fault.reset(after_bytes=1_000_000), path="/blobs/"),
+                 ["fed 0-{size}", "verified"], id="reset-resumed-without-a-gap"),
+    pytest.param(lambda p, b: (p.add(Fault.reset(after_bytes=1_000_000), path="/blobs/"),
+                               p.add(Fault.body(b.data), path="/blobs/", nth=2)),
+                 ["fed 0-?", "restart", "fed 0-{size}", "verified"], id="resume-answered-200"),
+    pytest.param(lambda p, b: p.add(Fault.corrupt(), path="/blobs/"),
+                 ["fed 0-{size}"], id="wrong-bytes-never-verified"),
+])
+def test_a_tee_sees_every_byte_once_in_order_and_verified_last(
+        client: RegistryClient, proxy: FaultProxy, repo: str, blob: Blob, tmp_path: Path,
+        faults, story: list[str]) -> None:  # type: ignore[no-untyped-def]
+    faults(proxy, blob)
+    tee = RecordingTee()
+    try:
+        BlobCache(tmp_path).fetch(client, proxy.host, repo, blob.digest, blob.size, tee=tee)
+    except DigestMismatch:
+        pass
+    told = tee.story()
+    expected = [s.replace("{size}", str(blob.size)) for s in story]
+    assert [t if not e.endswith("?") else e for t, e in zip(told, expected)] == expected
+    assert len(told) == len(expected)
+
+
+def test_a_cached_blob_feeds_the_tee_nothing(client: RegistryClient, registry: Registry,
+                                             repo: str, blob: Blob, tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path)
+    cache.fetch(client, registry.host, repo, blob.digest, blob.size)
+    tee = RecordingTee()
+    cache.fetch(client, registry.host, repo, blob.digest, blob.size, tee=tee)
+    assert tee.events == []

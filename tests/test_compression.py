@@ -7,6 +7,7 @@ import hashlib
 import random
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import zstandard
 
 from pipeline import compression
 from pipeline.compression import (CHUNK_BYTES, LAYER_MEDIA_TYPES, Compression,
-                                  compression_for, decompressed_chunks, sniff)
-from pipeline.errors import (CompressionMismatch, CorruptStream, UnknownMediaType)
+                                  compression_for, decompress_chunks, decompressed_chunks, sniff)
+from pipeline.errors import CompressionMismatch, CorruptStream, PipelineError, UnknownMediaType
 
 OCI = "application/vnd.oci.image.layer.v1.tar"
 GZ = OCI + "+gzip"
@@ -33,12 +34,35 @@ def payload(n: int, seed: int = 1) -> bytes:
     return b"".join(rng.randbytes(64) + b"x" * 64 for _ in range(n // 128 + 1))[:n]
 
 
+def pieces(blob: bytes, seed: int) -> Iterator[bytes]:
+    """``blob`` cut the way a download may deliver it: single bytes, empty pieces, odd sizes."""
+    rng = random.Random(seed)
+    at = 0
+    while at < len(blob):
+        n = rng.choice((0, 1, 1, 2, 3, 5, 4096, 65536, 70001, CHUNK_BYTES + 1))
+        yield blob[at:at + n]
+        at += n
+
+
+def outcome(chunks: Iterator[bytes]) -> bytes | tuple[type[Exception], str]:
+    try:
+        found = list(chunks)
+    except PipelineError as err:
+        return type(err), str(err)
+    assert all(0 < len(c) <= CHUNK_BYTES for c in found)
+    return b"".join(found)
+
+
 def run(tmp_path: Path, blob: bytes, media_type: str) -> bytes:
+    """Decompress ``blob`` from a file (raising its error); the same bytes arriving in pieces
+    must give the same stream or the same error."""
     path = tmp_path / "blob"
     path.write_bytes(blob)
-    chunks = list(decompressed_chunks(path, media_type, layer=LAYER))
-    assert all(0 < len(c) <= CHUNK_BYTES for c in chunks)
-    return b"".join(chunks)
+    expected = outcome(decompressed_chunks(path, media_type, layer=LAYER))
+    for seed in range(3):
+        assert outcome(decompress_chunks(pieces(blob, seed), media_type, layer=LAYER)) \
+            == expected, f"pieces seed {seed}"
+    return b"".join(decompressed_chunks(path, media_type, layer=LAYER))
 
 
 @pytest.mark.parametrize(("head", "expected"), [

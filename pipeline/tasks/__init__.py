@@ -60,7 +60,7 @@ from .plan import build_plan
 from .reporter import PipelineReporter
 from .resolve import check_frozen, resolve_tasks, update_task
 from .toolcache import tool_versions
-from .unpack import unpack_tasks
+from .unpack import DEFAULT_LIMITS, unpack_tasks
 
 __all__ = ["load_pipeline", "make_context", "build_tasks", "doit_config", "MANIFEST_VAR",
            "FROZEN_VAR", "DEFAULT_MANIFEST", "DB_NAME"]
@@ -94,8 +94,9 @@ def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
     plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
     tools = tool_versions(ctx.cache_dir) if plan.images else {}
-    yield from fetch_tasks(ctx, plan)
-    yield from unpack_tasks(ctx, plan)
+    # The same limits for the unpack overlapped with a download and the unpack task.
+    yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
+    yield from unpack_tasks(ctx, plan, DEFAULT_LIMITS)
     yield from flatten_tasks(ctx, plan)
     yield from mkfs_tasks(ctx, plan, tools)
 

@@ -9,10 +9,18 @@ digest is deleted and fetched again, never used.
 
 The stamp leaves the inode out so that a CI cache restore (new inodes, same
 times) costs nothing; if the times changed too it costs one re-hash.
+
+A download of a layer whose store is not finished yet is unpacked as it
+arrives (``overlap.OverlappedUnpack``, with the unpack task's limits): the
+store is committed only once the blob verified and the diff_id matched, and
+``unpack:<digest>`` then finds it finished. Whenever the overlap gives up
+(a restarted download, bad bytes, a layer error) the unpack task unpacks
+the verified blob as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +32,13 @@ from doit.tools import config_changed
 from ..buildrecord import file_stamp
 from ..errors import DigestMismatch
 from ..gc import remove_path
+from ..limits import Limits
 from ..progress import format_bytes
 from ..resolved import LayerRef
 from .context import RunContext, Source
 from .plan import BuildPlan, LayerPlan
 from .steps import IO, action, note
+from .unpack import DEFAULT_LIMITS, layer_finished
 
 __all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
 
@@ -54,8 +64,13 @@ def _sources(ctx: RunContext, plan: LayerPlan) -> list[Source]:
     return found
 
 
-def fetch_step(ctx: RunContext, plan: LayerPlan) -> dict[str, Any]:
-    """Make sure the verified blob is in the cache; return its stamp for ``blob_intact``."""
+def fetch_step(ctx: RunContext, plan: LayerPlan,
+               limits: Limits | None = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Make sure the verified blob is in the cache; return its stamp for ``blob_intact``.
+
+    With ``limits`` (the unpack task's), a layer without a finished store is
+    unpacked from the bytes as they download (``overlap.OverlappedUnpack``).
+    """
     layer, cache = plan.layer, ctx.blobs
     path = cache.path(layer.digest)
     if file_stamp(path) is not None:
@@ -69,22 +84,33 @@ def fetch_step(ctx: RunContext, plan: LayerPlan) -> dict[str, Any]:
             path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
+    from ..overlap import OverlappedUnpack  # the layer reader loads only when a blob downloads
+
     started = time.monotonic()
     progress = ctx.progress.start(layer.size)
+    # Unpack while downloading when the layer still needs it; the unpack task
+    # then finds the finished store (or, if the overlap gave up, does it itself).
+    tee = (None if layer_finished(ctx.layers_root, layer) or limits is None else
+           OverlappedUnpack(layer, ctx.layers_root, limits=limits))
     try:
-        ctx.from_sources(
-            _sources(ctx, plan), f"blob {layer.digest}",
-            lambda client, source: cache.fetch(client, source.registry, source.repository,
-                                               layer.digest, layer.size, progress=progress))
+        with tee or contextlib.nullcontext():
+            ctx.from_sources(
+                _sources(ctx, plan), f"blob {layer.digest}",
+                lambda client, source: cache.fetch(client, source.registry, source.repository,
+                                                   layer.digest, layer.size, progress=progress,
+                                                   tee=tee))
     finally:
         progress.finish()
     seconds = time.monotonic() - started
-    note(outcome="fetched", bytes=layer.size,
+    overlap = ("not needed" if tee is None else "unpacked" if tee.store is not None else
+               f"gave up ({tee.gave_up}); the unpack task reads the blob")
+    note(outcome="fetched", bytes=layer.size, overlap=overlap,
          rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
     return {"stamp": list(file_stamp(path) or ())}
 
 
-def fetch_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
+def fetch_tasks(ctx: RunContext, plan: BuildPlan,
+                limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield {"basename": "fetch-blob", "name": None,
            "doc": "download every layer blob the images need (verified, cached by digest)"}
     for layer_plan in plan.layers:
@@ -96,7 +122,7 @@ def fetch_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
             "name": str(layer.digest),
             "doc": f"fetch layer blob ({format_bytes(layer.size)}) used by "
                    f"{', '.join(layer_plan.images)}",
-            "actions": [action(fetch_step, ctx, layer_plan, name=name,
+            "actions": [action(fetch_step, ctx, layer_plan, limits, name=name,
                                images=layer_plan.images, digest=str(layer.digest))],
             "uptodate": [config_changed(fetch_config(layer)),
                          (blob_intact, [path, layer.size], {})],
