@@ -13,6 +13,10 @@ so nothing it prints there is trusted to be harmless: any line other than its
 version banner fails the run with ToolError. ``ls -p`` output is parsed as
 records (``/ino/mode/uid/gid/name/size/``), never as lines: a name may hold a
 newline, but never a ``/``, which is what makes the records unambiguous.
+
+debugfs echoes every script line to stdout and flushes it, one write per
+command: its output goes to a file (or /dev/null), never to a pipe this
+process would have to wake up for tens of thousands of times.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +34,8 @@ import structlog
 
 from .errors import Ext4Error, ToolError
 
-__all__ = ["DirRecord", "Script", "quote", "run_debugfs", "parse_ls_p", "list_directories",
-           "tool_env"]
+__all__ = ["DirRecord", "LsEntry", "Script", "quote", "run_debugfs", "parse_ls_p",
+           "parse_ls_p_raw", "list_directories", "DirectoryListing", "tool_env"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +44,17 @@ log = structlog.get_logger(__name__)
 MAX_LINE_BYTES = 8000
 
 _BANNER_RE = re.compile(rb"debugfs [0-9][^\n]*\([^\n]*\)")
-_ECHO_RE = re.compile(rb"debugfs: ls -p <([0-9]+)>\n")
-# ls.c, PARSE_OPT: "/%u/%06o/%d/%d/%.*s/" then "/" for directories or "%llu/",
-# then "\n". Names never contain "/", so [^/]* cannot overrun the record.
-_RECORD_RE = re.compile(rb"/([0-9]+)/([0-7]+)/(-?[0-9]+)/(-?[0-9]+)/([^/]*)/([0-9]*)/\n")
+# One token of a script of ``ls -p <N>`` commands: the script echo that opens a
+# listing, one record, or the blank line that closes it. ls.c, PARSE_OPT:
+# "/%u/%06o/%d/%d/%.*s/" then "/" for directories or "%llu/", then "\n".
+# Names never contain "/", so [^/]* cannot overrun the record; the first
+# byte (d, / or newline) picks the alternative, so the tokens are unique.
+_LS_TOKEN_RE = re.compile(rb"(debugfs: ls -p <([0-9]+)>\n|"
+                          rb"/([0-9]+)/([0-7]+)/(-?[0-9]+)/(-?[0-9]+)/([^/]*)/([0-9]*)/\n|\n)")
 
+LsEntry = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+"""(ino, mode, uid, gid, name, size) exactly as ``ls -p`` printed them; the
+mode is six octal digits and the size is empty for directories."""
 
 _TOKEN_RE = re.compile(r"[-A-Za-z0-9_.<>@\[\]/]+")
 
@@ -112,23 +123,21 @@ class Script:
 
     def sif(self, ino: int, field: str, value: int | str) -> None:
         """``set_inode_field <ino> field value``; the hot path, tens of thousands per image."""
-        encoded = b"%d" % value if isinstance(value, int) else _token(value)
-        self._lines.append(b"sif <%d> %s %s" % (ino, _token(field), encoded))
+        name = _plain(field)
+        if value.__class__ is int:
+            self._lines.append(b"sif <%d> %s %d" % (ino, name, value))
+        else:
+            self._lines.append(b"sif <%d> %s %s" % (ino, name, _token(str(value))))
+
+    def to_bytes(self) -> bytes:
+        return b"".join(line + b"\n" for line in self._lines)
 
     def write(self, path: Path) -> None:
         with open(path, "wb") as f:
-            for line in self._lines:
-                f.write(line)
-                f.write(b"\n")
+            f.write(self.to_bytes())
 
 
-def run_debugfs(image: Path, *, script: Path | None = None, request: str | None = None,
-                write: bool = False, env: Mapping[str, str] | None = None) -> bytes:
-    """Run debugfs on ``image`` with a script file or one ``-R`` request; return stdout.
-
-    Raises ToolError when it exits non-zero or prints anything but its banner
-    on stderr (a failed command still exits 0).
-    """
+def _argv(image: Path, script: Path | None, request: str | None, write: bool) -> list[str]:
     if (script is None) == (request is None):
         raise AssertionError("internal error: run_debugfs needs exactly one of script, request")
     argv = ["debugfs"]
@@ -136,16 +145,45 @@ def run_debugfs(image: Path, *, script: Path | None = None, request: str | None 
         argv.append("-w")
     argv += ["-f", str(script)] if script is not None else ["-R", str(request)]
     argv.append(str(image))
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                          env=tool_env(env), check=False)
-    problems = [line for line in proc.stderr.split(b"\n")
-                if line.strip() and not _BANNER_RE.fullmatch(line.strip())]
-    if proc.returncode != 0 or problems:
-        stderr = b"\n".join(problems or [proc.stderr]).decode("utf-8", "backslashreplace")
-        what = "script " + script.name if script is not None else repr(request)
-        raise ToolError("debugfs", f"{what} on {image.name} failed",
-                        returncode=proc.returncode, stderr=stderr)
-    return proc.stdout
+    return argv
+
+
+def _complaints(stderr: bytes) -> list[bytes]:
+    return [line for line in stderr.split(b"\n")
+            if line.strip() and not _BANNER_RE.fullmatch(line.strip())]
+
+
+def _failure(image: Path, script: Path | None, request: str | None, returncode: int,
+             stderr: bytes) -> ToolError:
+    problems = _complaints(stderr)
+    text = b"\n".join(problems or [stderr]).decode("utf-8", "backslashreplace")
+    what = "script " + script.name if script is not None else repr(request)
+    return ToolError("debugfs", f"{what} on {image.name} failed", returncode=returncode,
+                     stderr=text)
+
+
+def run_debugfs(image: Path, *, script: Path | None = None, request: str | None = None,
+                write: bool = False, env: Mapping[str, str] | None = None,
+                stdout: bool = True) -> bytes:
+    """Run debugfs on ``image`` with a script file or one ``-R`` request; return stdout
+    (``b""`` when ``stdout`` is false: the echo of a long script is thrown away).
+
+    Raises ToolError when it exits non-zero or prints anything but its banner
+    on stderr (a failed command still exits 0).
+    """
+    argv = _argv(image, script, request, write)
+    with tempfile.TemporaryFile() as err, \
+            (tempfile.TemporaryFile() if stdout else open(os.devnull, "wb")) as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                              env=tool_env(env), check=False)
+        err.seek(0)
+        stderr = err.read()
+        if proc.returncode != 0 or _complaints(stderr):
+            raise _failure(image, script, request, proc.returncode, stderr)
+        if not stdout:
+            return b""
+        out.seek(0)
+        return out.read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,33 +200,52 @@ class DirRecord:
     """i_size, or None for directories (``ls -p`` prints none for them)."""
 
 
-def parse_ls_p(output: bytes) -> dict[int, list[DirRecord]]:
-    """Parse the stdout of a script of ``ls -p <ino>`` commands, keyed by directory inode.
+def parse_ls_p_raw(output: bytes) -> dict[int, list[LsEntry]]:
+    """Split the stdout of a script of ``ls -p <ino>`` commands into listings, keyed by
+    directory inode, each record's fields left as printed (see LsEntry).
 
     The script echo (``debugfs: ls -p <N>``) opens each listing; records
-    follow; a blank line closes it. Anything else is an internal error.
+    follow; a blank line closes it. Anything else is a ToolError.
     """
-    listings: dict[int, list[DirRecord]] = {}
-    pos = 0
-    end = len(output)
-    while pos < end:
-        echo = _ECHO_RE.match(output, pos)
-        if echo is None:
-            raise ToolError("debugfs", f"unexpected ls -p output at byte {pos}: "
-                            f"{output[pos:pos + 80]!r}; expected 'debugfs: ls -p <N>'")
-        pos = echo.end()
-        records: list[DirRecord] = []
-        while (record := _RECORD_RE.match(output, pos)) is not None:
-            ino, mode, uid, gid, name, size = record.groups()
-            records.append(DirRecord(int(ino), int(mode, 8), int(uid), int(gid), name,
-                                     int(size) if size else None))
-            pos = record.end()
-        if output[pos:pos + 1] != b"\n":
-            raise ToolError("debugfs", f"unterminated ls -p listing at byte {pos}: "
-                            f"{output[pos:pos + 80]!r}")
-        pos += 1
-        listings[int(echo.group(1))] = records
+    tokens = _LS_TOKEN_RE.findall(output)
+    if sum([len(t[0]) for t in tokens]) != len(output):
+        pos = 0                              # slow path: say where the stray bytes are
+        for match in _LS_TOKEN_RE.finditer(output):
+            if match.start() != pos:
+                break
+            pos = match.end()
+        raise ToolError("debugfs", f"unexpected ls -p output at byte {pos}: "
+                        f"{output[pos:pos + 80]!r}; expected 'debugfs: ls -p <N>' or a record")
+    listings: dict[int, list[LsEntry]] = {}
+    records: list[LsEntry] | None = None
+    for token in tokens:
+        if records is None:
+            if not token[1]:
+                raise ToolError("debugfs", f"unexpected ls -p output {token[0][:80]!r}; "
+                                           "expected 'debugfs: ls -p <N>'")
+            records = listings[int(token[1])] = []
+        elif token[2]:
+            records.append(token[2:])
+        elif token[1]:
+            raise ToolError("debugfs", f"unterminated ls -p listing before {token[0]!r}")
+        else:
+            records = None
+    if records is not None:
+        raise ToolError("debugfs", "unterminated ls -p listing at the end of the output")
     return listings
+
+
+def parse_ls_p(output: bytes) -> dict[int, list[DirRecord]]:
+    """Parse the stdout of a script of ``ls -p <ino>`` commands, keyed by directory inode."""
+    return {ino: [DirRecord(int(i), int(m, 8), int(u), int(g), n, int(s) if s else None)
+                  for i, m, u, g, n, s in records]
+            for ino, records in parse_ls_p_raw(output).items()}
+
+
+def _ls_script(inos: Sequence[int], scratch: Path) -> Path:
+    path = scratch / "ls.debugfs"
+    path.write_bytes(b"".join(b"ls -p <%d>\n" % ino for ino in inos))
+    return path
 
 
 def list_directories(image: Path, inos: Sequence[int], scratch: Path) -> dict[int, list[DirRecord]]:
@@ -196,12 +253,7 @@ def list_directories(image: Path, inos: Sequence[int], scratch: Path) -> dict[in
 
     ``.``, ``..`` and empty slots are dropped; every requested directory must be listed.
     """
-    script = Script()
-    for ino in inos:
-        script.command("ls", "-p", f"<{ino}>")
-    path = scratch / "ls.debugfs"
-    script.write(path)
-    listings = parse_ls_p(run_debugfs(image, script=path))
+    listings = parse_ls_p(run_debugfs(image, script=_ls_script(inos, scratch)))
     missing = set(inos) - listings.keys()
     if missing or len(listings) != len(set(inos)):
         raise ToolError("debugfs", f"ls -p listed {len(listings)} directories, expected "
@@ -210,6 +262,44 @@ def list_directories(image: Path, inos: Sequence[int], scratch: Path) -> dict[in
     # of lost+found, an unlinked first entry) shows up as inode 0.
     return {ino: [r for r in records if r.ino != 0 and r.name not in (b".", b"..")]
             for ino, records in listings.items()}
+
+
+class DirectoryListing:
+    """``ls -p`` of many directories in one debugfs run, started now and read later,
+    so the caller can work while debugfs lists.
+
+    ``result()`` gives the raw listings (``.``, ``..`` and empty slots kept),
+    or None when debugfs complained: listing an inode that is not a directory
+    is an expected outcome for a caller checking a guess, not a tool failure.
+    """
+
+    def __init__(self, image: Path, inos: Sequence[int], scratch: Path) -> None:
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            _argv(image, _ls_script(inos, scratch), None, False), stdin=subprocess.DEVNULL,
+            stdout=self._out, stderr=self._err, env=tool_env())
+
+    def result(self) -> dict[int, list[LsEntry]] | None:
+        try:
+            returncode = self._proc.wait()
+            self._err.seek(0)
+            complaints = _complaints(self._err.read())
+            if returncode != 0 or complaints:
+                log.debug("ext4.listing_refused", returncode=returncode,
+                          stderr=b" | ".join(complaints[:3]).decode("utf-8", "replace"))
+                return None
+            self._out.seek(0)
+            return parse_ls_p_raw(self._out.read())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._out.close()
+        self._err.close()
 
 
 def xattr_value_files(values: Iterable[bytes], scratch: Path) -> dict[bytes, Path]:

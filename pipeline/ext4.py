@@ -21,6 +21,7 @@ tree against them), nothing printed by debugfs or e2fsck.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -29,21 +30,30 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from .debugfs import run_debugfs, tool_env
 from .errors import Ext4Error, ToolError
-from .ext4fixup import fixup_script, map_inodes
+from .ext4fixup import plan_fixups, predict_inodes
 from .ext4options import Ext4Options
 from .ext4size import BLOCK_SIZE, measure_tree, plan_size
-from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \
-    read_entries, read_header
+from .flatimage import (
+    ENTRIES_NAME,
+    HEADER_NAME,
+    ROOTFS_NAME,
+    FileType,
+    FlatEntry,
+    read_entries,
+    read_header,
+)
 from .sizes import format_size
 
 __all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS"]
@@ -206,32 +216,38 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
 
     fs_uuid, hash_seed = derive_uuids(seed)
     os.ftruncate(fd, plan.size)
-    _mkfs(flat_dir / ROOTFS_NAME, image, scratch, options, plan.layout.blocks,
-          plan.layout.inodes, plan.layout.journal_blocks, fs_uuid, hash_seed)
+    # The inode prediction is pure Python on the entries: it runs while mkfs works.
+    prediction = _mkfs(flat_dir / ROOTFS_NAME, image, scratch, options, plan.layout.blocks,
+                       plan.layout.inodes, plan.layout.journal_blocks, fs_uuid, hash_seed,
+                       while_running=lambda: predict_inodes(entries))
     lap("mkfs")
 
-    inodes = map_inodes(image, entries, flat_dir, scratch)
-    script = fixup_script(entries, inodes, staging=flat_dir / ROOTFS_NAME, scratch=scratch,
-                          large_inode=options.inode_size > 128)
+    script = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
+                         large_inode=options.inode_size > 128)
     script_path = scratch / "fixup.debugfs"
     script.write(script_path)
     lap("map")
-    run_debugfs(image, script=script_path, write=True, env=_fake_time())
+    run_debugfs(image, script=script_path, write=True, env=_fake_time(), stdout=False)
     lap("fixup")
 
-    _fsck(image)
-    counts = _superblock_counts(image)
-    free_bytes = (counts["free_blocks"] - counts["reserved_blocks"]) * BLOCK_SIZE
-    if options.size is None and (free_bytes < plan.promised_free_bytes
-                                 or counts["free_inodes"] < plan.promised_free_inodes):
-        raise AssertionError(
-            f"internal error: auto size {format_size(plan.size)} left {free_bytes} bytes and "
-            f"{counts['free_inodes']} inodes free, promised {plan.promised_free_bytes} and "
-            f"{plan.promised_free_inodes}")
-    lap("fsck")
-
-    os.fsync(fd)
-    digest = _sha256_sparse(image)
+    # The image is final: hash it on another thread (hashlib releases the GIL
+    # on large buffers) while e2fsck checks it read-only.
+    hashing = _Sha256Thread(image)
+    try:
+        _fsck(image)
+        counts = _superblock_counts(image)
+        free_bytes = (counts["free_blocks"] - counts["reserved_blocks"]) * BLOCK_SIZE
+        if options.size is None and (free_bytes < plan.promised_free_bytes
+                                     or counts["free_inodes"] < plan.promised_free_inodes):
+            raise AssertionError(
+                f"internal error: auto size {format_size(plan.size)} left {free_bytes} bytes "
+                f"and {counts['free_inodes']} inodes free, promised "
+                f"{plan.promised_free_bytes} and {plan.promised_free_inodes}")
+        os.fsync(fd)
+        lap("fsck")
+        digest = hashing.result()
+    finally:
+        hashing.cancel()
     lap("hash")
     return Ext4Result(path=image, size=plan.size, sha256=digest, uuid=fs_uuid,
                       inodes=counts["inodes"], free_bytes=free_bytes,
@@ -273,8 +289,13 @@ def _fake_time() -> dict[str, str]:
     return {"E2FSPROGS_FAKE_TIME": str(FS_EPOCH), "SOURCE_DATE_EPOCH": str(FS_EPOCH)}
 
 
+_T = TypeVar("_T")
+
+
 def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, blocks: int,
-          inodes: int, journal_blocks: int, fs_uuid: str, hash_seed: str) -> None:
+          inodes: int, journal_blocks: int, fs_uuid: str, hash_seed: str, *,
+          while_running: Callable[[], _T]) -> _T:
+    """Run mkfs.ext4 -d; return what ``while_running`` (called meanwhile) returned."""
     conf = scratch / "mke2fs.conf"
     conf.write_text(_MKE2FS_CONF, encoding="ascii")
     features = list(options.features)
@@ -292,17 +313,25 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
                    "lazy_journal_init=0"),
             "-d", str(staging), str(image), str(blocks)]
     env = tool_env({"MKE2FS_CONFIG": str(conf), **_fake_time()})
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          errors="backslashreplace", env=env, check=False)
-    if proc.returncode != 0:
-        if "Could not allocate" in proc.stderr or "No space left" in proc.stderr:
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=env)
+        try:
+            result = while_running()
+        finally:
+            returncode = proc.wait()         # also when while_running failed: no orphan
+        out.seek(0)
+        stderr = out.read().decode("utf-8", "backslashreplace")
+    if returncode != 0:
+        if "Could not allocate" in stderr or "No space left" in stderr:
             raise Ext4Error(f"mkfs.ext4 ran out of space in {format_size(blocks * BLOCK_SIZE)} "
                             f"while copying the tree; raise `size` or use \"auto\"")
         raise ToolError("mkfs.ext4", f"building {image.name} from {staging} failed",
-                        returncode=proc.returncode, stderr=proc.stderr)
-    for line in proc.stderr.splitlines():
+                        returncode=returncode, stderr=stderr)
+    for line in stderr.splitlines():
         if line.strip():
             log.warning("ext4.mkfs_message", message=line.strip())
+    return result
 
 
 def _fsck(image: Path) -> None:
@@ -331,33 +360,69 @@ def _superblock_counts(image: Path) -> dict[str, int]:
             "free_inodes": free_inodes}
 
 
-_HASH_CHUNK = 1 << 20
-_ZEROS = bytes(_HASH_CHUNK)
+# Reads of a few MiB into one reused buffer: hashlib releases the GIL for
+# each update, and fewer, larger reads cost less per byte than 1 MiB bytes objects.
+_HASH_CHUNK = 8 << 20
+_ZEROS = memoryview(bytes(1 << 20))
 
 
-def _sha256_sparse(path: Path) -> str:
-    """sha256 of a file, feeding holes as zeros without reading them from disk."""
+def _sha256_sparse(path: Path, stop: threading.Event | None = None) -> str:
+    """sha256 of a file, feeding holes (SEEK_HOLE) as zeros without reading them."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    buf = memoryview(bytearray(_HASH_CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
         pos = 0
         while pos < size:
+            if stop is not None and stop.is_set():
+                return ""
             try:
-                data = os.lseek(f.fileno(), pos, os.SEEK_DATA)
-            except OSError:                  # ENXIO: only a hole remains
-                data = size
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno != errno.ENXIO:
+                    raise
+                data = size                  # only a hole remains
             while pos < data:
-                n = min(_HASH_CHUNK, data - pos)
-                h.update(_ZEROS[:n] if n < _HASH_CHUNK else _ZEROS)
+                n = min(len(_ZEROS), data - pos)
+                h.update(_ZEROS[:n])
                 pos += n
             if pos >= size:
                 break
-            hole = os.lseek(f.fileno(), pos, os.SEEK_HOLE)
-            f.seek(pos)
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
             while pos < hole:
-                chunk = f.read(min(_HASH_CHUNK, hole - pos))
-                if not chunk:
+                n = os.preadv(fd, [buf[:min(_HASH_CHUNK, hole - pos)]], pos)
+                if n <= 0:
                     raise AssertionError(f"internal error: {path} shrank while hashing")
-                h.update(chunk)
-                pos += len(chunk)
+                h.update(buf[:n])
+                pos += n
     return h.hexdigest()
+
+
+class _Sha256Thread:
+    """``_sha256_sparse`` of a finished image on a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._stop = threading.Event()
+        self._digest = ""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,),
+                                        name="ext4-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._digest = _sha256_sparse(path, self._stop)
+        except BaseException as err:     # handed to the caller in result()
+            self._error = err
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest
+
+    def cancel(self) -> None:
+        """Stop early (the build failed) and wait, so no thread reads a removed file."""
+        self._stop.set()
+        self._thread.join()
