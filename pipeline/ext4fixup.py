@@ -12,11 +12,11 @@ nodes, capabilities. This module
    and nothing is ever freed), a root ``lost+found`` directory reuses
    mke2fs's inode 11, and a further name of a staged hard link takes no
    new inode;
-2. checks the prediction completely in one debugfs run: ``ls -p`` of every
-   predicted directory must hold exactly the predicted names with the
-   predicted inode numbers, types and sizes, ``.`` and ``..`` included
-   (``prediction_error``). A wrong map would put a setuid bit on the wrong
-   file, so nothing is spot-checked. When the check fails, the directories
+2. checks the map completely in one debugfs run: ``ls -p`` of every
+   directory the map names must hold exactly the names, inode numbers,
+   types and sizes the map implies, ``.`` and ``..`` included
+   (``expected_listings``, ``listing_error``). A wrong map would put a
+   setuid bit on the wrong file, so nothing is spot-checked. When the check fails, the directories
    are listed level by level by name (``list_inodes``, the slow way), which
    says exactly where the staging tree and ``entries.jsonl`` disagree; if
    they agree, that listing is the map and a warning says the prediction
@@ -67,9 +67,9 @@ from .errors import Ext4Error
 from .ext4size import FIRST_INO, xattr_disk_name
 from .flatimage import FileType, FlatEntry
 
-__all__ = ["InodeMap", "InodeFields", "Prediction", "predict_inodes", "prediction_error",
-           "list_inodes", "read_inodes", "fixup_script", "plan_fixups", "time_fields",
-           "ROOT_INO"]
+__all__ = ["InodeMap", "InodeFields", "Prediction", "predict", "predict_inodes",
+           "expected_listings", "listing_error", "list_inodes", "read_inodes", "fixup_script",
+           "plan_fixups", "time_fields", "ROOT_INO"]
 
 log = structlog.get_logger(__name__)
 
@@ -137,15 +137,8 @@ def time_fields(mtime_ns: int, *, large_inode: bool) -> tuple[int, int | None]:
 
 # -- which inode each entry got ---------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class InodeMap:
-    """Where each entry landed: inode by path, and the inode of its parent directory."""
-
-    ino: dict[str, int]
-    dir_ino: dict[str, int]
-    """Inode of each entry's parent directory (root maps to itself)."""
-
+InodeMap = dict[str, int]
+"""Inode number of every entry, by path (the root, "", is inode 2)."""
 
 ListingKey = tuple[bytes, bytes, bytes, bytes]
 """(name, inode, file type digits, size) of one ``ls -p`` record, as printed."""
@@ -153,31 +146,19 @@ ListingKey = tuple[bytes, bytes, bytes, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """The inode map mkfs.ext4 -d should have made, and the listings that prove it."""
+    """A predicted inode map and the listings that prove it (``expected_listings``)."""
 
-    map: InodeMap
+    inodes: InodeMap
     listings: dict[int, frozenset[ListingKey]]
-    """For every directory inode: every record ``ls -p`` must print, ``.`` and ``..``
-    included (inode-0 empty slots excluded)."""
-    inodes: tuple[int, ...]
-    """Every distinct tree inode, ascending."""
 
 
-def _staged_size(entry: FlatEntry) -> int | None:
-    if entry.type is FileType.REGULAR:
-        return entry.size
-    if entry.type is FileType.SYMLINK:
-        return len(os.fsencode(entry.target or ""))
-    if entry.type in (FileType.CHAR, FileType.BLOCK, FileType.FIFO):
-        return 0
-    return None
+def predict(entries: Sequence[FlatEntry]) -> Prediction:
+    """``predict_inodes`` and the listings to check it by: pure, so it can run during mkfs."""
+    inodes = predict_inodes(entries)
+    return Prediction(inodes=inodes, listings=expected_listings(entries, inodes))
 
 
-def _self_records(number: int, parent: int) -> set[ListingKey]:
-    return {(b".", b"%d" % number, _DIR_TYPE, b""), (b"..", b"%d" % parent, _DIR_TYPE, b"")}
-
-
-def predict_inodes(entries: Sequence[FlatEntry]) -> Prediction:
+def predict_inodes(entries: Sequence[FlatEntry]) -> InodeMap:
     """The inode of every entry as mkfs.ext4 -d numbers them (see the module docstring).
 
     Pure: reads nothing but ``entries`` (root first, each parent before its children).
@@ -187,20 +168,13 @@ def predict_inodes(entries: Sequence[FlatEntry]) -> Prediction:
         parent, _, base = entry.path.rpartition("/")
         children[parent].append((os.fsencode(base), entry))
     ino = {"": ROOT_INO}
-    dir_ino = {"": ROOT_INO}
     group_ino: dict[int, int] = {}
-    listings: dict[int, set[ListingKey]] = {ROOT_INO: _self_records(ROOT_INO, ROOT_INO)}
-    if not any(name == b"lost+found" and e.type is FileType.DIRECTORY
-               for name, e in children.get("", ())):
-        listings[ROOT_INO].add((b"lost+found", b"%d" % LOST_FOUND_INO, _DIR_TYPE, b""))
     next_ino = LOST_FOUND_INO + 1
     # Depth first with an explicit stack: trees may be deeper than Python's recursion limit.
-    stack = [(ROOT_INO, iter(sorted(children.pop("", ()), key=itemgetter(0))))]
+    stack = [iter(sorted(children.pop("", ()), key=_name_order))]
     while stack:
-        parent_ino, siblings = stack[-1]
-        for name, entry in siblings:
-            if parent_ino == ROOT_INO and name == b"lost+found" and \
-                    entry.type is FileType.DIRECTORY:
+        for name, entry in stack[-1]:
+            if name == b"lost+found" and len(stack) == 1 and entry.type is FileType.DIRECTORY:
                 number = LOST_FOUND_INO
             elif entry.link_group is not None and entry.link_group in group_ino:
                 number = group_ino[entry.link_group]
@@ -210,37 +184,74 @@ def predict_inodes(entries: Sequence[FlatEntry]) -> Prediction:
                 if entry.link_group is not None:
                     group_ino[entry.link_group] = number
             ino[entry.path] = number
-            dir_ino[entry.path] = parent_ino
-            size = _staged_size(entry)
-            listings[parent_ino].add((name, b"%d" % number, _STAGED_TYPE[entry.type],
-                                      b"" if size is None else b"%d" % size))
             if entry.type is FileType.DIRECTORY:
-                listings[number] = _self_records(number, parent_ino)
-                stack.append((number, iter(sorted(children.pop(entry.path, ()),
-                                                  key=itemgetter(0)))))
+                stack.append(iter(sorted(children.pop(entry.path, ()), key=_name_order)))
                 break
         else:
             stack.pop()
-    return Prediction(map=InodeMap(ino=ino, dir_ino=dir_ino),
-                      listings={n: frozenset(keys) for n, keys in listings.items()},
-                      inodes=tuple(sorted(set(ino.values()))))
+    return ino
 
 
-def prediction_error(listings: Mapping[int, list[LsEntry]] | None,
-                     prediction: Prediction) -> str | None:
-    """None when ``listings`` (``ls -p`` of every predicted directory) prove the
-    prediction right, entry by entry; else what disagrees first."""
+_name_order = itemgetter(0)
+"""alphasort in the C locale: strcmp, byte order of the names."""
+
+
+def expected_listings(entries: Sequence[FlatEntry],
+                      inodes: InodeMap) -> dict[int, frozenset[ListingKey]]:
+    """Every record ``ls -p`` must print for each directory if ``inodes`` is right.
+
+    Derived from the map alone, so checking them checks the very map the
+    fixup script uses: ``.`` and ``..``, mke2fs's own lost+found unless the
+    image declares one, and each entry's name, inode, staged type and size.
+    Listings of every directory agreeing with these prove, from the root
+    down, that each path reaches the inode the map gives it.
+    """
+    listings: dict[int, set[ListingKey]] = defaultdict(set)
+    own_lost_found = True                   # mke2fs's, unless the image declares one
+    for entry in entries:
+        parent = entry.path.rpartition("/")[0]
+        number = b"%d" % inodes[entry.path]
+        if entry.type is FileType.DIRECTORY:
+            records = listings[inodes[entry.path]]
+            records.add((b".", number, _DIR_TYPE, b""))
+            records.add((b"..", b"%d" % inodes[parent], _DIR_TYPE, b""))
+        if entry.path:
+            size = _staged_size(entry)
+            listings[inodes[parent]].add((_basename(entry.path), number,
+                                          _STAGED_TYPE[entry.type],
+                                          b"" if size is None else b"%d" % size))
+            if entry.path == LOST_FOUND and entry.type is FileType.DIRECTORY:
+                own_lost_found = False
+    if own_lost_found:
+        listings[ROOT_INO].add((b"lost+found", b"%d" % LOST_FOUND_INO, _DIR_TYPE, b""))
+    return {number: frozenset(records) for number, records in listings.items()}
+
+
+def listing_error(listings: Mapping[int, list[LsEntry]] | None,
+                  expected: Mapping[int, frozenset[ListingKey]]) -> str | None:
+    """None when ``listings`` (``ls -p`` of every directory in ``expected``) hold
+    exactly the expected records; else what disagrees first."""
     if listings is None:
         return "debugfs refused to list a predicted directory"
-    if listings.keys() != prediction.listings.keys():
+    if listings.keys() != expected.keys():
         return "the listed directories are not the predicted ones"
-    for number, want in prediction.listings.items():
+    for number, want in expected.items():
         got = [(name, i, mode[:2], size) for i, mode, _, _, name, size in listings[number]
                if i != b"0"]
         if len(got) != len(want) or want.difference(got):
             extra = sorted(set(got) - want)[:3]
             missing = sorted(want.difference(got))[:3]
             return f"directory <{number}> holds {extra} instead of {missing}"
+    return None
+
+
+def _staged_size(entry: FlatEntry) -> int | None:
+    if entry.type is FileType.REGULAR:
+        return entry.size
+    if entry.type is FileType.SYMLINK:
+        return len(os.fsencode(entry.target or ""))
+    if entry.type in (FileType.CHAR, FileType.BLOCK, FileType.FIFO):
+        return 0
     return None
 
 
@@ -264,8 +275,7 @@ def list_inodes(image: Path, entries: Sequence[FlatEntry], flat_dir: Path,
     children: dict[str, list[FlatEntry]] = defaultdict(list)
     for entry in entries[1:]:
         children[entry.path.rpartition("/")[0]].append(entry)
-    ino: dict[str, int] = {"": ROOT_INO}
-    dir_ino: dict[str, int] = {"": ROOT_INO}
+    ino: InodeMap = {"": ROOT_INO}
     level = [""]
     while level:
         listings = list_directories(image, [ino[p] for p in level], scratch)
@@ -291,15 +301,14 @@ def list_inodes(image: Path, entries: Sequence[FlatEntry], flat_dir: Path,
                     raise _disagree(flat_dir, f"{entry.path!r} is declared {want_size} bytes "
                                               f"but staged with {record.size}")
                 ino[entry.path] = record.ino
-                dir_ino[entry.path] = ino[parent]
                 if entry.type is FileType.DIRECTORY:
                     next_level.append(entry.path)
         level = next_level
     _check_links(entries, ino, flat_dir)
-    return InodeMap(ino=ino, dir_ino=dir_ino)
+    return ino
 
 
-def _check_links(entries: Sequence[FlatEntry], ino: dict[str, int], flat_dir: Path) -> None:
+def _check_links(entries: Sequence[FlatEntry], ino: InodeMap, flat_dir: Path) -> None:
     group_ino: dict[int, int] = {}
     owner: dict[int, FlatEntry] = {}
     for entry in entries:
@@ -442,7 +451,7 @@ def fixup_script(entries: Sequence[FlatEntry], inodes: InodeMap,
     relinks: list[FlatEntry] = []
     done: set[int] = set()
     for entry in entries:
-        number = inodes.ino[entry.path]
+        number = inodes[entry.path]
         if entry.type in _DEVICES:
             relinks.append(entry)
         if number in done:
@@ -474,9 +483,9 @@ def fixup_script(entries: Sequence[FlatEntry], inodes: InodeMap,
     # taken from the finished inode (debugfs "link" uses ext2_file_type(mode)).
     for entry in relinks:
         quoted = quote(_basename(entry.path), what="device node name")
-        script.command("cd", f"<{inodes.dir_ino[entry.path]}>")
+        script.command("cd", f"<{inodes[entry.path.rpartition('/')[0]]}>")
         script.command("unlink", quoted)
-        script.command("link", f"<{inodes.ino[entry.path]}>", quoted)
+        script.command("link", f"<{inodes[entry.path]}>", quoted)
     return script
 
 
@@ -521,19 +530,21 @@ def plan_fixups(image: Path, entries: Sequence[FlatEntry], flat_dir: Path, scrat
     the inodes back and writes the script for that map; a failed check throws
     the script away and does it all again from the slow, name-based listing.
     """
-    prediction = prediction or predict_inodes(entries)
+    prediction = prediction or predict(entries)
     listing = DirectoryListing(image, sorted(prediction.listings), scratch)
     try:
-        script = fixup_script(entries, prediction.map, read_inodes(image, prediction.inodes),
+        script = fixup_script(entries, prediction.inodes,
+                              read_inodes(image, prediction.inodes.values()),
                               scratch=scratch, large_inode=large_inode)
-    finally:
-        listings = listing.result()
-    problem = prediction_error(listings, prediction)
+    except BaseException:
+        listing.close()
+        raise
+    problem = listing_error(listing.result(), prediction.listings)
     if problem is None:
         return script
     inodes = list_inodes(image, entries, flat_dir, scratch)     # raises if they disagree
     log.warning("ext4.inode_prediction_failed", flat=str(flat_dir), reason=problem,
                 hint="mkfs.ext4 -d numbered inodes differently than predicted; the build "
                      "used the slower listing (report this with the e2fsprogs version)")
-    return fixup_script(entries, inodes, read_inodes(image, set(inodes.ino.values())),
+    return fixup_script(entries, inodes, read_inodes(image, inodes.values()),
                         scratch=scratch, large_inode=large_inode)

@@ -276,9 +276,19 @@ def plan_size(usage: TreeUsage, *, size: int | None, headroom: Headroom, inode_s
     Raises Ext4Error, naming the size needed, when a fixed size cannot hold the tree.
     """
     def lay_out(blocks: int, inodes: int) -> Layout:
-        return layout(blocks, inodes, inode_size=inode_size, journal=journal,
-                      desc_size=desc_size, resize_inode=resize_inode,
-                      sparse_super=sparse_super)
+        lay = layout(blocks, inodes, inode_size=inode_size, journal=journal,
+                     desc_size=desc_size, resize_inode=resize_inode, sparse_super=sparse_super)
+        if lay.inodes < inodes:
+            # mke2fs fills whole inode-table blocks, then rounds the inodes per
+            # group down to a multiple of 8 (ext2fs_initialize): with 1024-byte
+            # inodes that loses up to 4 per group. Ask for a count both
+            # roundings keep.
+            align = max(8, BLOCK_SIZE // inode_size)
+            per_group = -(-inodes // lay.groups)
+            lay = layout(blocks, lay.groups * -(-per_group // align) * align,
+                         inode_size=inode_size, journal=journal, desc_size=desc_size,
+                         resize_inode=resize_inode, sparse_super=sparse_super)
+        return lay
 
     used = usage.blocks + SLACK_BLOCKS
 

@@ -24,14 +24,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+import pipeline.ext4fixup
+from pipeline.debugfs import DirectoryListing
 from pipeline.errors import Ext4Error
 from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, build_ext4,
                            derive_uuids, tool_versions)
-from pipeline.ext4options import DEFAULT_FEATURES, TOGGLABLE_FEATURES
-from pipeline.ext4size import layout
+from pipeline.ext4fixup import (InodeMap, expected_listings, listing_error, predict_inodes,
+                                read_inodes, time_fields)
+from pipeline.ext4options import DEFAULT_FEATURES, INODE_SIZES, TOGGLABLE_FEATURES
+from pipeline.ext4size import FIRST_INO, TreeUsage, layout, plan_size
 from pipeline.flatimage import (ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry,
-                                FlatHeader, write_entries, write_header)
+                                FlatHeader, read_entries, write_entries, write_header)
 from pipeline.sizes import MiB, Headroom
 from tests.ext4reader import Ext4Image, Node
 from tests.harness.debian import debian_like
@@ -329,6 +334,35 @@ def _tree(files: int, size: int) -> list[Spec]:
 
 
 # -- tests --------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def prediction_must_hold(request: pytest.FixtureRequest,
+                         monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """Every build in this module must map its inodes by prediction, checked in one
+    debugfs run. The level-by-level listing may run only to explain a disagreement
+    between staging tree and entries.jsonl (it then raises); a test that expects it
+    to map inodes instead asks for ``listing_fallbacks``."""
+    real = pipeline.ext4fixup.list_inodes
+    mapped: list[Path] = []
+
+    def recording(image: Path, entries: Sequence[FlatEntry], flat_dir: Path,
+                  scratch: Path) -> InodeMap:
+        inodes = real(image, entries, flat_dir, scratch)
+        mapped.append(flat_dir)
+        return inodes
+
+    monkeypatch.setattr(pipeline.ext4fixup, "list_inodes", recording)
+    yield mapped
+    if "listing_fallbacks" not in request.fixturenames:
+        assert mapped == [], "the inode prediction failed and the slow listing mapped inodes"
+
+
+@pytest.fixture
+def listing_fallbacks(prediction_must_hold: list[Path]) -> list[Path]:
+    """The flat images whose inodes the slow listing had to map."""
+    return prediction_must_hold
+
 
 
 def test_every_entry_round_trips(tmp_path: Path) -> None:
@@ -729,6 +763,19 @@ def test_tool_versions() -> None:
 # -- size planning against mke2fs itself ------------------------------------------------
 
 
+@pytest.mark.parametrize("inode_size", INODE_SIZES)
+def test_auto_size_holds_the_promised_inodes_whatever_the_inode_size(inode_size: int) -> None:
+    # mke2fs rounds inodes per group down to a multiple of 8 after filling whole
+    # inode-table blocks: with 1024-byte inodes (4 per block) that can lose 4 a group.
+    for tree_inodes in (1, 7, 100, 3001, 4093, 5000, 33000, 70001):
+        usage = TreeUsage(blocks=1000, inodes=FIRST_INO + tree_inodes - 1,
+                          tree_inodes=tree_inodes)
+        plan = plan_size(usage, size=None, headroom=Headroom(percent=20, bytes=64 * MiB),
+                         inode_size=inode_size, journal=True, reserved_percent=0,
+                         desc_size=64, resize_inode=True, sparse_super=True)
+        assert plan.layout.inodes - usage.inodes >= plan.promised_free_inodes, tree_inodes
+
+
 @pytest.mark.parametrize(("blocks", "inodes", "features"), [
     pytest.param(16384, 4096, (), id="64MiB"),
     pytest.param(65536, 20000, (), id="256MiB"),
@@ -762,3 +809,138 @@ def test_layout_matches_mke2fs(tmp_path: Path, blocks: int, inodes: int,
     # An empty tree is the root's block and lost+found's four; the model may
     # count one journal index block mke2fs does not need.
     assert lay.overhead + 5 - 1 <= used <= lay.overhead + 5
+
+
+# -- the inode map: predicted, then checked in one debugfs run -----------------------------
+
+# C-locale alphasort is byte order: uppercase before lowercase, "\ufffd" (ef bf bd)
+# before the undecodable byte f0, which Python's str order puts the other way round;
+# directories interleave with files, so the depth-first order matters too.
+ODD_ORDER: list[Spec] = [
+    d("m"), f("m/inner", b"i"), d("m/deep"), f("m/deep/x", b"x"), f("n", b"n"),
+    f("\ufffd", b"replacement char"), f(os.fsdecode(b"\xf0x"), b"undecodable"),
+    f("B", b"upper"), f("a", b"lower"), f("_", b"_"), f("a.b", b"."), f("a b", b" "),
+    f("\u00e9", b"e-acute"), hl("z-link", "m/deep/x"), hl("A-link", "m/deep/x"),
+    sym("m/link", "../n"), fifo("m/fifo"),
+]
+
+
+def test_prediction_follows_byte_order_depth_first(tmp_path: Path) -> None:
+    flat = make_flat(tmp_path / "flat", ODD_ORDER)
+    inodes = predict_inodes(list(read_entries(flat / ENTRIES_NAME)))
+    # The first name of the hard-link group met in the walk takes the inode.
+    assert inodes == {
+        "": 2, "A-link": 12, "B": 13, "_": 14, "a": 15, "a b": 16, "a.b": 17, "m": 18,
+        "m/deep": 19, "m/deep/x": 12, "m/fifo": 20, "m/inner": 21, "m/link": 22, "n": 23,
+        "z-link": 12, "\u00e9": 24, "\ufffd": 25, os.fsdecode(b"\xf0x"): 26}
+    result = build_ext4(flat, tmp_path / "img.ext4", Ext4Options(), seed="s")
+    assert_image_matches(result.path, ODD_ORDER)
+    with Ext4Image(result.path) as fs:
+        assert {p: n.ino for p, n in fs.walk().items() if p != "lost+found"} == inodes
+
+
+def test_a_wrong_prediction_is_caught_and_the_listing_maps_instead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing_fallbacks: list[Path]) -> None:
+    # Predict in Python's str order, which differs from mkfs's byte order here.
+    monkeypatch.setattr(pipeline.ext4fixup, "_name_order", lambda item: os.fsdecode(item[0]))
+    flat = make_flat(tmp_path / "flat", ODD_ORDER)
+    with capture_logs() as logs:
+        result = build_ext4(flat, tmp_path / "img.ext4", Ext4Options(), seed="s")
+    assert listing_fallbacks == [flat]
+    warning = next(e for e in logs if e["event"] == "ext4.inode_prediction_failed")
+    assert warning["log_level"] == "warning" and warning["reason"].startswith("directory <")
+    fsck_clean(result.path)
+    assert_image_matches(result.path, ODD_ORDER)
+
+
+# No device nodes: the fixup turns their placeholders into devices, so the final
+# image lists exactly what mkfs -d staged.
+MAPPED: list[Spec] = [
+    d("bin"), d("etc"), d("etc/sub"), f("bin/a", b"aa"), f("bin/b", b"bbb"),
+    hl("bin/c", "bin/a"), f("etc/x", b"x"), f("etc/sub/y", b"yy"), sym("etc/l", "x"),
+    fifo("etc/p"), f("top", b"top"),
+]
+
+
+def _perturbed(inodes: InodeMap, change: str) -> InodeMap:
+    wrong = dict(inodes)
+    if change == "swap-siblings":
+        wrong["bin/a"], wrong["bin/b"] = inodes["bin/b"], inodes["bin/a"]
+        wrong["bin/c"] = wrong["bin/a"]
+    elif change == "swap-across-directories":
+        wrong["etc/x"], wrong["top"] = inodes["top"], inodes["etc/x"]
+    elif change == "swap-directories":
+        wrong["etc"], wrong["etc/sub"] = inodes["etc/sub"], inodes["etc"]
+    elif change == "hard-link-split":
+        wrong["bin/c"] = max(inodes.values()) + 1
+    elif change == "files-merged":
+        wrong["bin/b"] = inodes["bin/a"]
+    elif change == "shifted-after-a-directory":
+        wrong = {p: n + 1 if n > inodes["etc"] else n for p, n in inodes.items()}
+    elif change == "file-on-lost+found":
+        wrong["top"] = 11
+    elif change == "directory-on-a-file":
+        wrong["etc/sub"] = inodes["etc/x"]
+    else:
+        raise AssertionError(change)
+    assert wrong != inodes
+    return wrong
+
+
+@pytest.mark.parametrize("change", [
+    "swap-siblings", "swap-across-directories", "swap-directories", "hard-link-split",
+    "files-merged", "shifted-after-a-directory", "file-on-lost+found", "directory-on-a-file"])
+def test_listing_check_catches_every_wrong_map(tmp_path: Path, change: str) -> None:
+    result = build(tmp_path, MAPPED)
+    entries = list(read_entries(tmp_path / "flat-img" / ENTRIES_NAME))
+    right = predict_inodes(entries)
+
+    def check(inodes: InodeMap) -> str | None:
+        expected = expected_listings(entries, inodes)
+        listing = DirectoryListing(result.path, sorted(expected), tmp_path)
+        return listing_error(listing.result(), expected)
+
+    assert check(right) is None
+    assert check(_perturbed(right, change)) is not None
+
+
+@pytest.mark.parametrize("inode_size", [128, 256, 1024])
+def test_inodes_read_back_agree_with_the_independent_reader(tmp_path: Path,
+                                                            inode_size: int) -> None:
+    result = build(tmp_path, RICH, Ext4Options(inode_size=inode_size), root=RICH_ROOT)
+    large = inode_size > 128
+    with Ext4Image(result.path) as fs:
+        nodes = {n.ino: n for n in fs.walk().values()}
+    fields = read_inodes(result.path, nodes)
+    assert fields.keys() == nodes.keys()
+    for number, node in nodes.items():
+        got = fields[number]
+        assert stat_type(got.mode) == node.type and got.mode & 0o7777 == node.mode
+        assert (got.uid, got.gid) == (node.uid, node.gid)
+        assert set(got.xattrs) == set(node.xattrs), node.path
+        stamps = [node.atime_ns, node.ctime_ns, node.mtime_ns]
+        if large:
+            assert node.crtime_ns is not None
+            stamps.append(node.crtime_ns)
+        for i, ns in enumerate(stamps):
+            low, extra = time_fields(ns, large_inode=large)
+            assert got.seconds[i] == low, (node.path, i)
+            assert got.extras[i] == extra, (node.path, i)
+    assert any(len(n.xattrs) > 1 for n in nodes.values())
+
+
+def stat_type(mode: int) -> str:
+    return {0o040000: "d", 0o100000: "f", 0o120000: "l", 0o010000: "p", 0o020000: "c",
+            0o060000: "b"}[mode & 0o170000]
+
+
+@pytest.mark.parametrize("value_size", [pytest.param(8, id="in-inode"),
+                                        pytest.param(2000, id="in-a-block")])
+def test_host_xattrs_mkfs_copied_are_removed(tmp_path: Path, value_size: int) -> None:
+    specs = [d("dir"), f("dir/file", b"x", xattrs={"user.declared": b"yes"}), f("plain", b"p")]
+    flat = make_flat(tmp_path / "flat", specs)
+    for path in ("", "dir", "dir/file", "plain"):
+        os.setxattr(flat / ROOTFS_NAME / path, "user.host-only", b"h" * value_size)
+    result = build_ext4(flat, tmp_path / "img.ext4", Ext4Options(), seed="s")
+    fsck_clean(result.path)
+    assert_image_matches(result.path, specs)
