@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.debugfs import (DirRecord, Script, list_directories, parse_ls_p, quote,
-                              run_debugfs, xattr_value_files)
+from pipeline.debugfs import (DirectoryListing, DirRecord, Script, list_directories, parse_ls_p,
+                              parse_ls_p_raw, quote, run_debugfs, xattr_value_files)
 from pipeline.errors import Ext4Error, ToolError
 from tests.ext4reader import Ext4Image
 
@@ -110,6 +110,15 @@ def test_clean_run_returns_stdout(tmp_path: Path) -> None:
     image = mkfs(tmp_path)
     out = run_debugfs(image, request="ls -p <2>")
     assert out.startswith(b"/2/040755/0/0/.//\n")
+    assert run_debugfs(image, request="ls -p <2>", stdout=False) == b""
+
+
+def test_discarded_stdout_still_fails_on_complaints(tmp_path: Path) -> None:
+    image = mkfs(tmp_path)
+    path = tmp_path / "s"
+    path.write_bytes(b"sif <2> uid 7\nsif <2> nosuchfield 1\n")
+    with pytest.raises(ToolError, match="invalid field specifier: nosuchfield"):
+        run_debugfs(image, script=path, write=True, stdout=False)
 
 
 def test_binary_xattr_values_round_trip_through_files(tmp_path: Path) -> None:
@@ -150,8 +159,19 @@ def test_parse_ls_p_reads_records_not_lines() -> None:
     }
 
 
+def test_parse_ls_p_raw_keeps_fields_as_printed() -> None:
+    output = (b"debugfs: ls -p <2>\n/2/040755/0/0/.//\n/12/100644/1000/-1/new\nline/5/\n\n"
+              b"debugfs: ls -p <99>\n\n")
+    assert parse_ls_p_raw(output) == {
+        2: [(b"2", b"040755", b"0", b"0", b".", b""),
+            (b"12", b"100644", b"1000", b"-1", b"new\nline", b"5")],
+        99: []}
+
+
 @pytest.mark.parametrize("output", [
     pytest.param(b"garbage\n", id="no-echo"),
+    pytest.param(b"debugfs: ls -p <2>\n\n/2/040755/0/0/.//\n\n", id="record-outside-a-listing"),
+    pytest.param(b"debugfs: ls -p <2>\ndebugfs: ls -p <3>\n\n", id="listing-not-closed"),
     pytest.param(b"debugfs: ls -p <2>\n/2/040755/0/0/.//\n", id="unterminated"),
     pytest.param(b"debugfs: ls -p <2>\n/2/040755/0/0/./\n\n", id="short-record"),
     pytest.param(b"debugfs: ls -p <2>\n/x/040755/0/0/.//\n\n", id="bad-inode"),
@@ -185,3 +205,19 @@ def test_list_directories_refuses_a_non_directory(tmp_path: Path) -> None:
     ino = next(r.ino for r in list_directories(image, [2], tmp_path)[2] if r.name == b"file")
     with pytest.raises(ToolError):
         list_directories(image, [ino], tmp_path)
+
+
+def test_directory_listing_lists_in_one_run_and_refuses_a_non_directory(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "sub" / "file").write_bytes(b"abc")
+    image = mkfs(tmp_path, staging)
+    root = DirectoryListing(image, [2], tmp_path).result()
+    assert root is not None
+    sub = int(next(r[0] for r in root[2] if r[4] == b"sub"))
+    listings = DirectoryListing(image, [2, sub], tmp_path).result()
+    assert listings is not None and listings.keys() == {2, sub}
+    assert [(r[4], r[5]) for r in listings[sub]] == [(b".", b""), (b"..", b""), (b"file", b"3")]
+    file_ino = int(listings[sub][2][0])
+    assert DirectoryListing(image, [2, file_ino], tmp_path).result() is None
+    assert DirectoryListing(image, [2, 200], tmp_path).result() is None    # unused inode
