@@ -29,8 +29,8 @@ from structlog.testing import capture_logs
 import pipeline.ext4fixup
 from pipeline.debugfs import DirectoryListing
 from pipeline.errors import Ext4Error
-from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, build_ext4,
-                           derive_uuids, tool_versions)
+from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, _sha256_sparse,
+                           build_ext4, derive_uuids, tool_versions)
 from pipeline.ext4fixup import (InodeMap, expected_listings, listing_error, predict_inodes,
                                 read_inodes, time_fields)
 from pipeline.ext4options import DEFAULT_FEATURES, INODE_SIZES, TOGGLABLE_FEATURES
@@ -944,3 +944,27 @@ def test_host_xattrs_mkfs_copied_are_removed(tmp_path: Path, value_size: int) ->
     result = build_ext4(flat, tmp_path / "img.ext4", Ext4Options(), seed="s")
     fsck_clean(result.path)
     assert_image_matches(result.path, specs)
+
+
+# -- the image's sha256 ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout_", [
+    pytest.param([], id="empty"),
+    pytest.param([("hole", 5 << 20)], id="all-hole"),
+    pytest.param([("data", 4096)], id="one-block"),
+    pytest.param([("hole", 3 << 20), ("data", 5 << 20), ("hole", 1 << 20), ("data", 100),
+                  ("hole", 7 << 20)], id="holes-around-data"),
+    pytest.param([("data", (2 << 20) + 1)], id="data-past-a-chunk"),
+])
+def test_sparse_sha256_is_the_sha256_of_every_byte(tmp_path: Path,
+                                                   layout_: list[tuple[str, int]]) -> None:
+    path = tmp_path / "sparse"
+    with open(path, "wb") as out:
+        for kind, size in layout_:
+            if kind == "hole":
+                out.seek(size, os.SEEK_CUR)
+            else:
+                out.write(os.urandom(size))
+        out.truncate()
+    assert _sha256_sparse(path) == hashlib.sha256(path.read_bytes()).hexdigest()
