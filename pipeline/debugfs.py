@@ -57,6 +57,8 @@ LsEntry = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
 mode is six octal digits and the size is empty for directories."""
 
 _TOKEN_RE = re.compile(r"[-A-Za-z0-9_.<>@\[\]/]+")
+# One line template per field name, checked once (a few dozen names in all).
+_SIF_LINES: dict[str, bytes] = {}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,11 +125,13 @@ class Script:
 
     def sif(self, ino: int, field: str, value: int | str) -> None:
         """``set_inode_field <ino> field value``; the hot path, tens of thousands per image."""
-        name = _plain(field)
+        line = _SIF_LINES.get(field)
+        if line is None:
+            line = _SIF_LINES[field] = b"sif <%d> " + _plain(field) + b" %d"
         if value.__class__ is int:
-            self._lines.append(b"sif <%d> %s %d" % (ino, name, value))
+            self._lines.append(line % (ino, value))
         else:
-            self._lines.append(b"sif <%d> %s %s" % (ino, name, _token(str(value))))
+            self._lines.append(b"sif <%d> %s %s" % (ino, _plain(field), _token(str(value))))
 
     def to_bytes(self) -> bytes:
         return b"".join(line + b"\n" for line in self._lines)

@@ -472,10 +472,11 @@ def fixup_script(entries: Sequence[FlatEntry], inodes: InodeMap,
             stamp = times[entry.mtime_ns] = time_fields(entry.mtime_ns,
                                                         large_inode=large_inode)
         low, extra = stamp
-        for i, (seconds_field, extra_field) in enumerate(fields):
-            if now.seconds[i] != low:
+        for (seconds_field, extra_field), seconds, extra_now in zip(fields, now.seconds,
+                                                                    now.extras):
+            if seconds != low:
                 sif(number, seconds_field, low)
-            if extra is not None and now.extras[i] != extra:
+            if extra != extra_now and extra is not None:
                 sif(number, extra_field, extra)
         if now.xattrs or entry.xattrs:
             _xattrs(script, number, entry, now.xattrs, values)
