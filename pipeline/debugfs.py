@@ -280,9 +280,14 @@ class DirectoryListing:
     def __init__(self, image: Path, inos: Sequence[int], scratch: Path) -> None:
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            _argv(image, _ls_script(inos, scratch), None, False), stdin=subprocess.DEVNULL,
-            stdout=self._out, stderr=self._err, env=tool_env())
+        try:
+            self._proc = subprocess.Popen(
+                _argv(image, _ls_script(inos, scratch), None, False), stdin=subprocess.DEVNULL,
+                stdout=self._out, stderr=self._err, env=tool_env())
+        except BaseException:
+            self._out.close()
+            self._err.close()
+            raise
 
     def result(self) -> dict[int, list[LsEntry]] | None:
         try:

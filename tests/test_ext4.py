@@ -904,6 +904,21 @@ def test_listing_check_catches_every_wrong_map(tmp_path: Path, change: str) -> N
     assert check(_perturbed(right, change)) is not None
 
 
+def test_listing_check_compares_file_sizes_not_directory_sizes(tmp_path: Path) -> None:
+    result = build(tmp_path, MAPPED)
+    entries = list(read_entries(tmp_path / "flat-img" / ENTRIES_NAME))
+    expected = expected_listings(entries, predict_inodes(entries))
+    listings = DirectoryListing(result.path, sorted(expected), tmp_path).result()
+    assert listings is not None and listing_error(listings, expected) is None
+
+    def resized(kind: bytes, size: bytes) -> dict[int, list]:
+        return {n: [(*r[:5], size) if r[1][:2] == kind else r for r in records]
+                for n, records in listings.items()}
+
+    assert listing_error(resized(b"04", b"4096"), expected) is None
+    assert listing_error(resized(b"10", b"7"), expected) is not None
+
+
 @pytest.mark.parametrize("inode_size", [128, 256, 1024])
 def test_inodes_read_back_agree_with_the_independent_reader(tmp_path: Path,
                                                             inode_size: int) -> None:
