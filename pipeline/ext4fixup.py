@@ -16,11 +16,12 @@ nodes, capabilities. This module
    directory the map names must hold exactly the names, inode numbers,
    types and sizes the map implies, ``.`` and ``..`` included
    (``expected_listings``, ``listing_error``). A wrong map would put a
-   setuid bit on the wrong file, so nothing is spot-checked. When the check fails, the directories
-   are listed level by level by name (``list_inodes``, the slow way), which
-   says exactly where the staging tree and ``entries.jsonl`` disagree; if
-   they agree, that listing is the map and a warning says the prediction
-   failed (a new e2fsprogs numbering differently);
+   setuid bit on the wrong file, so nothing is spot-checked. When the check
+   fails, the directories are listed level by level by name (``list_inodes``,
+   the slow way), which says where the staging tree and ``entries.jsonl``
+   disagree; if they agree, that listing is the map (as safe as before: it
+   is the name-based mapping this module always had) and a warning says the
+   prediction failed, e.g. a new e2fsprogs numbering differently;
 3. reads back, straight from the image's inode tables, what mkfs wrote into
    the fields the fixup sets (``read_inodes``), and writes one debugfs
    script that changes only what differs from what the entries declare

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.debugfs import (DirectoryListing, DirRecord, Script, list_directories, parse_ls_p,
+from pipeline.debugfs import (DirRecord, DirectoryListing, Script, list_directories, parse_ls_p,
                               parse_ls_p_raw, quote, run_debugfs, xattr_value_files)
 from pipeline.errors import Ext4Error, ToolError
 from tests.ext4reader import Ext4Image
