@@ -47,15 +47,8 @@ from .errors import Ext4Error, ToolError
 from .ext4fixup import plan_fixups, predict
 from .ext4options import Ext4Options
 from .ext4size import BLOCK_SIZE, measure_tree, plan_size
-from .flatimage import (
-    ENTRIES_NAME,
-    HEADER_NAME,
-    ROOTFS_NAME,
-    FileType,
-    FlatEntry,
-    read_entries,
-    read_header,
-)
+from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \
+    read_entries, read_header
 from .sizes import format_size
 
 __all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS"]
