@@ -106,7 +106,9 @@ class Ext4Result:
     free_inodes: int
     tool_versions: Mapping[str, str]
     timings: Mapping[str, float] = field(default_factory=dict)
-    """Seconds per step: plan, mkfs, map, fixup, fsck, hash, total."""
+    """Seconds per step: plan, mkfs (with the inode prediction beside it), map (the
+    listing check, reading inodes back, the script), fixup (debugfs -w), fsck (with
+    the hash running beside it), hash (what remained of it after fsck), total."""
 
 
 def tool_versions() -> dict[str, str]:
