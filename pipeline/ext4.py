@@ -44,7 +44,8 @@ import structlog
 
 from .debugfs import run_debugfs, tool_env
 from .errors import Ext4Error, ToolError
-from .ext4fixup import plan_fixups, predict
+from .ext4fixup import plan_fixups
+from .ext4inodes import predict
 from .ext4options import Ext4Options
 from .ext4size import BLOCK_SIZE, measure_tree, plan_size
 from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \

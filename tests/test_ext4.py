@@ -27,12 +27,14 @@ import pytest
 from structlog.testing import capture_logs
 
 import pipeline.ext4fixup
+import pipeline.ext4inodes
 from pipeline.debugfs import DirectoryListing
 from pipeline.errors import Ext4Error
 from pipeline.ext4 import (_MKE2FS_CONF, FS_EPOCH, Ext4Options, Ext4Result, _sha256_sparse,
                            build_ext4, derive_uuids, tool_versions)
-from pipeline.ext4fixup import (InodeMap, expected_listings, listing_error, predict_inodes,
-                                read_inodes, time_fields)
+from pipeline.ext4fixup import time_fields
+from pipeline.ext4inodes import InodeMap, expected_listings, listing_error, predict_inodes
+from pipeline.ext4readback import read_inodes
 from pipeline.ext4options import DEFAULT_FEATURES, INODE_SIZES, TOGGLABLE_FEATURES
 from pipeline.ext4size import FIRST_INO, TreeUsage, layout, plan_size
 from pipeline.flatimage import (ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry,
@@ -842,7 +844,7 @@ def test_prediction_follows_byte_order_depth_first(tmp_path: Path) -> None:
 def test_a_wrong_prediction_is_caught_and_the_listing_maps_instead(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing_fallbacks: list[Path]) -> None:
     # Predict in Python's str order, which differs from mkfs's byte order here.
-    monkeypatch.setattr(pipeline.ext4fixup, "_name_order", lambda item: os.fsdecode(item[0]))
+    monkeypatch.setattr(pipeline.ext4inodes, "_name_order", lambda item: os.fsdecode(item[0]))
     flat = make_flat(tmp_path / "flat", ODD_ORDER)
     with capture_logs() as logs:
         result = build_ext4(flat, tmp_path / "img.ext4", Ext4Options(), seed="s")
