@@ -130,21 +130,21 @@ def _encode(entry: FlatEntry) -> str:
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
+_decode_json = json.JSONDecoder().decode
+_FILE_TYPES = {t.value: t for t in FileType}
+
+
 def _decode(line: str) -> FlatEntry:
-    r = json.loads(line)
-    rdev = r.get("r")
+    # Positional construction and direct lookups: this runs once per entry of
+    # every image on each mkfs, so it is kept to the bare minimum.
+    r = _decode_json(line)
+    get = r.get
+    xattrs = get("x")
+    rdev = get("r")
     return FlatEntry(
-        path=r["p"],
-        type=FileType(r["t"]),
-        mode=r["m"],
-        uid=r["u"],
-        gid=r["g"],
-        mtime_ns=r["mt"],
-        xattrs=tuple((name, base64.b64decode(value)) for name, value in r.get("x", ())),
-        size=r.get("s", 0),
-        target=r.get("l"),
-        rdev=(rdev[0], rdev[1]) if rdev is not None else None,
-        link_group=r.get("h"),
+        r["p"], _FILE_TYPES[r["t"]], r["m"], r["u"], r["g"], r["mt"],
+        tuple((name, base64.b64decode(value)) for name, value in xattrs) if xattrs else (),
+        get("s", 0), get("l"), (rdev[0], rdev[1]) if rdev is not None else None, get("h"),
     )
 
 
