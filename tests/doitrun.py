@@ -98,7 +98,10 @@ class Run:
 
     @property
     def connects(self) -> list[str]:
-        return [line[8:] for line in self.audit if line.startswith("connect ")]
+        """Network connections (address tuples); the Unix socket of the run's own worker
+        pool (multiprocessing's forkserver) is not the network."""
+        return [line[8:] for line in self.audit
+                if line.startswith("connect ") and not line[8:].startswith(("'", '"', "b'"))]
 
     def check(self) -> Run:
         assert self.returncode == 0, f"doit {self.args} exited {self.returncode}:\n" \

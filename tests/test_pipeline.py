@@ -79,7 +79,7 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
     assert "pipeline.tasks.mkfs" in noop.modules
     assert [m for m in noop.modules if m.split(".")[0] in ("httpx", "httpcore", "zstandard", "isal")
             or m in ("pipeline.registry", "pipeline.ext4", "pipeline.unpack", "pipeline.staging",
-                     "pipeline.resolve")] == []
+                     "pipeline.resolve", "pipeline.overlap", "pipeline.workers")] == []
 
 
 def test_tag_bump_fetches_only_new_blobs_and_rebuilds_only_that_image(world: World) -> None:

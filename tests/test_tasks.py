@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -345,8 +347,8 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
 # Modules only a step that fetches, resolves, unpacks, flattens or builds needs.
 HEAVY_MODULES = ("httpx", "httpcore", "pipeline.registry", "pipeline.auth", "pipeline.resolve",
                  "pipeline.retry", "pipeline.ext4", "pipeline.debugfs", "pipeline.unpack",
-                 "pipeline.compression", "pipeline.staging", "pipeline.flatten", "zstandard",
-                 "isal")
+                 "pipeline.compression", "pipeline.staging", "pipeline.flatten",
+                 "pipeline.overlap", "pipeline.workers", "zstandard", "isal")
 
 LOAD_DODO = """
 import json, runpy, sys
@@ -383,3 +385,28 @@ def test_loading_dodo_and_creating_every_task_loads_no_network_client_and_no_bui
     assert "pipeline.tasks.mkfs" in found and "doit" in found
     assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
                   or m in HEAVY_MODULES) == []
+
+
+def test_a_job_runs_here_alone_and_in_a_worker_beside_another(project: Path) -> None:
+    ctx = context(project)  # jobs = 3 on this machine's cores
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: every job runs here")
+    first_started, release = threading.Event(), threading.Event()
+
+    def first() -> int:
+        first_started.set()
+        release.wait(60)
+        return os.getpid()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(ctx.run_job, first)
+            assert first_started.wait(60)
+            beside = ctx.run_job(os.getpid)
+            release.set()
+            assert running.result() == os.getpid()
+        assert beside != os.getpid()
+        assert ctx.run_job(os.getpid) == os.getpid()  # alone again
+    finally:
+        release.set()
+        ctx.close()

@@ -4,7 +4,8 @@ Keyed by the ordered layer digests (``flatimage.chain_key``): up to date
 means a finished flat image for that chain exists (its header, written last,
 is there). Two images with the same layers in the same order share one flat
 image; a per-chain lock keeps their two flatten tasks from doing the work
-twice when they run in parallel.
+twice when they run in parallel. Flattening is pure Python: beside another
+such job it runs in a worker process (``RunContext.run_job``).
 """
 
 from __future__ import annotations
@@ -36,16 +37,15 @@ def flat_finished(flat_root: Path, chain_key: str) -> bool:
 
 
 def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
-    from ..staging import flatten_image  # loads only when an image is flattened
+    from ..workers import flatten_job  # the flattener loads only when an image is flattened
 
-    stores = []
     for layer in image.resolved.layers:
-        store = LayerStore.open(ctx.layers_root, layer.digest)
-        check_diff_id(store, layer)
-        stores.append(store)
+        check_diff_id(LayerStore.open(ctx.layers_root, layer.digest), layer)
     with ctx.chain_lock(image.chain_key):
-        flat = flatten_image(stores, ctx.flat_root)
-    note(flat=str(flat), layers=len(stores))
+        # Pure Python from end to end: beside another job, a worker process runs it.
+        flat = ctx.run_job(flatten_job, str(ctx.layers_root), list(image.chain),
+                           str(ctx.flat_root))
+    note(flat=flat, layers=len(image.chain))
 
 
 def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:

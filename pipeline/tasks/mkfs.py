@@ -11,7 +11,8 @@ The step avoids work it can prove unnecessary: when doit's database was
 lost (SIGKILL, a fresh cache) but the record still describes the file, or
 when only the reference text changed and the ext4 bytes would be the same
 (``ext4_key``, checked against the file's sha256), it rewrites only the
-record.
+record. The build itself runs beside other such jobs in a worker process
+(``RunContext.run_job``): its Python half would hold the GIL.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
-    from ..ext4 import build_ext4  # the builder loads only when an image is built
+    from ..workers import build_job  # the builder loads only when an image is built
 
-    result = build_ext4(flat, output, image.spec.ext4, seed=seed)
+    # Its Python half holds the GIL: beside another job, a worker process runs it.
+    result = ctx.run_job(build_job, str(flat), str(output), image.spec.ext4, seed)
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output)
     note(outcome="built", output=str(output), size=format_size(result.size),
