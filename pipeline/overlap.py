@@ -51,6 +51,10 @@ log = structlog.get_logger(__name__)
 # smooth out bursts of network reads (64 KiB each) and of file creation,
 # small next to the unpacker's own 8 MiB of decompressed prefetch.
 TEE_BUFFER_BYTES = 4 << 20
+# The unpacker takes the download's 64 KiB reads in batches of about this
+# much: every hand-over costs both threads a trip through the GIL, which on
+# two busy cores is what makes small hand-overs slow, not the copying.
+TEE_BATCH_BYTES = 1 << 20
 
 
 class _GaveUp(Exception):
@@ -70,6 +74,7 @@ class OverlappedUnpack:
         self.layers_root = Path(layers_root)
         self.limits = limits
         self.buffer_bytes = buffer_bytes
+        self._batch = min(TEE_BATCH_BYTES, buffer_bytes)  # a full queue must wake the unpacker
         self.store: LayerStore | None = None
         self.gave_up: str | None = None
         self._lock = threading.Lock()
@@ -103,7 +108,8 @@ class OverlappedUnpack:
                 self._chunks.append(chunk)
                 self._queued += len(chunk)
                 self._next += len(chunk)
-                self._arrived.notify()
+                if self._queued >= self._batch:
+                    self._arrived.notify()
 
     def restart(self) -> None:
         """The download starts over from byte 0: what was passed on is worthless."""
@@ -123,16 +129,20 @@ class OverlappedUnpack:
     def _input(self) -> Iterator[bytes]:
         while True:
             with self._lock:
-                while not self._chunks and self._open and not self._verified:
+                while self._queued < self._batch and self._open and not self._verified:
                     self._arrived.wait()
                 if not self._open:
                     raise _GaveUp(self.gave_up)
                 if not self._chunks:
                     return  # verified, and everything was handed over
-                chunk = self._chunks.popleft()
-                self._queued -= len(chunk)
+                batch = [self._chunks.popleft()]
+                size = len(batch[0])
+                while self._chunks and size + len(self._chunks[0]) <= self._batch:
+                    batch.append(self._chunks.popleft())
+                    size += len(batch[-1])
+                self._queued -= size
                 self._taken.notify()
-            yield chunk
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
 
     def _run(self) -> None:
         try:
