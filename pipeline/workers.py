@@ -30,7 +30,6 @@ holding the GIL, so two steps use two cores.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import multiprocessing
 import os
@@ -43,11 +42,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from .ext4 import Ext4Result
+    from .ext4options import Ext4Options
 
 __all__ = ["WorkerPool", "flatten_job", "build_job", "pool_size"]
 
@@ -105,8 +108,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it is there, under another user
+        pass
     return True
 
 
@@ -149,7 +152,7 @@ def flatten_job(layers_root: str, digests: Sequence[str], flat_root: str) -> str
     return str(flatten_image(stores, Path(flat_root)))
 
 
-def build_job(flat: str, output: str, options: Any, seed: str) -> Any:
+def build_job(flat: str, output: str, options: Ext4Options, seed: str) -> Ext4Result:
     """``ext4.build_ext4`` of a flat image; returns its ``Ext4Result``."""
     from .ext4 import build_ext4
 

@@ -19,7 +19,7 @@ import pytest
 from pipeline.digest import parse_digest
 from pipeline.resolved import LayerRef
 from pipeline.unpack import unpack_layer
-from tests.doitrun import World, make_world, run_doit, sha256_file, verify_outputs
+from tests.doitrun import make_world, run_doit, sha256_file, verify_outputs
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Layer
 from tests.harness.registry import Registry

@@ -257,10 +257,10 @@ def test_without_verified_nothing_is_committed(tmp_path: Path) -> None:
     # Every byte of a good layer arrived, but the download failed before the blob
     # cache said "verified": the unpacker never sees the end of its input.
     layer = files_layer("failed", compression="none")
-    with pytest.raises(KeyboardInterrupt):
-        with OverlappedUnpack(descriptor(layer), tmp_path / "layers", limits=Limits()) as tee:
-            for at in range(0, layer.size, 65536):
-                tee.feed(at, layer.data[at:at + 65536])
-            raise KeyboardInterrupt
+    tee = OverlappedUnpack(descriptor(layer), tmp_path / "layers", limits=Limits())
+    with pytest.raises(KeyboardInterrupt), tee:
+        for at in range(0, layer.size, 65536):
+            tee.feed(at, layer.data[at:at + 65536])
+        raise KeyboardInterrupt
     assert (tee.store, tee.gave_up) == (None, "the download failed: KeyboardInterrupt")
     assert store_state(tmp_path / "layers") == {}
