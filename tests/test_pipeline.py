@@ -65,6 +65,7 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
     lock = json.loads((world.project / "images.lock.json").read_text())
     assert sorted(lock["images"]) == ["a", "b", "c"]
 
+    dep_file = (world.project / ".cache/doit.db").read_bytes()
     noop = run_doit(world.project, audit=True).check()
     assert noop.ran == []
     assert [e for e in noop.events if e.get("event") == "run finished"][0]["up_to_date"] == 17
@@ -75,6 +76,9 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
     assert [p for p in noop.opened(world.project / "out") if p.endswith(".ext4")] == []
     assert noop.connects == []
     assert noop.opened(world.project)  # the audit trail does record opens (the lock file)
+    # Not even doit's dep file is written (SQLite bumps a change counter in the file
+    # on every write transaction): no journal, no fsync on a run that did nothing.
+    assert (world.project / ".cache/doit.db").read_bytes() == dep_file
     # Nothing that only a working step needs was even imported (start-up time).
     assert "pipeline.tasks.mkfs" in noop.modules
     assert [m for m in noop.modules if m.split(".")[0] in ("httpx", "httpcore", "zstandard", "isal")

@@ -37,7 +37,7 @@ from ..progress import format_bytes
 from ..resolved import LayerRef
 from .context import RunContext, Source
 from .plan import BuildPlan, LayerPlan
-from .steps import IO, action, note
+from .steps import IO, action, group, note
 from .unpack import DEFAULT_LIMITS, layer_finished
 
 __all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
@@ -111,8 +111,8 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
 
 def fetch_tasks(ctx: RunContext, plan: BuildPlan,
                 limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
-    yield {"basename": "fetch-blob", "name": None,
-           "doc": "download every layer blob the images need (verified, cached by digest)"}
+    yield group("download every layer blob the images need (verified, cached by digest)",
+                basename="fetch-blob")
     for layer_plan in plan.layers:
         layer = layer_plan.layer
         name = f"fetch-blob:{layer.digest}"

@@ -21,7 +21,7 @@ from ..gc import remove_path
 from ..layerstore import LayerStore
 from .context import RunContext
 from .plan import BuildPlan, ImagePlan
-from .steps import IO, action, note
+from .steps import IO, action, group, note
 from .unpack import check_diff_id
 
 __all__ = ["flatten_tasks", "flatten_step", "flat_finished", "flatten_config"]
@@ -49,8 +49,8 @@ def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
 
 
 def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
-    yield {"basename": "flatten", "name": None,
-           "doc": "flatten each image's layers into a staging tree (once per layer chain)"}
+    yield group("flatten each image's layers into a staging tree (once per layer chain)",
+                basename="flatten")
     for image in plan.images:
         name = f"flatten:{image.name}"
         yield {

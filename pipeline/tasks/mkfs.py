@@ -32,7 +32,7 @@ from ..flatimage import HEADER_NAME
 from ..sizes import format_size
 from .context import RunContext
 from .plan import BuildPlan, ImagePlan
-from .steps import IO, action, note
+from .steps import IO, action, group, note
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
            "output_path"]
@@ -125,8 +125,8 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
 
 def mkfs_tasks(ctx: RunContext, plan: BuildPlan,
                tools: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-    yield {"basename": "mkfs", "name": None,
-           "doc": "build out/<image>.ext4 and out/<image>.json for every image"}
+    yield group("build out/<image>.ext4 and out/<image>.json for every image",
+                basename="mkfs")
     for image in plan.images:
         config = mkfs_config(image, tools)
         output = output_path(ctx, image.name)

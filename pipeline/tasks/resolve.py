@@ -40,7 +40,7 @@ from .context import RunContext, Source
 if TYPE_CHECKING:
     from ..registry import RegistryClient
 from .plan import current_entry
-from .steps import IO, action, note
+from .steps import IO, action, group, note
 
 __all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
            "lock_is_current", "check_frozen", "resolve_config"]
@@ -127,8 +127,8 @@ def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
 
 
 def resolve_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
-    yield {"name": None, "doc": f"resolve every image reference into {ctx.lock_path.name} "
-                                "(only new or changed ones touch the registry)"}
+    yield group(f"resolve every image reference into {ctx.lock_path.name} (only new or "
+                "changed ones touch the registry)")
     for spec in ctx.manifest.images:
         config = resolve_config(spec)
         name = f"resolve:{spec.name}"

@@ -21,7 +21,7 @@ from ..limits import Limits
 from ..resolved import LayerRef
 from .context import RunContext
 from .plan import BuildPlan
-from .steps import IO, action, note
+from .steps import IO, action, group, note
 
 __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "check_diff_id"]
 
@@ -57,8 +57,8 @@ def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
 
 def unpack_tasks(ctx: RunContext, plan: BuildPlan,
                  limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
-    yield {"basename": "unpack", "name": None,
-           "doc": "unpack every layer into a content store (once per layer digest)"}
+    yield group("unpack every layer into a content store (once per layer digest)",
+                basename="unpack")
     for layer_plan in plan.layers:
         layer = layer_plan.layer
         name = f"unpack:{layer.digest}"
