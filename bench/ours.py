@@ -94,6 +94,9 @@ class Ours:
         start = self.log.stat().st_size if self.log.exists() else 0
         env = dict(os.environ)
         env.pop("ROOTFS_MIRRORS", None)
+        # Users run with cached bytecode (pip compiles it at install); a host
+        # that forbids writing .pyc files would time the compiler instead.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         m = measure(argv, env=env, log=self.log)
         if m.returncode != 0:
             raise RuntimeError(f"ours: doit exited {m.returncode} in {directory}; "
