@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -268,13 +269,31 @@ def test_frozen_mode_refuses_a_missing_or_stale_lock(world: World) -> None:
            "without frozen mode and commit the lock\n")
 
 
+def manifest_requests(world: World, since: int) -> list[str]:
+    """``METHOD name`` of each manifest request the registry logged for the world's images."""
+    log = world.registry.log_path.read_bytes()[since:].decode(errors="replace")
+    prefix = f"/v2/{world.namespace}/"
+    return sorted(f"{m.group(1)} {m.group(2)}" for m in re.finditer(
+        rf'"(GET|HEAD) {re.escape(prefix)}([^/ ]+)/manifests/[^ ]+ HTTP', log))
+
+
 def test_update_re_resolves_a_moved_tag(world: World) -> None:
     run_doit(world.project).check()
+    lock = (world.project / "images.lock.json").read_bytes()
+    since = world.registry.log_path.stat().st_size
+    unmoved = run_doit(world.project, "update").check()
+    assert unmoved.ran == ["update"]
+    # Tags that did not move cost one HEAD each (free on Docker Hub), no pull.
+    assert manifest_requests(world, since) == ["HEAD a", "HEAD b", "HEAD c"]
+    assert (world.project / "images.lock.json").read_bytes() == lock
+
     moved = top_layer("b", "moved")
     world.push("b", "v1", moved)  # the same tag now names another image
     assert run_doit(world.project).check().ran == []  # the lock pins what v1 was
+    since = world.registry.log_path.stat().st_size
     update = run_doit(world.project, "update").check()
     assert update.ran == ["update"]
+    assert manifest_requests(world, since) == ["GET b", "HEAD a", "HEAD b", "HEAD c"]
     rebuild = run_doit(world.project).check()
     assert sorted(rebuild.ran) == sorted([f"fetch-blob:{d(moved)}", f"unpack:{d(moved)}",
                                           "flatten:b", "mkfs:b"])

@@ -12,6 +12,7 @@ must not resolve again: that would silently move floating tags.
 
 ``update`` re-resolves every image (floating tags such as ``latest`` move
 upstream) and rewrites the lock; the next ``doit`` rebuilds what changed.
+A tag whose HEAD still names the locked digest is not pulled again.
 
 In frozen mode (CI) nothing is resolved: a missing or stale entry is an
 error, checked when the tasks load (``check_frozen``).
@@ -38,12 +39,13 @@ from ..resolved import ResolvedImage
 from .context import RunContext, Source
 
 if TYPE_CHECKING:
+    from ..digest import Digest
     from ..registry import RegistryClient
 from .plan import current_entry
 from .steps import IO, action, group, note
 
 __all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
-           "lock_is_current", "check_frozen", "resolve_config"]
+           "lock_is_current", "check_frozen", "resolve_config", "still_locked"]
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +76,39 @@ def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
                                 f"image {spec.name!r} ({spec.ref_text})", attempt)
     return dataclasses.replace(resolved, ref=ref, registry=ref.registry,
                                repository=ref.repository)
+
+
+def still_locked(ctx: RunContext, spec: ImageSpec,
+                 entry: LockEntry | None) -> ResolvedImage | None:
+    """The lock's resolution of ``spec`` when the registry still serves it; else None.
+
+    A HEAD (mirrors first, like a resolve) answers whether the tag still
+    names the pinned digest: Docker Hub does not count HEADs against its pull
+    limit, so `doit update` of tags that have not moved pulls nothing. Any
+    doubt (no lock entry for this reference, no digest header, any error)
+    answers None and the caller resolves in full, which also reports errors
+    properly.
+    """
+    if entry is None or not entry.matches(spec.ref_text, str(spec.platform)):
+        return None
+    from ..resolve import head_digest
+
+    pinned = entry.resolved.index_digest or entry.resolved.manifest_digest
+    ref = spec.ref
+    if ref.digest is not None:  # a digest reference cannot move
+        return entry.resolved if ref.digest == pinned else None
+
+    def attempt(client: RegistryClient, source: Source) -> Digest | None:
+        return head_digest(client, ref.with_registry(source.registry) if source.mirror_of
+                           else ref)
+
+    try:
+        current = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+                                   f"image {spec.name!r} ({spec.ref_text})", attempt)
+    except PipelineError as err:
+        log.debug("update: HEAD failed, resolving in full", image=spec.name, error=str(err))
+        return None
+    return entry.resolved if current == pinned else None
 
 
 def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
@@ -107,20 +142,29 @@ def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
     if ctx.frozen:
         raise LockError("frozen mode: `doit update` would rewrite the lock; run it without "
                         "frozen mode")
+    before = read_lock(ctx.lock_path)
+    unmoved: list[str] = []
+
+    def one(spec: ImageSpec) -> ResolvedImage:
+        locked = still_locked(ctx, spec, before.get(spec.name))
+        if locked is not None:
+            unmoved.append(spec.name)
+            return locked
+        return resolve_spec(ctx, spec)
+
     results: dict[str, LockEntry] = {}
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=ctx.manifest.settings.jobs) as pool:
-        futures = {spec.name: (spec, pool.submit(resolve_spec, ctx, spec)) for spec in specs}
+        futures = {spec.name: (spec, pool.submit(one, spec)) for spec in specs}
         for name, (spec, future) in futures.items():
             try:
                 results[name] = _entry(spec, future.result())
             except PipelineError as err:
                 failures.append(f"{name}: {err}")
-    before = read_lock(ctx.lock_path)
     changed = sorted(name for name, entry in results.items()
                      if name not in before or before[name].resolved != entry.resolved)
     _store(ctx, results)
-    note(resolved=len(results), changed=changed)
+    note(resolved=len(results), changed=changed, unmoved_by_head=len(unmoved))
     if failures:
         raise LockError(f"update: {len(failures)} of {len(specs)} images could not be "
                         f"resolved (the others were updated): {'; '.join(failures)}")
