@@ -115,7 +115,7 @@ class BaseImage:
         if len(numbers) != len(entries):
             raise AssertionError(f"internal error: base {self.key[:12]} maps {len(numbers)} "
                                  f"entries, its flat image has {len(entries)}")
-        return {entry.path: number for entry, number in zip(entries, numbers)}
+        return {entry.path: number for entry, number in zip(entries, numbers, strict=True)}
 
 
 def _entries_sha256(flat_dir: Path) -> str:
