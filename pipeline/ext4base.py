@@ -191,7 +191,7 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
         f.flush()
         os.fsync(f.fileno())
     _fsync(dest)
-    log.debug("ext4.base_built", key=key, size=result.size, inodes=result.inodes,
+    log.info("ext4.base_built", key=key, size=result.size, inodes=result.inodes,
               seconds=result.timings.get("total"))
 
 

@@ -34,8 +34,8 @@ For the mkfs task (``build_image`` does all of it)::
                     base = ensure_base(flat_base, base_root, plan.base_key, options)
                     derive_ext4(base, flat_base, flat, output, options, seed=seed)
 
-``tools`` must be ``tool_versions()`` plus ``derive_tool_versions()`` (resize2fs
-and tune2fs shape derived bytes too). gc must keep, for each image of the
+``tools`` must be ``build_tool_versions()``: ``tool_versions()`` plus resize2fs
+and tune2fs, which shape derived bytes too. gc must keep, for each image of the
 manifest, ``flat/<chain_key(plan.base_chain)>`` (derive reads P's entries
 and staging tree) and ``<base_root>/<plan.base_key>``; ``<base_root>/.lock-*``
 and ``.tmp-*`` are leftovers when no run holds the cache.
@@ -72,8 +72,8 @@ from .ext4size import BLOCK_SIZE, SizePlan, measure_tree, plan_size
 from .flatimage import FlatEntry, chain_key
 
 __all__ = ["LayerStats", "FullBuild", "DerivedBuild", "plan_build", "layer_stats",
-           "derive_ext4", "build_image", "derive_tool_versions", "MAX_TOP_ENTRIES_PERCENT",
-           "MAX_TOP_BYTES_PERCENT", "MIN_BASE_ENTRIES"]
+           "derive_ext4", "build_image", "derive_tool_versions", "build_tool_versions",
+           "MAX_TOP_ENTRIES_PERCENT", "MAX_TOP_BYTES_PERCENT", "MIN_BASE_ENTRIES"]
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +140,11 @@ def layer_stats(layers_root: Path, chain: Sequence[str]) -> tuple[LayerStats, ..
 def derive_tool_versions() -> dict[str, str]:
     """Versions of resize2fs and tune2fs, which derived builds run besides ``tool_versions``."""
     return grow_tool_versions()
+
+
+def build_tool_versions() -> dict[str, str]:
+    """Every tool whose version shapes an image's bytes, derived or not: what keys a build."""
+    return {**tool_versions(), **derive_tool_versions()}
 
 
 def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: Sequence[str],
