@@ -39,7 +39,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -141,17 +141,23 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def ensure_base(flat_dir: Path, base_root: Path, key: str, options: Ext4Options) -> BaseImage:
-    """The base image of the flat image ``flat_dir`` under ``key``, built unless cached.
+def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
+                options: Ext4Options) -> tuple[Path, BaseImage]:
+    """The base chain's flat image (``flat()`` finds or makes it) and its base image under
+    ``key``, built unless cached.
 
-    Raises DeriveRefused when the finished base's inode map cannot be proven.
+    ``flat`` runs under the key's lock too: parallel builds of a batch would
+    otherwise all flatten the same base chain at once, each for nothing but
+    the first. Raises DeriveRefused when the finished base's inode map cannot
+    be proven.
     """
     base_root.mkdir(parents=True, exist_ok=True)
     final = base_root / key
-    entries_sha256 = _entries_sha256(flat_dir)
     with _locked(base_root / f".lock-{key}"):
+        flat_dir = flat()
+        entries_sha256 = _entries_sha256(flat_dir)
         if _finished(final, key, entries_sha256):
-            return BaseImage(key, final)
+            return flat_dir, BaseImage(key, final)
         tmp = base_root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(tmp, 0o755)
         try:
@@ -162,7 +168,7 @@ def ensure_base(flat_dir: Path, base_root: Path, key: str, options: Ext4Options)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync(base_root)
-    return BaseImage(key, final)
+    return flat_dir, BaseImage(key, final)
 
 
 def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,

@@ -30,8 +30,9 @@ For the mkfs task (``build_image`` does all of it)::
 
     plan = plan_build(layer_stats(layers_root, chain), options, tools)
     FullBuild    -> build_ext4(flat, output, options, seed=seed)
-    DerivedBuild -> flat_base = flatten_image(<stores of plan.base_chain>, flat_root)
-                    base = ensure_base(flat_base, base_root, plan.base_key, options)
+    DerivedBuild -> flat_base, base = ensure_base(
+                        lambda: flatten_image(<stores of plan.base_chain>, flat_root),
+                        base_root, plan.base_key, options)
                     derive_ext4(base, flat_base, flat, output, options, seed=seed)
 
 ``tools`` must be ``build_tool_versions()``: ``tool_versions()`` plus resize2fs
@@ -158,9 +159,9 @@ def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: S
         from .staging import flatten_image
 
         stores = [LayerStore.open(layers_root, digest) for digest in plan.base_chain]
-        flat_base = flatten_image(stores, flat_root)
         try:
-            base = ensure_base(flat_base, base_root, plan.base_key, options)
+            flat_base, base = ensure_base(lambda: flatten_image(stores, flat_root), base_root,
+                                          plan.base_key, options)
         except DeriveRefused as refused:
             log.info("ext4.derive_refused", output=str(output), reason=str(refused))
         else:

@@ -117,11 +117,13 @@ class InodeAllocator:
         raise DeriveRefused(f"the grown image has no free inode left ({self.count} in all)")
 
 
-def _staged(flat: Path, path: str) -> Path:
-    return flat / ROOTFS_NAME / path
+def _staging_prefix(flat: Path) -> str:
+    # Plain strings, not Path objects: the diff joins one name per regular file of
+    # both trees, and pathlib's joins were most of its time (7,000 files: 0.2 s).
+    return os.path.join(os.fspath(flat), ROOTFS_NAME, "")
 
 
-def same_content(p_file: Path, c_file: Path, size: int) -> bool:
+def same_content(p_file: str, c_file: str, size: int) -> bool:
     """Whether two staged regular files of ``size`` bytes hold the same bytes."""
     try:
         p_stat, c_stat = os.lstat(p_file), os.lstat(c_file)
@@ -141,8 +143,8 @@ class _Pairing:
                  flat_c: Path) -> None:
         self.p_entries = p_entries
         self.base = base
-        self.flat_p = flat_p
-        self.flat_c = flat_c
+        self.p_prefix = _staging_prefix(flat_p)
+        self.c_prefix = _staging_prefix(flat_c)
         self.claimed: set[int] = set()
 
     def compatible(self, old: FlatEntry, new: FlatEntry) -> bool:
@@ -152,7 +154,7 @@ class _Pairing:
             return old.target == new.target
         if new.type is FileType.REGULAR:
             return old.size == new.size and same_content(
-                _staged(self.flat_p, old.path), _staged(self.flat_c, new.path), new.size)
+                self.p_prefix + old.path, self.c_prefix + new.path, new.size)
         return True
 
     def keep(self, names: Sequence[FlatEntry]) -> int | None:
