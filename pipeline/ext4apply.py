@@ -43,8 +43,8 @@ from pathlib import Path
 from .debugfs import MAX_LINE_BYTES, Script, quote
 from .errors import Ext4Error
 from .ext4diff import DeriveRefused, TreeDiff
-from .ext4inodes import LOST_FOUND, LOST_FOUND_INO, ROOT_INO, TYPE_BITS, InodeMap, basename
 from .ext4grow import FreeBlocks
+from .ext4inodes import LOST_FOUND, LOST_FOUND_INO, ROOT_INO, TYPE_BITS, InodeMap, basename
 from .ext4readback import InodeFields
 from .ext4size import BLOCKS_PER_GROUP
 from .flatimage import ROOTFS_NAME, FileType, FlatEntry

@@ -60,13 +60,13 @@ from .errors import ToolError
 from .ext4 import (OUTPUT_MODE, Ext4Options, Ext4Result, Sha256Thread, build_ext4, derive_uuids,
                    fake_time_env, fsck_image, publish, read_flat_entries, superblock_counts,
                    tool_versions)
-from .ext4apply import MAX_LINKS, apply_script, declared_links, expected_listings, \
-    link_count_fixups
+from .ext4apply import (MAX_LINKS, apply_script, declared_links, expected_listings,
+                        link_count_fixups)
 from .ext4base import MAX_GROWTH_PERCENT, BaseImage, base_key, ensure_base, used_inodes
 from .ext4diff import DeriveRefused, InodeAllocator, TreeDiff, diff_trees
 from .ext4fixup import fixup_script
-from .ext4grow import (BaseGeometry, FreeBlocks, copy_sparse, grow_tool_versions, plan_grown_size, resize,
-                       set_identity)
+from .ext4grow import (BaseGeometry, FreeBlocks, copy_sparse, grow_tool_versions,
+                       plan_grown_size, resize, set_identity)
 from .ext4inodes import listing_error
 from .ext4readback import read_inodes
 from .ext4size import BLOCK_SIZE, SizePlan, measure_tree, plan_size

@@ -47,8 +47,8 @@ from .ext4 import fake_time_env
 from .ext4diff import DeriveRefused
 from .ext4size import BLOCK_SIZE, BLOCKS_PER_GROUP, SLACK_BLOCKS, SizePlan, TreeUsage, layout
 
-__all__ = ["BaseGeometry", "FreeBlocks", "copy_sparse", "plan_grown_size", "resize", "set_identity",
-           "grow_tool_versions"]
+__all__ = ["BaseGeometry", "FreeBlocks", "copy_sparse", "plan_grown_size", "resize",
+           "set_identity", "grow_tool_versions"]
 
 _FICLONE = 0x40049409                       # linux/fs.h _IOW(0x94, 9, int)
 _COPY_CHUNK = 1 << 30                       # copy_file_range may stop short; loop per extent

@@ -8,9 +8,10 @@ changes only when a binary does. So it is kept in ``<cache_dir>/tools.json``
 together with, for each tool, the path ``PATH`` finds it at and that file's
 identity (device, inode, size, mtime, ctime), and the identity of the modules
 that ask (``pipeline/ext4.py`` and ``pipeline/ext4grow.py``: they decide which
-tools count and how a version is read). Any difference, a missing tool, or a file we cannot read or parse
-means asking again; nothing in the file is used unless every identity still
-matches, so the worst a stale or tampered file can do is cost one ask.
+tools count and how a version is read). Any difference, a missing tool, or a
+file we cannot read or parse means asking again; nothing in the file is used
+unless every identity still matches, so the worst a stale or tampered file can
+do is cost one ask.
 """
 
 from __future__ import annotations
