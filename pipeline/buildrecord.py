@@ -13,6 +13,9 @@ Two fields serve the pipeline itself:
 - ``ext4_key``: a digest of what decides the ext4 bytes alone (layer chain,
   options, tool versions): when only the reference text changed, the image
   is kept and only this record is rewritten;
+- ``derived_from``: the base image key when the image was derived from a
+  cached base (``ext4derive``), else null; informative only (how the bytes
+  were made is decided by the layers, so ``ext4_key`` already covers it);
 - ``ext4_stamp``: (size, mtime_ns) of the ext4 file when the record was
   written. A matching stamp shows the file is the one the record describes
   without reading gigabytes; a rewrite or truncation changes it. The inode
@@ -84,6 +87,9 @@ class BuildRecord:
     ext4_key: str
     ext4_stamp: Stamp
     built_at: str
+    derived_from: str | None = None
+    """Key of the cached base image (``<cache_dir>/base/<key>``) the image was derived
+    from, or None for a full build."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +109,7 @@ class BuildRecord:
             "ext4_key": self.ext4_key,
             "ext4_stamp": list(self.ext4_stamp),
             "built_at": self.built_at,
+            "derived_from": self.derived_from,
         }
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,7 +52,9 @@ from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEnt
     read_entries, read_header
 from .sizes import format_size
 
-__all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS"]
+__all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS",
+           "derive_uuids", "fsck_image", "superblock_counts", "Sha256Thread", "fake_time_env",
+           "read_flat_entries", "publish", "OUTPUT_MODE"]
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +112,9 @@ class Ext4Result:
     """Seconds per step: plan, mkfs (with the inode prediction beside it), map (the
     listing check, reading inodes back, the script), fixup (debugfs -w), fsck (with
     the hash running beside it), hash (what remained of it after fsck), total."""
+    derived_from: str | None = None
+    """Key of the cached base image this one was derived from (ext4derive), or None
+    for a full build."""
 
 
 def tool_versions() -> dict[str, str]:
@@ -152,8 +157,13 @@ def derive_uuids(seed: str) -> tuple[str, str]:
     return one("uuid"), one("hash_seed")
 
 
-def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str) -> Ext4Result:
-    """Build ``output`` from the flat image at ``flat_dir``; see the module docstring."""
+def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str,
+               min_inodes: int = 0) -> Ext4Result:
+    """Build ``output`` from the flat image at ``flat_dir``; see the module docstring.
+
+    ``min_inodes`` raises the inode count the size plan asks mke2fs for (a base
+    image that derived images grow from needs room for their entries).
+    """
     started = time.monotonic()
     flat_dir, output = Path(flat_dir), Path(output)
     versions = tool_versions()
@@ -166,13 +176,8 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str)
         os.fchmod(fd, OUTPUT_MODE)
         with tempfile.TemporaryDirectory(prefix="rootfs-ext4-") as scratch_name:
             result = _build(flat_dir, tmp, fd, Path(scratch_name), options, seed, versions,
-                            started)
-        os.replace(tmp, output)
-        dir_fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+                            started, min_inodes)
+        publish(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -186,8 +191,19 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str)
                       free_inodes=result.free_inodes, tool_versions=versions, timings=timings)
 
 
+def publish(tmp: Path, output: Path) -> None:
+    """Rename a finished image into place and make the rename durable."""
+    os.replace(tmp, output)
+    dir_fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Options,
-           seed: str, versions: Mapping[str, str], started: float) -> Ext4Result:
+           seed: str, versions: Mapping[str, str], started: float,
+           min_inodes: int) -> Ext4Result:
     timings: dict[str, float] = {}
     clock = [started]
 
@@ -196,7 +212,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
         timings[step] = round(now - clock[0], 3)
         clock[0] = now
 
-    entries = _read_entries(flat_dir)
+    entries = read_flat_entries(flat_dir)
     if _version_tuple(versions["mkfs.ext4"]) == _BAD_BIG_FILES and \
             any(e.type is FileType.REGULAR and e.size > _TWO_GIB for e in entries):
         raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
@@ -204,6 +220,8 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     features = options.feature_set()
     usage = measure_tree(entries, inode_size=options.inode_size,
                          csum="metadata_csum" in features)
+    if min_inodes > usage.inodes:
+        usage = replace(usage, inodes=min_inodes)
     plan = plan_size(usage, size=options.size, headroom=options.headroom,
                      inode_size=options.inode_size, journal=options.journal,
                      reserved_percent=options.reserved_percent,
@@ -225,15 +243,15 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     script_path = scratch / "fixup.debugfs"
     script.write(script_path)
     lap("map")
-    run_debugfs(image, script=script_path, write=True, env=_fake_time(), stdout=False)
+    run_debugfs(image, script=script_path, write=True, env=fake_time_env(), stdout=False)
     lap("fixup")
 
     # The image is final: hash it on another thread (hashlib releases the GIL
     # on large buffers) while e2fsck checks it read-only.
-    hashing = _Sha256Thread(image)
+    hashing = Sha256Thread(image)
     try:
-        _fsck(image)
-        counts = _superblock_counts(image)
+        fsck_image(image)
+        counts = superblock_counts(image)
         free_bytes = (counts["free_blocks"] - counts["reserved_blocks"]) * BLOCK_SIZE
         if options.size is None and (free_bytes < plan.promised_free_bytes
                                      or counts["free_inodes"] < plan.promised_free_inodes):
@@ -253,7 +271,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                       timings=timings)
 
 
-def _read_entries(flat_dir: Path) -> list[FlatEntry]:
+def read_flat_entries(flat_dir: Path) -> list[FlatEntry]:
     """The entries, checked for the shape the mapping relies on."""
     rebuild = "delete this flat image so flatten rebuilds it"
     try:
@@ -283,7 +301,7 @@ def _read_entries(flat_dir: Path) -> list[FlatEntry]:
     return entries
 
 
-def _fake_time() -> dict[str, str]:
+def fake_time_env() -> dict[str, str]:
     return {"E2FSPROGS_FAKE_TIME": str(FS_EPOCH), "SOURCE_DATE_EPOCH": str(FS_EPOCH)}
 
 
@@ -315,7 +333,7 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
             "-E", (f"root_owner=0:0,hash_seed={hash_seed},nodiscard,lazy_itable_init=0,"
                    "lazy_journal_init=0"),
             "-d", str(staging), str(image), str(blocks)]
-    env = tool_env({"MKE2FS_CONFIG": str(conf), **_fake_time()})
+    env = tool_env({"MKE2FS_CONFIG": str(conf), **fake_time_env()})
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 env=env)
@@ -337,7 +355,7 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
     return result
 
 
-def _fsck(image: Path) -> None:
+def fsck_image(image: Path) -> None:
     proc = subprocess.run(["e2fsck", "-fn", str(image)], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, errors="backslashreplace",
                           env=tool_env(), check=False)
@@ -350,7 +368,7 @@ def _fsck(image: Path) -> None:
                         stderr="\n".join(problems) or proc.stdout + proc.stderr)
 
 
-def _superblock_counts(image: Path) -> dict[str, int]:
+def superblock_counts(image: Path) -> dict[str, int]:
     """Counts from the primary superblock (ext4 disk layout, "The Super Block")."""
     with open(image, "rb") as f:
         f.seek(1024)
@@ -404,7 +422,7 @@ def _sha256_sparse(path: Path, stop: threading.Event | None = None) -> str:
     return h.hexdigest()
 
 
-class _Sha256Thread:
+class Sha256Thread:
     """``_sha256_sparse`` of a finished image on a worker thread."""
 
     def __init__(self, path: Path) -> None:

@@ -25,11 +25,11 @@ from typing import NamedTuple
 __all__ = ["InodeFields", "read_inodes"]
 
 # The on-disk inode (ext4 disk layout, "Index Nodes"): i_mode, i_uid, i_atime,
-# i_ctime, i_mtime, i_gid, i_file_acl_lo, l_i_file_acl_high, l_i_uid_high,
-# l_i_gid_high; then, in large inodes, i_extra_isize, i_ctime_extra,
-# i_mtime_extra, i_atime_extra, i_crtime, i_crtime_extra.
-_SMALL_INODE = struct.Struct("<HH4xIII4xH78xI10xHHH4x")
-_LARGE_INODE = struct.Struct("<HH4xIII4xH78xI10xHHH4xH2xIIIII")
+# i_ctime, i_mtime, i_gid, i_links_count, i_file_acl_lo, l_i_file_acl_high,
+# l_i_uid_high, l_i_gid_high; then, in large inodes, i_extra_isize,
+# i_ctime_extra, i_mtime_extra, i_atime_extra, i_crtime, i_crtime_extra.
+_SMALL_INODE = struct.Struct("<HH4xIII4xHH76xI10xHHH4x")
+_LARGE_INODE = struct.Struct("<HH4xIII4xHH76xI10xHHH4xH2xIIIII")
 # Offset of each *_extra / crtime field past byte 128; present if i_extra_isize covers it.
 _EXTRA_END = {"ctime_extra": 8, "mtime_extra": 12, "atime_extra": 16, "crtime": 20,
               "crtime_extra": 24}
@@ -54,6 +54,10 @@ class InodeFields(NamedTuple):
     """Their ``*_extra`` fields; None where the inode has none."""
     xattrs: tuple[str, ...]
     """Names of the extended attributes it holds, in the inode or in a block."""
+    links: int = 0
+    """i_links_count."""
+    xattr_block: int = 0
+    """The external xattr block (i_file_acl), 0 if none."""
 
 
 def read_inodes(image: Path, numbers: Iterable[int]) -> dict[int, InodeFields]:
@@ -105,12 +109,12 @@ def _inode_fields(raw: bytes, offset: int, inode_size: int, fd: int,
                   block: int) -> InodeFields:
     names: list[str] = []
     if inode_size <= 128:
-        (mode, uid, atime, ctime, mtime, gid, acl_lo, acl_hi, uid_hi,
+        (mode, uid, atime, ctime, mtime, gid, links, acl_lo, acl_hi, uid_hi,
          gid_hi) = _SMALL_INODE.unpack_from(raw, offset)
         seconds: tuple[int, ...] = (atime, ctime, mtime)
         extras: tuple[int | None, ...] = (None, None, None)
     else:
-        (mode, uid, atime, ctime, mtime, gid, acl_lo, acl_hi, uid_hi, gid_hi, isize,
+        (mode, uid, atime, ctime, mtime, gid, links, acl_lo, acl_hi, uid_hi, gid_hi, isize,
          ctime_x, mtime_x, atime_x, crtime, crtime_x) = _LARGE_INODE.unpack_from(raw, offset)
         if isize >= _FULL_EXTRA:             # what mke2fs writes: every field present
             seconds = (atime, ctime, mtime, crtime)
@@ -132,7 +136,7 @@ def _inode_fields(raw: bytes, offset: int, inode_size: int, fd: int,
         if _U32.unpack_from(data, 0)[0] == _XATTR_MAGIC:
             names += _xattr_names(data, _XATTR_BLOCK_HEADER, block)
     return InodeFields(mode, uid | uid_hi << 16, gid | gid_hi << 16, seconds, extras,
-                       tuple(sorted(set(names))) if names else ())
+                       tuple(sorted(set(names))) if names else (), links, acl)
 
 
 def _xattr_names(data: bytes, pos: int, end: int) -> list[str]:

@@ -7,6 +7,9 @@ under ``<cache_dir>``:
 - ``blobs/<alg>/<hex>`` whose digest is not a layer or config of a kept image;
 - ``layers/<hex>`` whose layer digest is not kept;
 - ``flat/<chain key>`` whose ordered layer chain is not kept;
+- ``base/<key>`` (ext4 base images of derived builds, ``ext4base``) whose key
+  is not kept, with the ``.lock-<key>`` files and ``.tmp-*`` directories
+  there (no run holds the cache, so no builder holds a lock);
 
 and every other entry in those directories, which can only be a leftover of
 an interrupted run (temporary names). The caller decides what is kept (the
@@ -15,7 +18,7 @@ writing to the cache meanwhile (the run lock keeps other processes out; the
 gc task takes the cache exclusively from the other tasks of its own run).
 
 It trusts nothing it finds: names are compared whole, symlinks are removed
-as links and never followed, and nothing outside the three directories is
+as links and never followed, and nothing outside these four directories is
 touched (the doit database and the run lock live beside them).
 """
 
@@ -32,27 +35,32 @@ import structlog
 
 from .digest import Digest
 
-__all__ = ["Keep", "GcResult", "plan", "collect", "remove_path", "BLOBS", "LAYERS", "FLAT"]
+__all__ = ["Keep", "GcResult", "plan", "collect", "remove_path", "BLOBS", "LAYERS", "FLAT",
+           "BASE"]
 
 log = structlog.get_logger(__name__)
 
 BLOBS = "blobs"
 LAYERS = "layers"
 FLAT = "flat"
+BASE = "base"
 
 
 @dataclass(frozen=True, slots=True)
 class Keep:
-    """What must survive: blob digests, layer digests and flat image chain keys."""
+    """What must survive: blob digests, layer digests, flat image chain keys and base
+    image keys (``bases`` None: every base, when they could not be worked out)."""
 
     blobs: frozenset[Digest] = frozenset()
     layers: frozenset[Digest] = frozenset()
     chains: frozenset[str] = frozenset()
+    bases: frozenset[str] | None = frozenset()
 
     @classmethod
     def of(cls, *, blobs: Iterable[Digest] = (), layers: Iterable[Digest] = (),
-           chains: Iterable[str] = ()) -> Keep:
-        return cls(frozenset(blobs), frozenset(layers), frozenset(chains))
+           chains: Iterable[str] = (), bases: Iterable[str] | None = ()) -> Keep:
+        return cls(frozenset(blobs), frozenset(layers), frozenset(chains),
+                   None if bases is None else frozenset(bases))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,11 @@ def plan(cache_dir: Path, keep: Keep) -> tuple[list[Path], int]:
                 kept += 1
             else:
                 doomed.append(Path(entry.path))
-    for root, names in ((LAYERS, {d.hex for d in keep.layers}), (FLAT, set(keep.chains))):
+    roots: list[tuple[str, set[str]]] = [(LAYERS, {d.hex for d in keep.layers}),
+                                         (FLAT, set(keep.chains))]
+    if keep.bases is not None:
+        roots.append((BASE, set(keep.bases)))
+    for root, names in roots:
         for entry in _entries(cache_dir / root):
             if entry.name in names and entry.is_dir(follow_symlinks=False):
                 kept += 1

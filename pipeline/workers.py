@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .ext4 import Ext4Result
     from .ext4options import Ext4Options
 
-__all__ = ["WorkerPool", "flatten_job", "build_job", "pool_size"]
+__all__ = ["WorkerPool", "flatten_job", "build_job", "image_job", "pool_size"]
 
 T = TypeVar("T")
 
@@ -159,6 +159,17 @@ def build_job(flat: str, output: str, options: Ext4Options, seed: str) -> Ext4Re
     return build_ext4(Path(flat), Path(output), options, seed=seed)
 
 
+def image_job(cache: Mapping[str, str], chain: Sequence[str], flat: str, output: str,
+              options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
+    """``ext4derive.build_image``: the image derived from its base's ext4 when its layers
+    say so, else in full; ``cache`` holds the ``layers``, ``flat`` and ``base`` roots."""
+    from .ext4derive import build_image
+
+    return build_image(layers_root=Path(cache["layers"]), flat_root=Path(cache["flat"]),
+                       base_root=Path(cache["base"]), chain=chain, flat_dir=Path(flat),
+                       output=Path(output), options=options, seed=seed, tools=tools)
+
+
 # In the parent ------------------------------------------------------------------
 
 
@@ -168,7 +179,8 @@ class WorkerPool:
     def __init__(self, size: int, *, log_mode: str = "json", log_level: str = "info",
                  preload: Sequence[str] = ()) -> None:
         self.size = size
-        self.preload = [__name__, "pipeline.staging", "pipeline.ext4", *preload]
+        self.preload = [__name__, "pipeline.staging", "pipeline.ext4", "pipeline.ext4derive",
+                        *preload]
         self.log_mode = log_mode
         self.log_level = log_level
         self._lock = threading.Lock()

@@ -104,3 +104,19 @@ def test_a_file_where_a_directory_belongs_is_removed(tmp_path: Path, where: str)
     name = KEPT_LAYER.hex if where == "layers" else KEPT_CHAIN
     (cache / where / name).write_text("not a directory")
     assert plan(cache, KEEP) == ([cache / where / name], 0)
+
+
+def test_base_images_are_kept_by_key(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    base = cache / "base"
+    for name in ("a" * 64, "b" * 64, f".tmp-{'c' * 64}-12-ab"):
+        (base / name).mkdir(parents=True)
+        (base / name / "base.ext4").write_bytes(b"e" * 100)
+    for name in (f".lock-{'a' * 64}", f".lock-{'b' * 64}"):
+        (base / name).write_bytes(b"")
+    doomed, kept = plan(cache, Keep.of(bases=["a" * 64]))
+    assert kept == 1
+    assert {p.name for p in doomed} == {"b" * 64, f".tmp-{'c' * 64}-12-ab", f".lock-{'a' * 64}",
+                                        f".lock-{'b' * 64}"}
+    # Keys that could not be worked out (no tool versions): every base stays.
+    assert plan(cache, Keep.of(bases=None)) == ([], 0)

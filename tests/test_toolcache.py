@@ -1,6 +1,6 @@
 """pipeline.tasks.toolcache: e2fsprogs versions remembered per binary, asked again on any change.
 
-Each case runs in a fresh interpreter: ``ext4.tool_versions`` caches its
+Each case runs in a fresh interpreter: ``ext4derive.build_tool_versions`` caches its
 answer for the life of a process, and what we check is what a new ``doit``
 run sees.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ext4 import tool_versions as ask_the_tools
+from pipeline.ext4derive import build_tool_versions as ask_the_tools
 from pipeline.tasks.toolcache import TOOLS_FILE
 
 ASK = """
@@ -56,6 +56,13 @@ def test_the_first_run_asks_and_later_runs_do_not(cache: Path) -> None:
     assert versions(cache) == (real, True)
     assert json.loads((cache / TOOLS_FILE).read_text())["versions"] == real
     assert versions(cache) == (real, False)
+
+
+def test_resize2fs_and_tune2fs_key_builds_too(cache: Path) -> None:
+    found, _ = versions(cache)
+    assert {"mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "tune2fs"} == set(found)
+    assert json.loads((cache / TOOLS_FILE).read_text())["tools"]["resize2fs"]["path"] == \
+        shutil.which("resize2fs")
 
 
 def test_a_different_binary_on_path_is_asked(cache: Path, tmp_path: Path) -> None:

@@ -161,6 +161,11 @@ class RunContext:
     def flat_root(self) -> Path:
         return self.cache_dir / "flat"
 
+    @property
+    def base_root(self) -> Path:
+        """Base images of derived ext4 builds (``ext4base``)."""
+        return self.cache_dir / "base"
+
     def chain_lock(self, key: str) -> threading.Lock:
         """One flatten per chain at a time: two images may share the same layers."""
         with self._clients_lock:

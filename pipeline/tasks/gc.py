@@ -1,9 +1,11 @@
 """Task ``gc``: drop cache entries that no image in the manifest references.
 
 Kept: the blobs (layers and config), layer stores and flat images of every
-lock entry of an image still in the manifest. Everything else under
-``blobs/``, ``layers/`` and ``flat/`` goes, including leftovers of killed
-runs. The step takes the cache exclusively, so within one run it waits for
+lock entry of an image still in the manifest, and for an image its mkfs step
+derives (``ext4derive.plan_build``, from its layer stores' stats) the base
+image and the base chain's flat image it derives from. Everything else under
+``blobs/``, ``layers/``, ``flat/`` and ``base/`` goes, including leftovers of
+killed runs. The step takes the cache exclusively, so within one run it waits for
 build steps to finish and none starts under it; the run lock keeps other
 processes out. ``doit gc --dry-run`` only lists what would go.
 """
@@ -14,13 +16,15 @@ from typing import Any
 
 import structlog
 
-from ..errors import PipelineError
+from ..errors import LayerError, PipelineError, ToolError
+from ..ext4options import Ext4Options
 from ..flatimage import chain_key
 from ..gc import Keep, collect
 from ..lockfile import read_lock
 from ..progress import format_bytes
 from .context import RunContext
 from .steps import IO, run_step
+from .toolcache import tool_versions
 
 __all__ = ["gc_task", "gc_step", "keep_for"]
 
@@ -29,7 +33,8 @@ log = structlog.get_logger(__name__)
 
 def keep_for(ctx: RunContext) -> Keep:
     entries = read_lock(ctx.lock_path)
-    blobs, layers, chains = [], [], []
+    blobs, layers, chains, bases = [], [], [], []
+    keep_all_bases = False
     for spec in ctx.manifest.images:
         entry = entries.get(spec.name)
         if entry is None:
@@ -38,8 +43,36 @@ def keep_for(ctx: RunContext) -> Keep:
         blobs.append(resolved.config.digest)
         blobs += [layer.digest for layer in resolved.layers]
         layers += [layer.digest for layer in resolved.layers]
-        chains.append(chain_key([str(layer.digest) for layer in resolved.layers]))
-    return Keep.of(blobs=blobs, layers=layers, chains=chains)
+        chain = [str(layer.digest) for layer in resolved.layers]
+        chains.append(chain_key(chain))
+        try:
+            base = _base_of(ctx, chain, spec.ext4)
+        except ToolError as err:
+            # Without the tool versions no base key can be worked out: keep them all.
+            log.warning("gc keeps every base image", reason=str(err))
+            keep_all_bases = True
+            continue
+        if base is not None:
+            chains.append(base[0])
+            bases.append(base[1])
+    return Keep.of(blobs=blobs, layers=layers, chains=chains,
+                   bases=None if keep_all_bases else bases)
+
+
+def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
+    """(flat image chain key, base key) of the base the image's mkfs step derives from,
+    or None when it builds in full or its layer stores are gone (then nothing of it
+    is worth keeping: a new build unpacks, flattens and builds its base again)."""
+    from ..ext4derive import DerivedBuild, layer_stats, plan_build
+
+    try:
+        stats = layer_stats(ctx.layers_root, chain)
+    except LayerError:
+        return None
+    plan = plan_build(stats, options, tool_versions(ctx.cache_dir))
+    if not isinstance(plan, DerivedBuild):
+        return None
+    return chain_key(plan.base_chain), plan.base_key
 
 
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
@@ -60,7 +93,7 @@ def gc_action(ctx: RunContext, dry_run: bool) -> Any:
 
 def gc_task(ctx: RunContext) -> dict[str, Any]:
     return {
-        "doc": f"remove cached blobs, layers and flat images no image in "
+        "doc": f"remove cached blobs, layers, flat and base images no image in "
                f"{ctx.manifest.path.name} references (--dry-run to list them)",
         "actions": [(gc_action, [ctx], {})],
         "params": [{"name": "dry_run", "long": "dry-run", "type": bool, "default": False,

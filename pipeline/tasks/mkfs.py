@@ -7,6 +7,13 @@ record beside the image says it was built for this key from this very file
 (``buildrecord.describes``). So a changed size option reruns exactly this
 task, and a deleted output too.
 
+The build is ``ext4derive.build_image``: when the image's top layers are
+small next to a shared base chain (decided from the layer stores' stats, so
+the bytes never depend on what the cache holds), it is derived from the
+base chain's ext4, built once per key under a flock that every step and
+worker shares, and the record says ``derived_from``. The tools that key
+the task include resize2fs and tune2fs for that reason (``toolcache``).
+
 The step avoids work it can prove unnecessary: when doit's database was
 lost (SIGKILL, a fresh cache) but the record still describes the file, or
 when only the reference text changed and the ext4 bytes would be the same
@@ -47,7 +54,8 @@ def output_path(ctx: RunContext, name: str) -> Path:
 
 
 def ext4_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
-    """What decides the ext4 bytes: the layer chain, the options, the e2fsprogs versions."""
+    """What decides the ext4 bytes: the layer chain, the options, the e2fsprogs versions
+    (whether the image is derived follows from the chain's layers)."""
     return {"chain": image.chain_key, "options": image.spec.ext4.to_dict(), "tools": dict(tools)}
 
 
@@ -91,7 +99,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
             and _sha256(output) == old.get("sha256")):
         _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
-               output)
+               output, old.get("derived_from"))
         note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
@@ -101,18 +109,25 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
-    from ..workers import build_job  # the builder loads only when an image is built
+    from ..workers import image_job  # the builder loads only when an image is built
 
+    cache = {"layers": str(ctx.layers_root), "flat": str(ctx.flat_root),
+             "base": str(ctx.base_root)}
+    chain = [str(layer.digest) for layer in image.resolved.layers]
     # Its Python half holds the GIL: beside another job, a worker process runs it.
-    result = ctx.run_job(build_job, str(flat), str(output), image.spec.ext4, seed)
+    result = ctx.run_job(image_job, cache, chain, str(flat), str(output), image.spec.ext4,
+                         seed, dict(tools))
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
-           output)
-    note(outcome="built", output=str(output), size=format_size(result.size),
-         sha256=result.sha256, free=format_size(result.free_bytes))
+           output, result.derived_from)
+    note(outcome="derived" if result.derived_from else "built", output=str(output),
+         size=format_size(result.size), sha256=result.sha256,
+         free=format_size(result.free_bytes),
+         **({"base": result.derived_from[:12]} if result.derived_from else {}))
 
 
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
-           tools: Mapping[str, str], key: str, ext4_key: str, output: Path) -> None:
+           tools: Mapping[str, str], key: str, ext4_key: str, output: Path,
+           derived_from: str | None) -> None:
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
@@ -120,7 +135,7 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
-        ext4_stamp=stamp, built_at=now_utc()))
+        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from))
 
 
 def mkfs_tasks(ctx: RunContext, plan: BuildPlan,

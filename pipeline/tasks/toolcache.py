@@ -1,15 +1,17 @@
 """The e2fsprogs versions that key every mkfs task, remembered per binary.
 
-Every run, a no-op included, needs ``ext4.tool_versions()`` to build the
-mkfs tasks' keys (a new toolchain must rebuild). Asking costs importing the
-ext4 builder and running each tool with ``-V``; the answer changes only when
-a binary does. So it is kept in ``<cache_dir>/tools.json`` together with,
-for each tool, the path ``PATH`` finds it at and that file's identity
-(device, inode, size, mtime, ctime), and the identity of the module that
-asks (``pipeline/ext4.py``: it decides which tools count and how a version
-is read). Any difference, a missing tool, or a file we cannot read or parse
-means asking again; nothing in the file is used unless every identity still
-matches, so the worst a stale or tampered file can do is cost one ask.
+Every run, a no-op included, needs ``ext4derive.build_tool_versions()`` (the
+mkfs.ext4, debugfs and e2fsck of every build, the resize2fs and tune2fs of
+derived builds) to build the mkfs tasks' keys (a new toolchain must rebuild).
+Asking costs importing the ext4 builder and running each tool; the answer
+changes only when a binary does. So it is kept in ``<cache_dir>/tools.json``
+together with, for each tool, the path ``PATH`` finds it at and that file's
+identity (device, inode, size, mtime, ctime), and the identity of the modules
+that ask (``pipeline/ext4.py`` and ``pipeline/ext4grow.py``: they decide which
+tools count and how a version is read). Any difference, a missing tool, or a
+file we cannot read or parse means asking again; nothing in the file is used
+unless every identity still matches, so the worst a stale or tampered file can
+do is cost one ask.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ log = structlog.get_logger(__name__)
 
 TOOLS_FILE = "tools.json"
 _FORMAT = 1
-# The module whose tool_versions() this stands in for, beside this package.
-_EXT4_MODULE = Path(__file__).resolve().parents[1] / "ext4.py"
+# The modules whose versions this stands in for, beside this package.
+_MODULES = tuple(Path(__file__).resolve().parents[1] / name
+                 for name in ("ext4.py", "ext4grow.py"))
 
 
 def _identity(path: str | os.PathLike[str]) -> list[int] | None:
@@ -48,13 +51,17 @@ def _where(tool: str) -> dict[str, Any] | None:
     return None if found is None or identity is None else {"path": found, "id": identity}
 
 
+def _modules() -> list[list[int] | None]:
+    return [_identity(module) for module in _MODULES]
+
+
 def _remembered(file: Path) -> dict[str, str] | None:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if (not isinstance(data, dict) or data.get("format") != _FORMAT
-            or data.get("module") != _identity(_EXT4_MODULE)):
+            or data.get("module") != _modules()):
         return None
     tools, versions = data.get("tools"), data.get("versions")
     if not isinstance(tools, dict) or not isinstance(versions, dict) or not versions \
@@ -67,21 +74,23 @@ def _remembered(file: Path) -> dict[str, str] | None:
 
 
 def tool_versions(cache_dir: Path) -> dict[str, str]:
-    """``ext4.tool_versions()``, answered from ``cache_dir/tools.json`` while no tool changed.
+    """``ext4derive.build_tool_versions()``, answered from ``cache_dir/tools.json`` while
+    no tool changed.
 
-    Raises what ``ext4.tool_versions`` raises (ToolError for a missing or too
-    old tool) whenever it has to ask.
+    Raises what that raises (ToolError for a missing or too old tool) whenever
+    it has to ask.
     """
     file = Path(cache_dir) / TOOLS_FILE
     found = _remembered(file)
     if found is not None:
         return found
-    from ..ext4 import tool_versions as ask  # the builder loads only when the answer is unknown
+    # The builder loads only when the answer is unknown.
+    from ..ext4derive import build_tool_versions as ask
 
     versions = ask()
     tools = {tool: _where(tool) for tool in versions}
     if all(tools.values()):
-        data = {"format": _FORMAT, "module": _identity(_EXT4_MODULE), "tools": tools,
+        data = {"format": _FORMAT, "module": _modules(), "tools": tools,
                 "versions": versions}
         try:
             write_atomic(file, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
