@@ -80,7 +80,9 @@ def base_options(options: Ext4Options) -> Ext4Options:
 
 def base_key(chain_key: str, options: Ext4Options, tools: Mapping[str, str]) -> str:
     """The cache key of the base of chain ``chain_key`` for images with ``options``."""
-    shared = {k: v for k, v in options.to_dict().items() if k not in ("size", "headroom")}
+    # A base is always built in full, and serves images of any size and headroom.
+    shared = {k: v for k, v in options.to_dict().items()
+              if k not in ("size", "headroom", "derive")}
     record = {"format": BASE_FORMAT, "chain": chain_key, "options": shared,
               "tools": dict(sorted(tools.items())),
               "growth": [MAX_GROWTH_PERCENT, MIN_SPARE_GROWTH]}

@@ -116,6 +116,8 @@ class DerivedBuild:
 def plan_build(layers: Sequence[LayerStats], options: Ext4Options,
                tools: Mapping[str, str]) -> FullBuild | DerivedBuild:
     """How to build an image of these layers (oldest first); pure, see the module docstring."""
+    if not options.derive:
+        return FullBuild()
     for k in range(1, len(layers)):
         base, top = layers[:k], layers[k:]
         base_entries = sum(layer.entries for layer in base)

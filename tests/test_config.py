@@ -45,6 +45,7 @@ inode_size = 128
 journal = false
 features = ["large_dir", "^metadata_csum"]
 reserved_percent = 5
+derive = false
 """ % ("a" * 64)
 
 
@@ -71,7 +72,7 @@ def test_good_manifest_every_field() -> None:
     assert tiny.ref.digest is not None
     assert tiny.ext4 == Ext4Options(headroom="20%")
     assert tuned.ext4 == Ext4Options(inode_size=128, journal=False, reserved_percent=5,
-                                     features=("large_dir", "^metadata_csum"))
+                                     features=("large_dir", "^metadata_csum"), derive=False)
     assert m.insecure_hosts == frozenset({"registry.local:5000"})
     assert m.mirrors_for("docker.io") == ("mirror.internal:5000", "10.0.0.2:5000")
     assert m.mirrors_for("quay.io") == ()
@@ -135,7 +136,7 @@ BAD = [
                  "their output files would collide", id="duplicate-name-by-case"),
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
-                 "allowed: features, headroom, inode_size, journal, label, platform, ref, "
+                 "allowed: derive, features, headroom, inode_size, journal, label, platform, ref, "
                  "reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
@@ -189,6 +190,9 @@ BAD = [
     pytest.param('[images.a]\nref = "alpine"\njournal = "no"\n',
                  "/proj/images.toml:3: image 'a': `journal` must be true or false, got string "
                  "'no'", id="journal-not-bool"),
+    pytest.param('[images.a]\nref = "alpine"\nderive = 1\n',
+                 "/proj/images.toml:3: image 'a': `derive` must be true or false, got integer 1",
+                 id="derive-not-bool"),
     pytest.param('[images.a]\nref = "alpine"\ninode_size = 300\n',
                  "/proj/images.toml:3: image 'a': bad `inode_size`: invalid inode size 300: "
                  "expected one of 128, 256, 512, 1024", id="bad-inode-size"),
@@ -244,7 +248,7 @@ BAD = [
                  "'alpine'", id="image-not-a-table"),
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
-                 "allowed: features, headroom, inode_size, journal, label, platform, ref, "
+                 "allowed: derive, features, headroom, inode_size, journal, label, platform, ref, "
                  "reserved_percent, size", id="inline-table-unknown-key"),
 ]
 

@@ -379,6 +379,8 @@ def test_the_base_key_follows_chain_options_and_tools() -> None:
     # Size and headroom are the image's own: they share a base.
     assert plan_build(stats, Ext4Options(size=256 * MiB), TOOLS) == key
     assert plan_build(stats, Ext4Options(inode_size=512), TOOLS) != key
+    # derive = false in the manifest: always in full, whatever the layers.
+    assert plan_build(stats, Ext4Options(derive=False), TOOLS) == FullBuild()
     assert plan_build(stats, Ext4Options(), {**TOOLS, "resize2fs": "9.9"}) != key
     other = (stats[0], replace(stats[1], digest="sha256:" + "f" * 64, entries=20))
     assert plan_build(other, Ext4Options(), TOOLS) == key     # the top is not in the key

@@ -68,3 +68,18 @@ def test_a_batch_builds_its_base_once_and_derives_every_image(world: World) -> N
     assert len(kept) == len(NAMES) + 1 and kept < flats      # a:v1's flat image went
     again = run_doit(world.project).check()
     assert again.ran == []
+
+
+def test_derive_false_builds_in_full_and_only_that_mkfs_reruns(world: World) -> None:
+    run_doit(world.project).check()
+    derived = records(world.project)["b"]
+    world.write_manifest(extra={"b": "derive = false\n"})
+    full = run_doit(world.project).check()
+    assert full.ran == ["mkfs:b"]
+    assert [e["outcome"] for e in full.events if e.get("task") == "mkfs:b"
+            and e.get("event") == "task done"] == ["built"]
+    record = records(world.project)["b"]
+    assert record["derived_from"] is None
+    # Another way of building is other bytes (and another UUID, from the options).
+    assert record["sha256"] != derived["sha256"]
+    verify_outputs(world.project, NAMES)

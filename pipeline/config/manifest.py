@@ -55,10 +55,12 @@ TOP_KEYS = ("images", "registries", "settings")
 SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
 REGISTRY_KEYS = ("insecure", "mirrors")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
-EXT4_KEYS = ("features", "headroom", "inode_size", "journal", "label", "reserved_percent", "size")
+EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
+             "reserved_percent", "size")
 IMAGE_KEYS = tuple(sorted(("platform", "ref") + EXT4_KEYS))
 # The TOML type each ext4 key must have, and how to say it.
 _EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "derive": ((bool,), "true or false"),
     "features": ((list,), "an array of feature names such as [\"large_dir\"]"),
     "headroom": ((str,), "a string such as \"20%\" or \"256MiB\""),
     "inode_size": ((int,), "an integer (128, 256, 512 or 1024)"),
