@@ -43,11 +43,13 @@ class OursRun:
     outputs: list[Path] = field(default_factory=list)
 
 
-def write_manifest(directory: Path, world: World, images: Sequence[WorldImage]) -> None:
-    """Write ``directory/images.toml`` building ``images`` from the world's registry."""
+def write_manifest(directory: Path, world: World, images: Sequence[WorldImage], *,
+                   extra: str = "") -> None:
+    """Write ``directory/images.toml`` building ``images`` from the world's registry, each
+    with the TOML lines ``extra``."""
     lines = ["# Written by bench/run.py.", ""]
     for image in images:
-        lines += [f"[images.{image.name}]", f'ref = "{world.ref(image)}"', ""]
+        lines += [f"[images.{image.name}]", f'ref = "{world.ref(image)}"', extra]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "images.toml").write_text("\n".join(lines))
 
