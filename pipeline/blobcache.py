@@ -29,7 +29,6 @@ registry sends.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import secrets
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 import structlog
 
 from .digest import Digest, VerifyingHasher, parse_digest
+from .durable import fsync_dir
 from .errors import BadDigest, BusyError, DigestMismatch, RegistryError
 
 if TYPE_CHECKING:  # the client is handed in; importing it here would pull httpx into every run
@@ -210,7 +210,7 @@ class BlobCache:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         log.debug("blobcache.fetched", digest=str(d), size=size, registry=registry,
                  repository=repository)
 
@@ -308,13 +308,4 @@ def _range_ok(content_range: str | None, offset: int, size: int) -> bool:
             and (total == "*" or (total.isdigit() and int(total) == size)))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as err:  # some filesystems refuse fsync on directories
-        if err.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 

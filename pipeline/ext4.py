@@ -43,6 +43,7 @@ from typing import TypeVar
 import structlog
 
 from .debugfs import run_debugfs, tool_env
+from .durable import fsync_dir
 from .errors import Ext4Error, ToolError
 from .ext4fixup import plan_fixups
 from .ext4inodes import predict
@@ -194,11 +195,7 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str,
 def publish(tmp: Path, output: Path) -> None:
     """Rename a finished image into place and make the rename durable."""
     os.replace(tmp, output)
-    dir_fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(output.parent)
 
 
 def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Options,

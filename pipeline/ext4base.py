@@ -46,6 +46,7 @@ from pathlib import Path
 import structlog
 
 from .debugfs import DirectoryListing
+from .durable import fsync_dir
 from .ext4 import Ext4Options, build_ext4, read_flat_entries, superblock_counts
 from .ext4apply import expected_listings
 from .ext4diff import DeriveRefused, TreeDiff
@@ -169,7 +170,7 @@ def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync(base_root)
+        fsync_dir(base_root)
     return flat_dir, BaseImage(key, final)
 
 
@@ -198,7 +199,7 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync(dest)
+    fsync_dir(dest)
     log.info("ext4.base_built", key=key, size=result.size, inodes=result.inodes,
               seconds=result.timings.get("total"))
 
@@ -228,9 +229,3 @@ def used_inodes(inodes: InodeMap) -> set[int]:
     return set(_RESERVED_INODES) | set(inodes.values())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -46,6 +46,7 @@ from typing import IO
 import structlog
 
 from .digest import Digest, parse_digest
+from .durable import fsync_dir
 from .errors import LayerError
 
 __all__ = ["EntryKind", "IndexEntry", "LayerStore", "StoreWriter", "STORE_FORMAT",
@@ -253,7 +254,7 @@ class StoreWriter:
             os.fsync(f.fileno())
         os.fsync(self.files_fd)
         self._close_files_fd()
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         final = LayerStore.path_for(self.layers_root, self.digest)
         try:
             os.rename(self.tmp, final)
@@ -265,7 +266,7 @@ class StoreWriter:
             log.debug("layer_store_raced", digest=str(self.digest), error=e.strerror)
             shutil.rmtree(self.tmp, ignore_errors=True)
             return LayerStore.open(self.layers_root, self.digest)
-        _fsync_dir(self.layers_root)
+        fsync_dir(self.layers_root)
         return LayerStore(final, marker)
 
     def abort(self) -> None:
@@ -281,9 +282,3 @@ class StoreWriter:
             os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import structlog
 
+from .durable import fsync_dir
 from .flatimage import (ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry,
                         FlatHeader, chain_key, write_entries, write_header)
 from .flatten import flatten
@@ -71,7 +72,7 @@ def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
     os.mkdir(tmp, 0o700)
     try:
         header = _Builder(tree, tmp, tuple(chain)).build()
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         try:
             os.rename(tmp, dest)
         except OSError as e:
@@ -83,7 +84,7 @@ def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     log.debug("materialized", dest=str(dest), entries=header.entries, inodes=header.inodes,
              bytes=header.regular_bytes, seconds=round(time.monotonic() - started, 3))
     return dest
@@ -286,9 +287,3 @@ def _copy(src: int, dst: int, size: int) -> None:
         raise AssertionError(f"internal error: store file holds {done} bytes, index says {size}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
