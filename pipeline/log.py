@@ -3,12 +3,15 @@
 Library modules only call ``structlog.get_logger(__name__)``; this module is
 the one place that configures structlog, and only the doit layer calls it.
 
-The format is chosen, in order, by ``doit log=json|console``, the
-``ROOTFS_LOG`` environment variable, and finally whether stderr is a
-terminal: JSON lines (one object per event, for CI and for tests that count
-what ran) when it is not, coloured console lines when it is. Task actions
-bind ``task``, ``image`` and ``digest`` with ``bound(...)``; contextvars keep
-the binding per worker thread.
+The level is ``info`` (one line per finished step) unless ``doit
+log_level=debug`` or ``ROOTFS_LOG_LEVEL`` asks for another (``debug`` adds
+each step's phase timings and the library's own events). The format is
+chosen, in order, by ``doit log=json|console``, the ``ROOTFS_LOG``
+environment variable, and finally whether stderr is a terminal: JSON
+lines (one object per event, for CI and for tests that count what ran)
+when it is not, coloured console lines when it is. Task actions bind
+``task``, ``image`` and ``digest`` with ``bound(...)``; contextvars keep the
+binding per worker thread.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import structlog
 
 from .progress import Terminal
 
-__all__ = ["LOG_VAR", "LOG_MODES", "configure_logging", "bound", "choose_mode"]
+__all__ = ["LOG_VAR", "LOG_LEVEL_VAR", "LOG_MODES", "configure_logging", "bound", "choose_mode",
+           "choose_level"]
 
 LOG_VAR = "ROOTFS_LOG"
+LOG_LEVEL_VAR = "ROOTFS_LOG_LEVEL"
 LOG_MODES = ("json", "console")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -53,6 +58,16 @@ def choose_mode(requested: str | None, environ: dict[str, str] | Any, stream: Te
             return candidate
     isatty = getattr(stream, "isatty", None)
     return "console" if isatty and isatty() else "json"
+
+
+def choose_level(requested: str | None, environ: dict[str, str] | Any) -> str:
+    """The log level: the explicit request, else ``ROOTFS_LOG_LEVEL``, else info."""
+    for candidate in (requested, environ.get(LOG_LEVEL_VAR)):
+        if candidate:
+            if candidate.lower() not in LEVELS:
+                raise ValueError(f"log level {candidate!r} is not one of {', '.join(LEVELS)}")
+            return candidate.lower()
+    return "info"
 
 
 def configure_logging(*, mode: str, terminal: Terminal, level: str = "info") -> None:

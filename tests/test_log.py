@@ -9,7 +9,7 @@ import threading
 import pytest
 import structlog
 
-from pipeline.log import bound, choose_mode, configure_logging
+from pipeline.log import bound, choose_level, choose_mode, configure_logging
 from pipeline.progress import Terminal
 
 
@@ -77,3 +77,18 @@ def test_choose_mode(requested, env, stream, mode) -> None:
 def test_choose_mode_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="log format 'xml' is not one of json, console"):
         choose_mode("xml", {}, io.StringIO())
+
+
+@pytest.mark.parametrize(("requested", "env", "level"), [
+    pytest.param(None, {}, "info", id="default"),
+    pytest.param(None, {"ROOTFS_LOG_LEVEL": "DEBUG"}, "debug", id="env-any-case"),
+    pytest.param("warning", {"ROOTFS_LOG_LEVEL": "debug"}, "warning", id="request-wins"),
+])
+def test_choose_level(requested, env, level) -> None:
+    assert choose_level(requested, env) == level
+
+
+def test_choose_level_rejects_unknown() -> None:
+    with pytest.raises(ValueError, match="log level 'loud' is not one of debug, info, warning, "
+                                         "error"):
+        choose_level(None, {"ROOTFS_LOG_LEVEL": "loud"})

@@ -54,7 +54,7 @@ from doit.exceptions import InvalidDodoFile
 from ..config import load_manifest
 from ..errors import PipelineError
 from ..lockfile import read_lock
-from ..log import choose_mode, configure_logging
+from ..log import choose_level, choose_mode, configure_logging
 from ..progress import Terminal
 from ..runlock import hold_directory
 from .context import RunContext
@@ -128,9 +128,10 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
     try:
         terminal = Terminal(sys.stderr)
         mode = choose_mode(get_var("log"), os.environ, sys.stderr)
-        configure_logging(mode=mode, terminal=terminal)
+        level = choose_level(get_var("log_level"), os.environ)
+        configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
-        ctx.log_mode = mode
+        ctx.log_mode, ctx.log_level = mode, level
         ctx.cache_dir.mkdir(parents=True, exist_ok=True)
         hold_directory(ctx.cache_dir)
         if ctx.frozen:

@@ -125,6 +125,7 @@ class RunContext:
     guard: CacheGuard = field(default_factory=CacheGuard)
     client_factory: Callable[..., RegistryClient] = _registry_client
     log_mode: str = "json"
+    log_level: str = "info"
     """The log format of this run, for worker processes to log like the parent."""
     _clients: dict[str, RegistryClient] = field(default_factory=dict)
     _clients_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -226,7 +227,8 @@ class RunContext:
             elif self._workers is None:
                 # doit's console script is __main__, and multiprocessing runs __main__
                 # again in every worker: with doit imported in the server, that is free.
-                self._workers = WorkerPool(size, log_mode=self.log_mode, preload=["doit"])
+                self._workers = WorkerPool(size, log_mode=self.log_mode,
+                                           log_level=self.log_level, preload=["doit"])
             workers = self._workers
         if not here:
             assert workers is not None
