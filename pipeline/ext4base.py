@@ -182,7 +182,7 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
                          csum="metadata_csum" in features)
     result = build_ext4(flat_dir, dest / IMAGE_NAME, base_options(options),
                         seed=f"base {key}", min_inodes=usage.inodes
-                        + spare_inodes(usage.tree_inodes))
+                        + spare_inodes(usage.tree_inodes), hash_image=False)
     inodes = predict_inodes(entries)
     problem = _prove(dest / IMAGE_NAME, entries, inodes)
     if problem is not None:
@@ -193,7 +193,7 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
     (dest / _MAP_NAME).write_text(json.dumps([inodes[e.path] for e in entries]),
                                   encoding="ascii")
     marker = {"format": BASE_FORMAT, "key": key, "entries_sha256": entries_sha256,
-              "size": result.size, "inodes": result.inodes, "sha256": result.sha256}
+              "size": result.size, "inodes": result.inodes}
     with open(dest / _MARKER_NAME, "w", encoding="ascii") as f:
         json.dump(marker, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -117,6 +117,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     # Its Python half holds the GIL: beside another job, a worker process runs it.
     result = ctx.run_job(image_job, cache, chain, str(flat), str(output), image.spec.ext4,
                          seed, dict(tools))
+    assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output, result.derived_from)
     note(outcome="derived" if result.derived_from else "built", output=str(output),
