@@ -713,7 +713,7 @@ def test_options_dict_is_stable_and_complete() -> None:
     assert Ext4Options().to_dict() == {
         "size": "auto", "headroom": {"percent": 20.0, "bytes": 64 * MiB}, "label": "",
         "inode_size": 256, "journal": True, "features": [], "reserved_percent": 0.0,
-        "block_size": 4096}
+        "block_size": 4096, "derive": True}
     same = Ext4Options(size="1GiB", headroom="20%", features=["large_dir", "metadata_csum",
                                                               " ^64bit"])
     assert same.to_dict() == Ext4Options(size=1 << 30, headroom=Headroom(percent=20),
