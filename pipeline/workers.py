@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .ext4 import Ext4Result
     from .ext4options import Ext4Options
 
-__all__ = ["WorkerPool", "flatten_job", "build_job", "image_job", "pool_size"]
+__all__ = ["WorkerPool", "flatten_job", "image_job", "pool_size"]
 
 T = TypeVar("T")
 
@@ -150,13 +150,6 @@ def flatten_job(layers_root: str, digests: Sequence[str], flat_root: str) -> str
 
     stores = [LayerStore.open(Path(layers_root), digest) for digest in digests]
     return str(flatten_image(stores, Path(flat_root)))
-
-
-def build_job(flat: str, output: str, options: Ext4Options, seed: str) -> Ext4Result:
-    """``ext4.build_ext4`` of a flat image; returns its ``Ext4Result``."""
-    from .ext4 import build_ext4
-
-    return build_ext4(Path(flat), Path(output), options, seed=seed)
 
 
 def image_job(cache: Mapping[str, str], chain: Sequence[str], flat: str, output: str,
