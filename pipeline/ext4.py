@@ -46,7 +46,7 @@ from .debugfs import run_debugfs, tool_env
 from .durable import fsync_dir
 from .errors import Ext4Error, ToolError
 from .ext4fixup import plan_fixups
-from .ext4inodes import predict
+from .ext4inodes import InodeMap, predict
 from .ext4options import Ext4Options
 from .ext4size import BLOCK_SIZE, measure_tree, plan_size
 from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \
@@ -117,6 +117,9 @@ class Ext4Result:
     derived_from: str | None = None
     """Key of the cached base image this one was derived from (ext4derive), or None
     for a full build."""
+    inode_map: InodeMap = field(default_factory=dict, repr=False)
+    """The inode number of every entry, proven against the image (a base image keeps
+    it so derived builds list no unchanged directory)."""
 
 
 def tool_versions() -> dict[str, str]:
@@ -190,9 +193,7 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str,
     timings = dict(result.timings, total=round(time.monotonic() - started, 3))
     log.debug("ext4.built", path=str(output), size=result.size, sha256=result.sha256,
              **{f"seconds_{k}": v for k, v in timings.items()})
-    return Ext4Result(path=output, size=result.size, sha256=result.sha256, uuid=result.uuid,
-                      inodes=result.inodes, free_bytes=result.free_bytes,
-                      free_inodes=result.free_inodes, tool_versions=versions, timings=timings)
+    return replace(result, path=output, timings=timings)
 
 
 def publish(tmp: Path, output: Path) -> None:
@@ -238,8 +239,8 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                        while_running=lambda: predict(entries))
     lap("mkfs")
 
-    script = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
-                         large_inode=options.inode_size > 128)
+    script, inode_map = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
+                                    large_inode=options.inode_size > 128)
     script_path = scratch / "fixup.debugfs"
     script.write(script_path)
     lap("map")
@@ -269,7 +270,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     return Ext4Result(path=image, size=plan.size, sha256=digest, uuid=fs_uuid,
                       inodes=counts["inodes"], free_bytes=free_bytes,
                       free_inodes=counts["free_inodes"], tool_versions=versions,
-                      timings=timings)
+                      timings=timings, inode_map=inode_map)
 
 
 def read_flat_entries(flat_dir: Path) -> list[FlatEntry]:

@@ -17,11 +17,11 @@ module's format and growth allowance)::
     <base_root>/.tmp-<key>-<pid>-<rand>/   a base being built (a crash leaves it;
                                        safe to delete when no run holds the cache)
 
-The inode map is not taken from the build: it is predicted from P's entries
-(``ext4inodes.predict_inodes``) and proven against the finished base, every
-directory listed in one debugfs run, each name, inode, type and size
-compared. A base whose map cannot be proven is refused (DeriveRefused): its
-images are built in full.
+The inode map is the one ``build_ext4`` proved against the finished base
+(every directory listed, each name, inode, type and size compared); on top
+of it the base must hold no inode the map does not account for, since a
+derivation predicts new inode numbers from the free ones. A base that fails
+this is refused (DeriveRefused): its images are built in full.
 
 Trusts: the flat image of P only as far as ``build_ext4`` does; its own
 files under ``<key>`` only when ``base.json`` names the same key and the
@@ -38,21 +38,18 @@ import math
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
-from .debugfs import DirectoryListing
 from .durable import fsync_dir
-from .ext4 import Ext4Options, build_ext4, read_flat_entries, superblock_counts
-from .ext4apply import expected_listings
-from .ext4diff import DeriveRefused, TreeDiff
-from .ext4inodes import InodeMap, listing_error, predict_inodes
+from .ext4 import Ext4Options, build_ext4, read_flat_entries
+from .ext4diff import DeriveRefused
+from .ext4inodes import InodeMap
 from .ext4size import INODE_RATIO, measure_tree
-from .flatimage import ENTRIES_NAME, FileType, FlatEntry
+from .flatimage import ENTRIES_NAME, FlatEntry
 from .sizes import DEFAULT_HEADROOM, Headroom
 
 __all__ = ["BaseImage", "base_key", "base_options", "ensure_base", "spare_inodes",
@@ -183,8 +180,14 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
     result = build_ext4(flat_dir, dest / IMAGE_NAME, base_options(options),
                         seed=f"base {key}", min_inodes=usage.inodes
                         + spare_inodes(usage.tree_inodes), hash_image=False)
-    inodes = predict_inodes(entries)
-    problem = _prove(dest / IMAGE_NAME, entries, inodes)
+    # build_ext4 proved the map against every directory listing; what derived
+    # builds add on top is that nothing else holds an inode (their allocator
+    # predicts new numbers from the free ones).
+    inodes = result.inode_map
+    used = len(used_inodes(inodes))
+    problem = (None if result.inodes - result.free_inodes == used else
+               f"{result.inodes - result.free_inodes} inodes in use, the map accounts for "
+               f"{used}")
     if problem is not None:
         log.warning("ext4.base_map_unproven", key=key, reason=problem,
                     hint="images on this base are built in full; report this with the "
@@ -202,26 +205,6 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
     fsync_dir(dest)
     log.info("ext4.base_built", key=key, size=result.size, inodes=result.inodes,
               seconds=result.timings.get("total"))
-
-
-def _prove(image: Path, entries: Sequence[FlatEntry], inodes: InodeMap) -> str | None:
-    """None when every directory of the finished base lists exactly what ``inodes`` says
-    and the inode bitmap holds exactly those inodes; else what disagrees."""
-    proof = TreeDiff(unlinks=(), frees=(), creations=(), inodes=inodes,
-                     changed=tuple(e.path for e in entries if e.type is FileType.DIRECTORY),
-                     kept=frozenset(inodes))
-    expected = expected_listings(proof, entries)
-    with tempfile.TemporaryDirectory(prefix="rootfs-base-") as scratch:
-        problem = listing_error(DirectoryListing(image, sorted(expected), Path(scratch))
-                                .result(), expected)
-    if problem is not None:
-        return problem
-    counts = superblock_counts(image)
-    used = len(_RESERVED_INODES | set(inodes.values()))
-    if counts["inodes"] - counts["free_inodes"] != used:
-        return (f"{counts['inodes'] - counts['free_inodes']} inodes in use, the map "
-                f"accounts for {used}")
-    return None
 
 
 def used_inodes(inodes: InodeMap) -> set[int]:

@@ -50,7 +50,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -250,10 +250,7 @@ class _Derivation:
         log.debug("ext4.derived", path=str(self.output), base=self.base.key[:12],
                   kept=len(diff.kept), created=len(diff.creations), freed=len(diff.frees),
                   **{f"seconds_{k}": v for k, v in timings.items()})
-        return Ext4Result(path=self.output, size=result.size, sha256=result.sha256,
-                          uuid=result.uuid, inodes=result.inodes, free_bytes=result.free_bytes,
-                          free_inodes=result.free_inodes, tool_versions=versions,
-                          timings=timings, derived_from=self.base.key)
+        return replace(result, path=self.output, timings=timings, derived_from=self.base.key)
 
     def _build(self, tmp: Path, fd: int, scratch: Path, entries: Sequence[FlatEntry],
                diff: TreeDiff, links: Mapping[int, int], geometry: BaseGeometry, blocks: int,
@@ -328,7 +325,7 @@ class _Derivation:
         return Ext4Result(path=tmp, size=blocks * BLOCK_SIZE, sha256=digest, uuid=fs_uuid,
                           inodes=counts["inodes"], free_bytes=free_bytes,
                           free_inodes=counts["free_inodes"], tool_versions=versions,
-                          timings=self.timings)
+                          timings=self.timings, inode_map=diff.inodes)
 
 
 _XATTR_MAGIC = 0xEA020000
