@@ -55,7 +55,7 @@ from .sizes import format_size
 
 __all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS",
            "derive_uuids", "fsck_image", "superblock_counts", "Sha256Thread", "fake_time_env",
-           "read_flat_entries", "publish", "OUTPUT_MODE"]
+           "read_flat_entries", "publish", "OUTPUT_MODE", "probe_version"]
 
 log = structlog.get_logger(__name__)
 
@@ -134,20 +134,26 @@ def tool_versions() -> dict[str, str]:
 def _tool_versions() -> tuple[tuple[str, str], ...]:
     versions: dict[str, str] = {}
     for tool in ("mkfs.ext4", "debugfs", "e2fsck"):
-        if shutil.which(tool) is None:
-            raise ToolError(tool, "not found on PATH; install e2fsprogs "
-                                  f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
-        proc = subprocess.run([tool, "-V"], capture_output=True, text=True, env=tool_env(),
-                              stdin=subprocess.DEVNULL, check=False)
-        match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.MULTILINE)
-        if match is None:
-            raise ToolError(tool, "-V printed no version", returncode=proc.returncode,
-                            stderr=proc.stderr)
-        versions[tool] = match.group(1).strip()
+        versions[tool] = probe_version(tool, ["-V"])
         if _version_tuple(versions[tool]) < MIN_E2FSPROGS:
             raise ToolError(tool, f"version {versions[tool]!r} is too old; install e2fsprogs "
                                   f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
     return tuple(versions.items())
+
+
+def probe_version(tool: str, args: list[str]) -> str:
+    """The version an e2fsprogs tool prints in its banner when run with ``args``, e.g.
+    ``"1.47.0 (5-Feb-2023)"``; ToolError when it is missing or prints none."""
+    if shutil.which(tool) is None:
+        raise ToolError(tool, "not found on PATH; install e2fsprogs "
+                              f"{'.'.join(map(str, MIN_E2FSPROGS))} or later")
+    proc = subprocess.run([tool, *args], capture_output=True, text=True, env=tool_env(),
+                          stdin=subprocess.DEVNULL, check=False)
+    match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.MULTILINE)
+    if match is None:
+        raise ToolError(tool, f"{' '.join([tool, *args])} printed no version",
+                        returncode=proc.returncode, stderr=proc.stderr)
+    return match.group(1).strip()
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -371,16 +377,18 @@ def fsck_image(image: Path) -> None:
 
 
 def superblock_counts(image: Path) -> dict[str, int]:
-    """Counts from the primary superblock (ext4 disk layout, "The Super Block")."""
+    """Counts from the primary superblock (ext4 disk layout, "The Super Block"), and the
+    geometry derived builds grow from: inodes per group, group descriptor size."""
     with open(image, "rb") as f:
-        f.seek(1024)
-        sb = f.read(1024)
+        sb = os.pread(f.fileno(), 1024, 1024)
     inodes, blocks_lo, r_lo, free_lo, free_inodes = struct.unpack_from("<5I", sb, 0)
+    per_group, = struct.unpack_from("<I", sb, 0x28)
     is64 = struct.unpack_from("<I", sb, 0x60)[0] & 0x80
     blocks_hi, r_hi, free_hi = struct.unpack_from("<3I", sb, 0x150) if is64 else (0, 0, 0)
     return {"inodes": inodes, "blocks": blocks_lo | blocks_hi << 32,
             "reserved_blocks": r_lo | r_hi << 32, "free_blocks": free_lo | free_hi << 32,
-            "free_inodes": free_inodes}
+            "free_inodes": free_inodes, "inodes_per_group": per_group,
+            "desc_size": struct.unpack_from("<H", sb, 0xFE)[0] if is64 else 32}
 
 
 # Reads into one reused buffer (no bytes object per read); hashlib releases

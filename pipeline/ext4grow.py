@@ -34,8 +34,6 @@ import fcntl
 import functools
 import math
 import os
-import re
-import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ from pathlib import Path
 
 from .debugfs import tool_env
 from .errors import ToolError
-from .ext4 import fake_time_env
+from .ext4 import fake_time_env, probe_version, superblock_counts
 from .ext4diff import DeriveRefused
 from .ext4size import BLOCK_SIZE, BLOCKS_PER_GROUP, SLACK_BLOCKS, SizePlan, TreeUsage, layout
 
@@ -65,13 +63,8 @@ class BaseGeometry:
 
     @classmethod
     def read(cls, image: Path) -> BaseGeometry:
-        with open(image, "rb") as f:
-            sb = os.pread(f.fileno(), 1024, 1024)
-        blocks_lo, = struct.unpack_from("<I", sb, 0x4)
-        per_group, = struct.unpack_from("<I", sb, 0x28)
-        incompat, = struct.unpack_from("<I", sb, 0x60)
-        blocks_hi = struct.unpack_from("<I", sb, 0x150)[0] if incompat & 0x80 else 0
-        return cls(blocks=blocks_lo | blocks_hi << 32, inodes_per_group=per_group)
+        counts = superblock_counts(image)
+        return cls(blocks=counts["blocks"], inodes_per_group=counts["inodes_per_group"])
 
     def inodes(self, blocks: int) -> int:
         return math.ceil(blocks / BLOCKS_PER_GROUP) * self.inodes_per_group
@@ -89,15 +82,10 @@ class FreeBlocks:
         # ext4 disk layout, "Block Group Descriptors": with 4 KiB blocks the table
         # starts at block 1; bg_free_blocks_count_lo at 0x0C, _hi at 0x2C (64-byte
         # descriptors only).
+        counts = superblock_counts(image)
+        desc_size = counts["desc_size"]
+        count = -(-counts["blocks"] // BLOCKS_PER_GROUP)
         with open(image, "rb") as f:
-            sb = os.pread(f.fileno(), 1024, 1024)
-            blocks_lo, = struct.unpack_from("<I", sb, 0x4)
-            free_lo, = struct.unpack_from("<I", sb, 0xC)
-            incompat, = struct.unpack_from("<I", sb, 0x60)
-            is64 = bool(incompat & 0x80)
-            blocks_hi, free_hi = struct.unpack_from("<II", sb, 0x150) if is64 else (0, 0)
-            desc_size = struct.unpack_from("<H", sb, 0xFE)[0] if is64 else 32
-            count = -(-(blocks_lo | blocks_hi << 32) // BLOCKS_PER_GROUP)
             table = os.pread(f.fileno(), count * desc_size, BLOCK_SIZE)
         groups = []
         for group in range(count):
@@ -106,7 +94,7 @@ class FreeBlocks:
             if desc_size >= 64:
                 free |= struct.unpack_from("<H", table, at + 0x2C)[0] << 16
             groups.append(free)
-        return cls(total=free_lo | free_hi << 32, groups=tuple(groups))
+        return cls(total=counts["free_blocks"], groups=tuple(groups))
 
 
 def copy_sparse(source: Path, fd: int) -> None:
@@ -201,19 +189,8 @@ def set_identity(image: Path, *, fs_uuid: str, reserved_blocks: int) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _grow_tool_versions() -> tuple[tuple[str, str], ...]:
-    versions = []
-    for tool in ("resize2fs", "tune2fs"):
-        if shutil.which(tool) is None:
-            raise ToolError(tool, "not found on PATH; install e2fsprogs")
-        # Neither has -V; run without arguments, each prints its banner and usage.
-        proc = subprocess.run([tool], capture_output=True, text=True, env=tool_env(),
-                              stdin=subprocess.DEVNULL, check=False)
-        match = re.search(r"^\S+ ([0-9][0-9.]*[^\n]*)$", proc.stderr + proc.stdout, re.MULTILINE)
-        if match is None:
-            raise ToolError(tool, "printed no version", returncode=proc.returncode,
-                            stderr=proc.stderr)
-        versions.append((tool, match.group(1).strip()))
-    return tuple(versions)
+    # Neither has -V; run without arguments, each prints its banner and usage.
+    return tuple((tool, probe_version(tool, [])) for tool in ("resize2fs", "tune2fs"))
 
 
 def grow_tool_versions() -> dict[str, str]:
