@@ -35,7 +35,6 @@ leave them to the caller).
 from __future__ import annotations
 
 import os
-import stat
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,8 +42,9 @@ from pathlib import Path
 from .debugfs import MAX_LINE_BYTES, Script, quote
 from .errors import Ext4Error
 from .ext4diff import DeriveRefused, TreeDiff
+from . import ext4inodes
 from .ext4grow import FreeBlocks
-from .ext4inodes import LOST_FOUND, LOST_FOUND_INO, ROOT_INO, TYPE_BITS, InodeMap, basename
+from .ext4inodes import LOST_FOUND, ROOT_INO, InodeMap, basename
 from .ext4readback import InodeFields
 from .ext4size import BLOCKS_PER_GROUP
 from .flatimage import ROOTFS_NAME, FileType, FlatEntry
@@ -54,12 +54,6 @@ __all__ = ["apply_script", "expected_listings", "link_count_fixups", "MAX_LINKS"
 # Past this many names an inode's (or subdirectories a directory's) links_count
 # stops counting (EXT4_LINK_MAX; dir_nlink then stores 1): not modelled here.
 MAX_LINKS = 65000
-_DEVICES = (FileType.CHAR, FileType.BLOCK)
-
-
-def _digits(bits: int) -> bytes:
-    """The file type as ``ls -p`` prints it: the first two of the mode's six octal digits."""
-    return b"%02o" % (bits >> 12)
 
 
 class _Writer:
@@ -156,37 +150,11 @@ def apply_script(diff: TreeDiff, flat_c: Path, freed: Mapping[int, InodeFields],
 def expected_listings(diff: TreeDiff, entries: Sequence[FlatEntry]
                       ) -> dict[int, frozenset[tuple[bytes, bytes, bytes, bytes]]]:
     """Every record ``ls -p`` must print, after the apply script, for each directory in
-    ``diff.changed``: the form ``ext4inodes.listing_error`` compares."""
-    changed = set(diff.changed)
-    inodes = diff.inodes
-    listings: dict[int, set[tuple[bytes, bytes, bytes, bytes]]] = defaultdict(set)
-    dir_type = _digits(stat.S_IFDIR)
-    for path in changed:
-        up = inodes[path.rpartition("/")[0]] if path else ROOT_INO
-        listings[inodes[path]] |= {(b".", b"%d" % inodes[path], dir_type, b""),
-                                   (b"..", b"%d" % up, dir_type, b"")}
-    declared_lost_found = False
-    for entry in entries:
-        parent = entry.path.rpartition("/")[0]
-        declared_lost_found |= entry.path == LOST_FOUND
-        if not entry.path or parent not in changed:
-            continue
-        bits = TYPE_BITS[entry.type]
-        if entry.type in _DEVICES and entry.path not in diff.kept:
-            bits = stat.S_IFREG                # a new device is still its placeholder
-        if entry.type is FileType.REGULAR:
-            size = b"%d" % entry.size
-        elif entry.type is FileType.SYMLINK:
-            size = b"%d" % len(os.fsencode(entry.target or ""))
-        elif entry.type is FileType.DIRECTORY:
-            size = b""
-        else:
-            size = b"0"
-        listings[inodes[parent]].add((basename(entry.path), b"%d" % inodes[entry.path],
-                                      _digits(bits), size))
-    if "" in changed and not declared_lost_found:
-        listings[ROOT_INO].add((b"lost+found", b"%d" % LOST_FOUND_INO, dir_type, b""))
-    return {number: frozenset(records) for number, records in listings.items()}
+    ``diff.changed``: the form ``ext4inodes.listing_error`` compares. Kept device
+    inodes are real nodes already (the base's fixup made them); new ones are still
+    their placeholder files until this build's fixup."""
+    return ext4inodes.expected_listings(entries, diff.inodes, only=diff.changed,
+                                        real_devices=diff.kept)
 
 
 def declared_links(entries: Sequence[FlatEntry], inodes: InodeMap) -> dict[int, int]:
