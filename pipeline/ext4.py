@@ -48,14 +48,15 @@ from .errors import Ext4Error, ToolError
 from .ext4fixup import plan_fixups
 from .ext4inodes import InodeMap, predict
 from .ext4options import Ext4Options
-from .ext4size import BLOCK_SIZE, measure_tree, plan_size
+from .ext4size import BLOCK_SIZE, SizePlan, TreeUsage, measure_tree, plan_size
 from .flatimage import ENTRIES_NAME, HEADER_NAME, ROOTFS_NAME, FileType, FlatEntry, \
     read_entries, read_header
 from .sizes import format_size
 
 __all__ = ["Ext4Options", "Ext4Result", "build_ext4", "tool_versions", "MIN_E2FSPROGS",
            "derive_uuids", "fsck_image", "superblock_counts", "Sha256Thread", "fake_time_env",
-           "read_flat_entries", "publish", "OUTPUT_MODE", "probe_version"]
+           "read_flat_entries", "publish", "OUTPUT_MODE", "probe_version", "measure_usage",
+           "plan_for"]
 
 log = structlog.get_logger(__name__)
 
@@ -224,17 +225,10 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
             any(e.type is FileType.REGULAR and e.size > _TWO_GIB for e in entries):
         raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
                                      "2 GiB; install e2fsprogs 1.47.4 or later")
-    features = options.feature_set()
-    usage = measure_tree(entries, inode_size=options.inode_size,
-                         csum="metadata_csum" in features)
+    usage = measure_usage(entries, options)
     if min_inodes > usage.inodes:
         usage = replace(usage, inodes=min_inodes)
-    plan = plan_size(usage, size=options.size, headroom=options.headroom,
-                     inode_size=options.inode_size, journal=options.journal,
-                     reserved_percent=options.reserved_percent,
-                     desc_size=64 if "64bit" in features else 32,
-                     resize_inode="resize_inode" in features,
-                     sparse_super="sparse_super" in features)
+    plan = plan_for(usage, options)
     lap("plan")
 
     fs_uuid, hash_seed = derive_uuids(seed)
@@ -277,6 +271,19 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                       inodes=counts["inodes"], free_bytes=free_bytes,
                       free_inodes=counts["free_inodes"], tool_versions=versions,
                       timings=timings, inode_map=inode_map)
+
+
+def measure_usage(entries: list[FlatEntry], options: Ext4Options) -> TreeUsage:
+    """What the tree needs (``ext4size.measure_tree``) with these options' inodes."""
+    return measure_tree(entries, inode_size=options.inode_size, csum=options.metadata_csum)
+
+
+def plan_for(usage: TreeUsage, options: Ext4Options) -> SizePlan:
+    """The size plan a full build of a tree of ``usage`` makes with ``options``."""
+    return plan_size(usage, size=options.size, headroom=options.headroom,
+                     inode_size=options.inode_size, journal=options.journal,
+                     reserved_percent=options.reserved_percent, desc_size=options.desc_size,
+                     resize_inode=options.resize_inode, sparse_super=options.sparse_super)
 
 
 def read_flat_entries(flat_dir: Path) -> list[FlatEntry]:

@@ -45,10 +45,10 @@ from pathlib import Path
 import structlog
 
 from .durable import fsync_dir
-from .ext4 import Ext4Options, build_ext4, read_flat_entries
+from .ext4 import Ext4Options, build_ext4, measure_usage, read_flat_entries
 from .ext4diff import DeriveRefused
 from .ext4inodes import InodeMap
-from .ext4size import INODE_RATIO, measure_tree
+from .ext4size import INODE_RATIO
 from .flatimage import ENTRIES_NAME, FlatEntry
 from .sizes import DEFAULT_HEADROOM, Headroom
 
@@ -174,9 +174,7 @@ def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
 def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
            entries_sha256: str) -> None:
     entries = read_flat_entries(flat_dir)
-    features = options.feature_set()
-    usage = measure_tree(entries, inode_size=options.inode_size,
-                         csum="metadata_csum" in features)
+    usage = measure_usage(entries, options)
     result = build_ext4(flat_dir, dest / IMAGE_NAME, base_options(options),
                         seed=f"base {key}", min_inodes=usage.inodes
                         + spare_inodes(usage.tree_inodes), hash_image=False)

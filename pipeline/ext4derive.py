@@ -58,8 +58,8 @@ import structlog
 from .debugfs import DirectoryListing, run_debugfs
 from .errors import ToolError
 from .ext4 import (OUTPUT_MODE, Ext4Options, Ext4Result, Sha256Thread, build_ext4, derive_uuids,
-                   fake_time_env, fsck_image, publish, read_flat_entries, superblock_counts,
-                   tool_versions)
+                   fake_time_env, fsck_image, measure_usage, plan_for, publish,
+                   read_flat_entries, superblock_counts, tool_versions)
 from .ext4apply import (MAX_LINKS, apply_script, declared_links, expected_listings,
                         link_count_fixups)
 from .ext4base import MAX_GROWTH_PERCENT, BaseImage, base_key, ensure_base, used_inodes
@@ -69,7 +69,7 @@ from .ext4grow import (BaseGeometry, FreeBlocks, copy_sparse, grow_tool_versions
                        plan_grown_size, resize, set_identity)
 from .ext4inodes import listing_error
 from .ext4readback import read_inodes
-from .ext4size import BLOCK_SIZE, SizePlan, measure_tree, plan_size
+from .ext4size import BLOCK_SIZE, SizePlan
 from .flatimage import FlatEntry, chain_key
 
 __all__ = ["LayerStats", "FullBuild", "DerivedBuild", "plan_build", "layer_stats",
@@ -203,26 +203,14 @@ class _Derivation:
 
     def run(self) -> Ext4Result:
         options = self.options
-        features = options.feature_set()
         versions = tool_versions()
         entries = read_flat_entries(self.flat_dir)
         base_entries = read_flat_entries(self.flat_base)
         base_map = self.base.inode_map(base_entries)
-        usage = measure_tree(entries, inode_size=options.inode_size,
-                             csum="metadata_csum" in features)
-        desc_size = 64 if "64bit" in features else 32
-        resize_inode, sparse_super = "resize_inode" in features, "sparse_super" in features
-        full = plan_size(usage, size=options.size, headroom=options.headroom,
-                         reserved_percent=options.reserved_percent,
-                         inode_size=options.inode_size, journal=options.journal,
-                         desc_size=desc_size, resize_inode=resize_inode,
-                         sparse_super=sparse_super)
+        usage = measure_usage(entries, options)
+        full = plan_for(usage, options)
         geometry = BaseGeometry.read(self.base.image)
-        blocks = plan_grown_size(geometry, usage, full, fixed=options.size is not None,
-                                 reserved_percent=options.reserved_percent,
-                                 inode_size=options.inode_size, journal=options.journal,
-                                 desc_size=desc_size, resize_inode=resize_inode,
-                                 sparse_super=sparse_super)
+        blocks = plan_grown_size(geometry, usage, full, options)
         allocator = InodeAllocator(used_inodes(base_map), count=geometry.inodes(blocks),
                                    per_group=geometry.inodes_per_group)
         diff = diff_trees(base_entries, base_map, entries, flat_p=self.flat_base,

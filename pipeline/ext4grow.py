@@ -43,6 +43,7 @@ from .debugfs import tool_env
 from .errors import ToolError
 from .ext4 import fake_time_env, probe_version, superblock_counts
 from .ext4diff import DeriveRefused
+from .ext4options import Ext4Options
 from .ext4size import BLOCK_SIZE, BLOCKS_PER_GROUP, SLACK_BLOCKS, SizePlan, TreeUsage, layout
 
 __all__ = ["BaseGeometry", "FreeBlocks", "copy_sparse", "plan_grown_size", "resize",
@@ -126,13 +127,13 @@ def copy_sparse(source: Path, fd: int) -> None:
                 pos += n
 
 
-def plan_grown_size(base: BaseGeometry, usage: TreeUsage, full: SizePlan, *, fixed: bool,
-                    inode_size: int, journal: bool, desc_size: int, resize_inode: bool,
-                    sparse_super: bool, reserved_percent: float) -> int:
+def plan_grown_size(base: BaseGeometry, usage: TreeUsage, full: SizePlan,
+                    options: Ext4Options) -> int:
     """Blocks of the derived filesystem, or DeriveRefused (see the module docstring).
 
     ``full`` is the plan the full build makes for the same tree and options.
     """
+    fixed = options.size is not None
     blocks = full.layout.blocks
     if blocks < base.blocks:
         raise DeriveRefused(f"the image needs {blocks} blocks, fewer than its base's "
@@ -140,8 +141,9 @@ def plan_grown_size(base: BaseGeometry, usage: TreeUsage, full: SizePlan, *, fix
     want_free = math.ceil(full.promised_free_bytes / BLOCK_SIZE)
     want_inodes = usage.inodes + full.promised_free_inodes
     for _ in range(MAX_GROW_ROUNDS):
-        lay = layout(blocks, base.inodes(blocks), inode_size=inode_size, journal=journal,
-                     desc_size=desc_size, resize_inode=resize_inode, sparse_super=sparse_super)
+        lay = layout(blocks, base.inodes(blocks), inode_size=options.inode_size,
+                     journal=options.journal, desc_size=options.desc_size,
+                     resize_inode=options.resize_inode, sparse_super=options.sparse_super)
         if lay.blocks != blocks or lay.inodes != base.inodes(blocks):
             if fixed:
                 raise DeriveRefused(f"resize2fs would not keep all {blocks} blocks with the "
@@ -151,7 +153,7 @@ def plan_grown_size(base: BaseGeometry, usage: TreeUsage, full: SizePlan, *, fix
         if lay.inodes < want_inodes:
             raise DeriveRefused(f"growing the base to {blocks} blocks gives {lay.inodes} "
                                 f"inodes, the image needs {want_inodes}")
-        reserved = math.floor(blocks * reserved_percent / 100)
+        reserved = math.floor(blocks * options.reserved_percent / 100)
         free = blocks - lay.overhead - usage.blocks - SLACK_BLOCKS - reserved
         if free >= want_free:
             return blocks

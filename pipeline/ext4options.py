@@ -99,6 +99,23 @@ class Ext4Options:
             on.discard("has_journal")
         return frozenset(on)
 
+    # The geometry the size planner (ext4size) models, from the features.
+    @property
+    def desc_size(self) -> int:
+        return 64 if "64bit" in self.feature_set() else 32
+
+    @property
+    def resize_inode(self) -> bool:
+        return "resize_inode" in self.feature_set()
+
+    @property
+    def sparse_super(self) -> bool:
+        return "sparse_super" in self.feature_set()
+
+    @property
+    def metadata_csum(self) -> bool:
+        return "metadata_csum" in self.feature_set()
+
     def to_dict(self) -> dict[str, object]:
         """A stable, JSON-ready dict of every option that affects the output bytes."""
         return {
