@@ -32,6 +32,7 @@ from ..errors import DigestMismatch, RegistryError
 from ..progress import Terminal, TransferProgress
 
 if TYPE_CHECKING:  # imported on first use: a no-op run never loads httpx or multiprocessing
+    from ..reference import ImageRef
     from ..registry import RegistryClient
     from ..workers import WorkerPool
 
@@ -79,6 +80,10 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}"
+
+    def ask_for(self, ref: ImageRef) -> ImageRef:
+        """``ref`` as this source serves it: a mirror under its own host."""
+        return ref.with_registry(self.registry) if self.mirror_of else ref
 
 
 class CacheGuard:

@@ -69,8 +69,7 @@ def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     ref = spec.ref
 
     def attempt(client: RegistryClient, source: Source) -> ResolvedImage:
-        asked = ref.with_registry(source.registry) if source.mirror_of else ref
-        return resolve_image(client, asked, spec.platform, ctx.blobs)
+        return resolve_image(client, source.ask_for(ref), spec.platform, ctx.blobs)
 
     resolved = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
                                 f"image {spec.name!r} ({spec.ref_text})", attempt)
@@ -99,8 +98,7 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
         return entry.resolved if ref.digest == pinned else None
 
     def attempt(client: RegistryClient, source: Source) -> Digest | None:
-        return head_digest(client, ref.with_registry(source.registry) if source.mirror_of
-                           else ref)
+        return head_digest(client, source.ask_for(ref))
 
     try:
         current = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
