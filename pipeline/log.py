@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -49,25 +49,30 @@ class _TerminalLogger:
     err = log = msg
 
 
+def _chosen(requested: str | None, environ: dict[str, str] | Any, var: str,
+            allowed: Iterable[str], what: str, *, lower: bool = False) -> str | None:
+    """The explicit request, else the environment variable ``var``, checked; else None."""
+    for candidate in (requested, environ.get(var)):
+        if candidate:
+            value = candidate.lower() if lower else candidate
+            if value not in allowed:
+                raise ValueError(f"{what} {candidate!r} is not one of {', '.join(allowed)}")
+            return value
+    return None
+
+
 def choose_mode(requested: str | None, environ: dict[str, str] | Any, stream: TextIO) -> str:
     """The log format: the explicit request, else ``ROOTFS_LOG``, else by terminal."""
-    for candidate in (requested, environ.get(LOG_VAR)):
-        if candidate:
-            if candidate not in LOG_MODES:
-                raise ValueError(f"log format {candidate!r} is not one of {', '.join(LOG_MODES)}")
-            return candidate
+    chosen = _chosen(requested, environ, LOG_VAR, LOG_MODES, "log format")
+    if chosen is not None:
+        return chosen
     isatty = getattr(stream, "isatty", None)
     return "console" if isatty and isatty() else "json"
 
 
 def choose_level(requested: str | None, environ: dict[str, str] | Any) -> str:
     """The log level: the explicit request, else ``ROOTFS_LOG_LEVEL``, else info."""
-    for candidate in (requested, environ.get(LOG_LEVEL_VAR)):
-        if candidate:
-            if candidate.lower() not in LEVELS:
-                raise ValueError(f"log level {candidate!r} is not one of {', '.join(LEVELS)}")
-            return candidate.lower()
-    return "info"
+    return _chosen(requested, environ, LOG_LEVEL_VAR, LEVELS, "log level", lower=True) or "info"
 
 
 def configure_logging(*, mode: str, terminal: Terminal, level: str = "info") -> None:
