@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from tests.harness.layers import DOCKER_LAYER_TYPES, GZIP_LEVEL, OCI_LAYER_TYPES, Layer
-from tests.harness.tarball import MTIME, BLOCK, Member, raw_bytes, write_tar
+from tests.harness.tarball import BLOCK, MTIME, Member, raw_bytes, write_tar
 
 from .content import Content
 

@@ -40,12 +40,13 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO_ROOT / "bench"]
 sys.path.insert(0, str(_REPO_ROOT))
 
-from pipeline.digest import parse_digest  # noqa: E402
-from pipeline.ext4 import Ext4Options, Ext4Result, build_ext4  # noqa: E402
-from pipeline.flatimage import read_header  # noqa: E402
-from pipeline.resolve import LayerRef  # noqa: E402
-from pipeline.staging import flatten_image  # noqa: E402
-from pipeline.unpack import unpack_layer  # noqa: E402
+from pipeline.base.digest import parse_digest  # noqa: E402
+from pipeline.ext4.build import Ext4Result, build_ext4  # noqa: E402
+from pipeline.ext4.options import Ext4Options  # noqa: E402
+from pipeline.flat.image import read_header  # noqa: E402
+from pipeline.flat.staging import flatten_image  # noqa: E402
+from pipeline.layers.unpack import unpack_layer  # noqa: E402
+from pipeline.registry.resolve import LayerRef  # noqa: E402
 from tests.harness.debian import debian_like  # noqa: E402
 
 DEFAULT_WORK = Path("/tmp/rootfs-ext4-step")

@@ -40,10 +40,10 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.blobcache import BlobCache  # noqa: E402
-from pipeline.credentials import NoCredentials  # noqa: E402
-from pipeline.digest import parse_digest  # noqa: E402
-from pipeline.registry import RegistryClient  # noqa: E402
+from pipeline.base.digest import parse_digest  # noqa: E402
+from pipeline.registry.blobcache import BlobCache  # noqa: E402
+from pipeline.registry.client import RegistryClient  # noqa: E402
+from pipeline.registry.credentials import NoCredentials  # noqa: E402
 from tests.harness.images import file, make_image, make_layer  # noqa: E402
 from tests.harness.push import push  # noqa: E402
 from tests.harness.registry import start_registry  # noqa: E402

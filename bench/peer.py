@@ -9,7 +9,7 @@ Peer, one image after another (a shell loop is what people write)::
 All images of a batch share one OCI layout, so skopeo stores the shared base
 blob once and skips blobs the layout already has, as it does for a user.
 The ext4 size is chosen exactly as ours is: the pipeline's own planner
-(``pipeline.ext4size``) on a walk of the extracted tree, 20 % / 64 MiB
+(``pipeline.ext4.size``) on a walk of the extracted tree, 20 % / 64 MiB
 headroom; mkfs.ext4 gets the same ``-b``, ``-I``, ``-N``, ``-m``, ``-J size``
 and ``-E root_owner,lazy_itable_init=0,lazy_journal_init=0,nodiscard`` as
 ours, with the host's mke2fs.conf (Debian 12's ext4 features). The walk is
@@ -17,7 +17,7 @@ timed as part of the peer. What the peer does not do and we do: the debugfs
 ownership pass (umoci as root wrote real owners), e2fsck, hashing the image.
 
 Floor (scenario 1): inflating the image's layer blobs to nothing with ISA-L
-(``isal_zlib``, what pipeline.compression uses) plus ``mkfs.ext4 -d`` with the
+(``isal_zlib``, what pipeline.layers.compression uses) plus ``mkfs.ext4 -d`` with the
 same options on the tree the peer already extracted. Nothing can build the
 image faster without skipping one of those two.
 """
@@ -35,9 +35,9 @@ from pathlib import Path
 
 from isal import isal_zlib
 
-from pipeline.ext4size import BLOCK_SIZE, SizePlan, measure_tree, plan_size
-from pipeline.flatimage import FileType, FlatEntry
-from pipeline.sizes import DEFAULT_HEADROOM
+from pipeline.base.units import DEFAULT_HEADROOM
+from pipeline.ext4.size import BLOCK_SIZE, SizePlan, measure_tree, plan_size
+from pipeline.flat.image import FileType, FlatEntry
 
 from .procmon import Measurement, measure
 from .world import Log, World, WorldImage

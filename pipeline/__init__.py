@@ -1,6 +1,6 @@
 """rootfs-pipeline: OCI images to bootable ext4 root filesystems, rootless and incremental."""
 
-from .errors import PipelineError
+from pipeline.errors import PipelineError
 
 __all__ = ["PipelineError"]
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 # Install what the test suite needs on Debian 12 (run as root), then run it.
 # Real parts only: Debian's docker-registry, e2fsprogs, skopeo and umoci for
 # the peer comparison, qemu, a Debian kernel and a static busybox for the boot
-# test. Arguments are passed to pytest.
+# test. ruff and mypy (strict) run first. Arguments are passed to pytest.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
+# Lint and strict types first: a type or lint error fails the run before any test.
+.venv/bin/ruff check
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -51,22 +51,22 @@ from typing import Any
 from doit import create_after, get_var
 from doit.exceptions import InvalidDodoFile
 
-from ..config import load_manifest
-from ..errors import PipelineError
-from ..lockfile import read_lock
-from ..log import choose_level, choose_mode, configure_logging
-from ..progress import Terminal
-from ..runlock import hold_directory
-from .context import RunContext
-from .fetch import fetch_tasks
-from .flatten import flatten_tasks
-from .gc import gc_task
-from .mkfs import mkfs_tasks
-from .plan import build_plan
-from .reporter import PipelineReporter
-from .resolve import check_frozen, resolve_tasks, update_task
-from .toolcache import tool_versions
-from .unpack import DEFAULT_LIMITS, unpack_tasks
+from pipeline.base.log import choose_level, choose_mode, configure_logging
+from pipeline.base.terminal import Terminal
+from pipeline.errors import PipelineError
+from pipeline.project.config import load_manifest
+from pipeline.project.lockfile import read_lock
+from pipeline.project.runlock import hold_directory
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.fetch import fetch_tasks
+from pipeline.tasks.flatten import flatten_tasks
+from pipeline.tasks.gc import gc_task
+from pipeline.tasks.mkfs import mkfs_tasks
+from pipeline.tasks.plan import build_plan
+from pipeline.tasks.reporter import PipelineReporter
+from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
+from pipeline.tasks.toolcache import cached_tool_versions
+from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
 
 __all__ = ["load_pipeline", "make_context", "build_tasks", "doit_config", "MANIFEST_VAR",
            "FROZEN_VAR", "DEFAULT_MANIFEST", "DB_NAME"]
@@ -99,7 +99,7 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
     plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
-    tools = tool_versions(ctx.cache_dir) if plan.images else {}
+    tools = cached_tool_versions(ctx.cache_dir) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
     yield from unpack_tasks(ctx, plan, DEFAULT_LIMITS)
@@ -145,7 +145,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         """Resolve image references into the lock file."""
         yield from resolve_tasks(ctx)
 
-    @create_after(executed="resolve")
+    @create_after(executed="resolve")  # type: ignore[untyped-decorator]  # doit is untyped
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from ..blobcache import BlobCache
-from ..config import Manifest
-from ..errors import DigestMismatch, RegistryError
-from ..progress import Terminal, TransferProgress
+from pipeline.base.terminal import Terminal, TransferProgress
+from pipeline.errors import DigestMismatch, RegistryError
+from pipeline.project.config import Manifest
+from pipeline.registry.blobcache import BlobCache
 
 if TYPE_CHECKING:  # imported on first use: a no-op run never loads httpx or multiprocessing
-    from ..reference import ImageRef
-    from ..registry import RegistryClient
-    from ..workers import WorkerPool
+    from pipeline.oci.reference import ImageRef
+    from pipeline.registry.client import RegistryClient
+    from pipeline.tasks.workers import WorkerPool
 
 __all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_ATTEMPTS", "MIRROR_TIMEOUT_S",
            "MIRROR_CONNECT_TIMEOUT_S"]
@@ -56,7 +56,7 @@ FALLBACK_ERRORS = (RegistryError, DigestMismatch)
 
 
 def _registry_client(**options: Any) -> RegistryClient:
-    from ..registry import RegistryClient
+    from pipeline.registry.client import RegistryClient
 
     return RegistryClient(**options)
 
@@ -64,7 +64,7 @@ def _registry_client(**options: Any) -> RegistryClient:
 def _mirror_options() -> dict[str, Any]:
     import httpx
 
-    from ..retry import RetryPolicy
+    from pipeline.registry.retry import RetryPolicy
 
     return {"retry": RetryPolicy(attempts=MIRROR_ATTEMPTS),
             "timeout": httpx.Timeout(MIRROR_TIMEOUT_S, connect=MIRROR_CONNECT_TIMEOUT_S)}
@@ -222,7 +222,7 @@ class RunContext:
         a second and ~60 MB). A job that arrives while another runs here goes
         to a worker process, so the two use both cores instead of one GIL.
         """
-        from ..workers import WorkerPool, pool_size
+        from pipeline.tasks.workers import WorkerPool, pool_size
 
         size = pool_size(self.manifest.settings.jobs)
         with self._clients_lock:

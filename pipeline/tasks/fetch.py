@@ -29,16 +29,15 @@ from typing import Any
 import structlog
 from doit.tools import config_changed
 
-from ..buildrecord import file_stamp
-from ..errors import DigestMismatch
-from ..gc import remove_path
-from ..limits import Limits
-from ..progress import format_bytes
-from ..resolved import LayerRef
-from .context import RunContext, Source
-from .plan import BuildPlan, LayerPlan
-from .steps import IO, action, group, note
-from .unpack import DEFAULT_LIMITS, layer_finished
+from pipeline.base.files import file_stamp, remove_path
+from pipeline.base.terminal import format_bytes
+from pipeline.errors import DigestMismatch
+from pipeline.layers.limits import Limits
+from pipeline.oci.resolved import LayerRef
+from pipeline.tasks.context import RunContext, Source
+from pipeline.tasks.plan import BuildPlan, LayerPlan
+from pipeline.tasks.steps import IO, action, group, note
+from pipeline.tasks.unpack import DEFAULT_LIMITS, layer_finished
 
 __all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
 
@@ -84,7 +83,9 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
             path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
-    from ..overlap import OverlappedUnpack  # the layer reader loads only when a blob downloads
+    from pipeline.layers.overlap import (
+        OverlappedUnpack,  # the layer reader loads only when a blob downloads
+    )
 
     started = time.monotonic()
     progress = ctx.progress.start(layer.size)

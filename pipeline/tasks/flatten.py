@@ -16,13 +16,13 @@ from typing import Any
 
 from doit.tools import config_changed
 
-from ..flatimage import HEADER_NAME
-from ..gc import remove_path
-from ..layerstore import LayerStore
-from .context import RunContext
-from .plan import BuildPlan, ImagePlan
-from .steps import IO, action, group, note
-from .unpack import check_diff_id
+from pipeline.base.files import remove_path
+from pipeline.flat.image import HEADER_NAME
+from pipeline.layers.store import LayerStore
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.steps import IO, action, group, note
+from pipeline.tasks.unpack import check_diff_id
 
 __all__ = ["flatten_tasks", "flatten_step", "flat_finished", "flatten_config"]
 
@@ -37,7 +37,9 @@ def flat_finished(flat_root: Path, chain_key: str) -> bool:
 
 
 def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
-    from ..workers import flatten_job  # the flattener loads only when an image is flattened
+    from pipeline.tasks.workers import (
+        flatten_job,  # the flattener loads only when an image is flattened
+    )
 
     for layer in image.resolved.layers:
         check_diff_id(LayerStore.open(ctx.layers_root, layer.digest), layer)

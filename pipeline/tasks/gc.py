@@ -16,15 +16,15 @@ from typing import Any
 
 import structlog
 
-from ..errors import LayerError, PipelineError, ToolError
-from ..ext4options import Ext4Options
-from ..flatimage import chain_key
-from ..gc import Keep, collect
-from ..lockfile import read_lock
-from ..progress import format_bytes
-from .context import RunContext
-from .steps import IO, run_step
-from .toolcache import tool_versions
+from pipeline.base.terminal import format_bytes
+from pipeline.errors import LayerError, PipelineError, ToolError
+from pipeline.ext4.options import Ext4Options
+from pipeline.flat.image import chain_key
+from pipeline.project.gc import Keep, collect
+from pipeline.project.lockfile import read_lock
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.steps import IO, run_step
+from pipeline.tasks.toolcache import cached_tool_versions
 
 __all__ = ["gc_task", "gc_step", "keep_for"]
 
@@ -63,13 +63,13 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
     is worth keeping: a new build unpacks, flattens and builds its base again)."""
-    from ..ext4derive import DerivedBuild, layer_stats, plan_build
+    from pipeline.ext4.derive.plan import DerivedBuild, layer_stats, plan_build
 
     try:
         stats = layer_stats(ctx.layers_root, chain)
     except LayerError:
         return None
-    plan = plan_build(stats, options, tool_versions(ctx.cache_dir))
+    plan = plan_build(stats, options, cached_tool_versions(ctx.cache_dir))
     if not isinstance(plan, DerivedBuild):
         return None
     return chain_key(plan.base_chain), plan.base_key

@@ -32,14 +32,23 @@ from typing import Any
 import structlog
 from doit.tools import config_changed
 
-from ..buildrecord import (BuildRecord, build_key, describes, file_stamp, now_utc, read_record,
-                           record_path_for, write_record)
-from ..errors import Ext4Error
-from ..flatimage import HEADER_NAME
-from ..sizes import format_size
-from .context import RunContext
-from .plan import BuildPlan, ImagePlan
-from .steps import IO, action, group, note
+from pipeline.base.files import TEMP_PREFIX
+from pipeline.base.units import format_size
+from pipeline.errors import Ext4Error
+from pipeline.flat.image import HEADER_NAME
+from pipeline.project.buildrecord import (
+    BuildRecord,
+    build_key,
+    describes,
+    file_stamp,
+    now_utc,
+    read_record,
+    record_path_for,
+    write_record,
+)
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
            "output_path"]
@@ -79,9 +88,9 @@ def _sha256(path: Path) -> str:
 
 
 def _remove_stale_temporaries(output: Path) -> None:
-    """A killed build leaves ``.<name>.ext4.*.tmp`` beside the output; we hold the run lock."""
-    for pattern in (f".{output.name}.*.tmp", f".{record_path_for(output).name}.*.tmp"):
-        for stale in output.parent.glob(pattern):
+    """A killed build leaves ``.tmp-<name>.ext4-*`` beside the output; we hold the run lock."""
+    for name in (output.name, record_path_for(output).name):
+        for stale in output.parent.glob(f"{TEMP_PREFIX}{name}-*"):
             stale.unlink(missing_ok=True)
             log.info("removed an interrupted build's file", path=str(stale))
 
@@ -109,7 +118,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
-    from ..workers import image_job  # the builder loads only when an image is built
+    from pipeline.tasks.workers import image_job  # the builder loads only when an image is built
 
     cache = {"layers": str(ctx.layers_root), "flat": str(ctx.flat_root),
              "base": str(ctx.base_root)}

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import ImageSpec, Manifest
-from ..flatimage import chain_key
-from ..lockfile import LockEntry
-from ..resolved import LayerRef, ResolvedImage
+from pipeline.flat.image import chain_key
+from pipeline.oci.resolved import LayerRef, ResolvedImage
+from pipeline.project.config import ImageSpec, Manifest
+from pipeline.project.lockfile import LockEntry
 
 __all__ = ["ImagePlan", "LayerPlan", "BuildPlan", "build_plan", "current_entry"]
 

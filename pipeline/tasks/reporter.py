@@ -44,7 +44,7 @@ def _real(task: Any) -> bool:
     return bool(task.actions) and not task.name.startswith("_")
 
 
-class PipelineReporter(ConsoleReporter):
+class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untyped
     desc = "rootfs-pipeline: structured log per finished task, one line per failure"
 
     def __init__(self, outstream: TextIO, options: dict[str, Any]) -> None:

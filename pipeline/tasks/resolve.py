@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..config import ImageSpec
-from ..errors import LockError, PipelineError
-from ..lockfile import LockEntry, read_lock, update_lock
-from ..resolved import ResolvedImage
-from .context import RunContext, Source
+from pipeline.errors import LockError, PipelineError
+from pipeline.oci.resolved import ResolvedImage
+from pipeline.project.config import ImageSpec
+from pipeline.project.lockfile import LockEntry, read_lock, update_lock
+from pipeline.tasks.context import RunContext, Source
 
 if TYPE_CHECKING:
-    from ..digest import Digest
-    from ..registry import RegistryClient
-from .plan import current_entry
-from .steps import IO, action, group, note
+    from pipeline.base.digest import Digest
+    from pipeline.registry.client import RegistryClient
+from pipeline.tasks.plan import current_entry
+from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
            "lock_is_current", "check_frozen", "resolve_config", "still_locked"]
@@ -64,7 +64,7 @@ def lock_is_current(lock_path: Path, name: str, ref: str, platform: str) -> bool
 def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     """Resolve one image through its mirrors, then its registry; record the upstream."""
     # Imported here: only a run that resolves pays for the registry side.
-    from ..resolve import resolve_image
+    from pipeline.registry.resolve import resolve_image
 
     ref = spec.ref
 
@@ -90,7 +90,7 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
     """
     if entry is None or not entry.matches(spec.ref_text, str(spec.platform)):
         return None
-    from ..resolve import head_digest
+    from pipeline.registry.resolve import head_digest
 
     pinned = entry.resolved.index_digest or entry.resolved.manifest_digest
     ref = spec.ref

@@ -28,9 +28,9 @@ from typing import Any
 import structlog
 from doit.exceptions import TaskFailed
 
-from ..errors import PipelineError
-from ..log import bound
-from .context import RunContext
+from pipeline.base.log import bound
+from pipeline.errors import PipelineError
+from pipeline.tasks.context import RunContext
 
 __all__ = ["run_step", "action", "note", "group", "IO"]
 

@@ -1,14 +1,14 @@
 """The e2fsprogs versions that key every mkfs task, remembered per binary.
 
-Every run, a no-op included, needs ``ext4derive.build_tool_versions()`` (the
+Every run, a no-op included, needs ``ext4.tools.tool_versions()`` (the
 mkfs.ext4, debugfs and e2fsck of every build, the resize2fs and tune2fs of
 derived builds) to build the mkfs tasks' keys (a new toolchain must rebuild).
 Asking costs importing the ext4 builder and running each tool; the answer
 changes only when a binary does. So it is kept in ``<cache_dir>/tools.json``
 together with, for each tool, the path ``PATH`` finds it at and that file's
 identity (device, inode, size, mtime, ctime), and the identity of the modules
-that ask (``pipeline/ext4.py`` and ``pipeline/ext4grow.py``: they decide which
-tools count and how a version is read). Any difference, a missing tool, or a
+that ask (``pipeline/ext4/tools.py``: it decides which tools count and how a version
+is read). Any difference, a missing tool, or a
 file we cannot read or parse means asking again; nothing in the file is used
 unless every identity still matches, so the worst a stale or tampered file can
 do is cost one ask.
@@ -24,17 +24,16 @@ from typing import Any
 
 import structlog
 
-from ..lockfile import write_atomic
+from pipeline.base.files import write_atomic
 
-__all__ = ["tool_versions", "TOOLS_FILE"]
+__all__ = ["cached_tool_versions", "TOOLS_FILE"]
 
 log = structlog.get_logger(__name__)
 
 TOOLS_FILE = "tools.json"
 _FORMAT = 1
 # The modules whose versions this stands in for, beside this package.
-_MODULES = tuple(Path(__file__).resolve().parents[1] / name
-                 for name in ("ext4.py", "ext4grow.py"))
+_MODULES = (Path(__file__).resolve().parents[1] / "ext4" / "tools.py",)
 
 
 def _identity(path: str | os.PathLike[str]) -> list[int] | None:
@@ -73,8 +72,8 @@ def _remembered(file: Path) -> dict[str, str] | None:
     return dict(versions)
 
 
-def tool_versions(cache_dir: Path) -> dict[str, str]:
-    """``ext4derive.build_tool_versions()``, answered from ``cache_dir/tools.json`` while
+def cached_tool_versions(cache_dir: Path) -> dict[str, str]:
+    """``ext4.tools.tool_versions()``, answered from ``cache_dir/tools.json`` while
     no tool changed.
 
     Raises what that raises (ToolError for a missing or too old tool) whenever
@@ -85,7 +84,7 @@ def tool_versions(cache_dir: Path) -> dict[str, str]:
     if found is not None:
         return found
     # The builder loads only when the answer is unknown.
-    from ..ext4derive import build_tool_versions as ask
+    from pipeline.ext4.tools import tool_versions as ask
 
     versions = ask()
     tools = {tool: _where(tool) for tool in versions}

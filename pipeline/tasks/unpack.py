@@ -14,14 +14,14 @@ from typing import Any
 
 from doit.tools import config_changed
 
-from ..errors import LayerError
-from ..gc import remove_path
-from ..layerstore import MARKER_NAME, LayerStore
-from ..limits import Limits
-from ..resolved import LayerRef
-from .context import RunContext
-from .plan import BuildPlan
-from .steps import IO, action, group, note
+from pipeline.base.files import remove_path
+from pipeline.errors import LayerError
+from pipeline.layers.limits import Limits
+from pipeline.layers.store import MARKER_NAME, LayerStore
+from pipeline.oci.resolved import LayerRef
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.plan import BuildPlan
+from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "check_diff_id"]
 
@@ -48,7 +48,9 @@ def check_diff_id(store: LayerStore, layer: LayerRef) -> None:
 
 
 def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
-    from ..unpack import unpack_layer  # the layer reader loads only when a layer is unpacked
+    from pipeline.layers.unpack import (
+        unpack_layer,  # the layer reader loads only when a layer is unpacked
+    )
 
     store = unpack_layer(ctx.blobs.path(layer.digest), layer, ctx.layers_root, limits=limits)
     check_diff_id(store, layer)

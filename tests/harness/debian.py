@@ -25,8 +25,7 @@ from pathlib import Path
 
 from .expected import expected_tree
 from .layers import Layer, make_layer
-from .tarball import (Member, blockdev, chardev, dir, fifo, file, hardlink, opaque, symlink,
-                      whiteout)
+from .tarball import Member, blockdev, chardev, dir, fifo, file, hardlink, opaque, symlink, whiteout
 
 __all__ = ["DebianLike", "debian_like", "PING_CAPABILITY", "BUSYBOX"]
 

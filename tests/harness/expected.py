@@ -1,6 +1,6 @@
 """The tree a stack of well-formed layers should flatten to: a test oracle.
 
-Deliberately simple and independent of ``pipeline.flatten``: paths are
+Deliberately simple and independent of ``pipeline.flat.flatten``: paths are
 normalised (``./`` and trailing ``/`` dropped), each layer's whiteouts and
 opaque markers are applied to the lower layers first (OCI image-spec layer.md,
 "Whiteouts": they never hide entries of their own layer), then its entries are

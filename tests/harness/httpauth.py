@@ -1,6 +1,6 @@
 """The harness's own small Bearer client, used to push test images.
 
-Deliberately minimal and independent of ``pipeline.auth`` (the code under
+Deliberately minimal and independent of ``pipeline.registry.auth`` (the code under
 test): on a 401 with a ``Bearer`` challenge it asks the realm for a token with
 HTTP Basic credentials and retries once. It reads the token response itself
 rather than setting ``requires_response_body``, so streamed blobs stay

@@ -17,8 +17,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .layers import DOCKER_LAYER_TYPES, OCI_LAYER_TYPES, Layer, bomb, make_layer, sha256
-from .tarball import (MTIME, Member, blockdev, chardev, dir, fifo, file, hardlink, opaque, raw,
-                      raw_bytes, symlink, tar_bytes, whiteout, write_tar, zeros)
+from .tarball import (
+    MTIME,
+    Member,
+    blockdev,
+    chardev,
+    dir,
+    fifo,
+    file,
+    hardlink,
+    opaque,
+    raw,
+    raw_bytes,
+    symlink,
+    tar_bytes,
+    whiteout,
+    write_tar,
+    zeros,
+)
 
 __all__ = [
     "Blob", "Image", "Index", "make_image", "make_index", "canonical_json", "MT",

@@ -15,8 +15,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
-from .faultproxy import (CHUNK, HOP_BY_HOP, Fault, Listener, ProxyRequest, http_date,
-                         reset_connection, upstream_connection)
+from .faultproxy import (
+    CHUNK,
+    HOP_BY_HOP,
+    Fault,
+    Listener,
+    ProxyRequest,
+    http_date,
+    reset_connection,
+    upstream_connection,
+)
 
 if TYPE_CHECKING:
     from .faultproxy import FaultProxy

@@ -1,0 +1,274 @@
+"""The per-layer content store: numbered content files plus an index, on disk.
+
+One finished store per layer digest, shared by every image that uses the
+layer and never modified after it is finished::
+
+    <layers_root>/<hex>/
+        files/000000 ...   regular-file contents, numbered in archive order
+                           (mode 0444; staging trees hard-link to them)
+        index.jsonl        one record per tar member, in archive order
+        store.json         marker written last: format, digests, counts
+
+A store is built as ``<layers_root>/.tmp-<hex>-<pid>-<random>`` and renamed to
+``<hex>`` when complete, so the final name only ever holds a finished store;
+leftover ``.tmp-*`` directories are crashed builds and safe to delete.
+:meth:`LayerStore.open` also requires ``store.json`` to name the same digest.
+
+Index format, one JSON object per line (``ensure_ascii`` JSON, so every line is
+ASCII): ``p`` path (components joined by "/", no leading "/", root is "";
+``str`` decoded from the tar's bytes with UTF-8 + ``surrogateescape``, so any
+byte string survives as ``\\udcXX`` escapes), ``t`` kind (EntryKind value),
+``m`` permission bits incl. setuid/setgid/sticky, ``u``/``g`` numeric ids,
+``mt`` mtime in ns; optional: ``x`` xattrs as ``[[name, base64 value], ...]``
+sorted by name, ``s`` size, ``c`` content id (the number of ``files/NNNNNN``;
+absent for empty files), ``l`` link (symlink target verbatim; hard-link target
+as a normalized path), ``r`` ``[major, minor]``. Whiteouts are kind ``w`` with
+``p`` the path they remove; opaque markers are kind ``o`` with ``p`` the
+directory whose lower contents they hide.
+
+Trusts nothing from the tar: paths were normalized and checked by ``unpack``
+before they reach an index, and contents only ever live under numbered names.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from pipeline.base.digest import Digest, parse_digest
+from pipeline.base.files import publish_dir, temp_path
+from pipeline.errors import LayerError
+
+__all__ = ["EntryKind", "IndexEntry", "LayerStore", "StoreWriter", "STORE_FORMAT",
+           "FILES_DIR", "INDEX_NAME", "MARKER_NAME", "content_name"]
+
+log = structlog.get_logger(__name__)
+
+STORE_FORMAT = 1
+FILES_DIR = "files"
+INDEX_NAME = "index.jsonl"
+MARKER_NAME = "store.json"
+
+
+class EntryKind(enum.Enum):
+    """What one index record describes (tar types, plus OCI whiteouts)."""
+
+    REGULAR = "f"
+    DIRECTORY = "d"
+    SYMLINK = "l"
+    HARDLINK = "h"
+    CHAR = "c"
+    BLOCK = "b"
+    FIFO = "p"
+    WHITEOUT = "w"
+    OPAQUE = "o"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One tar member as recorded in a layer's index."""
+
+    path: str
+    kind: EntryKind
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    size: int = 0
+    content: int | None = None
+    link: str | None = None
+    rdev: tuple[int, int] | None = None
+
+    def to_json(self) -> str:
+        # Built by hand (an index has one line per tar member): strings go through
+        # the json module's C escaper with ensure_ascii semantics, so lone
+        # surrogates from non-UTF-8 names come out as \udcXX escapes.
+        out = ['{"p":', _quote(self.path), ',"t":"', self.kind.value, '"']
+        if self.kind not in _NO_METADATA:
+            out.append(f',"m":{self.mode},"u":{self.uid},"g":{self.gid},"mt":{self.mtime_ns}')
+        if self.xattrs:
+            out.append(',"x":[' + ",".join(
+                f'[{_quote(k)},"{base64.b64encode(v).decode("ascii")}"]' for k, v in self.xattrs)
+                + "]")
+        if self.size:
+            out.append(f',"s":{self.size}')
+        if self.content is not None:
+            out.append(f',"c":{self.content}')
+        if self.link is not None:
+            out.append(',"l":' + _quote(self.link))
+        if self.rdev is not None:
+            out.append(f',"r":[{self.rdev[0]},{self.rdev[1]}]')
+        out.append("}")
+        return "".join(out)
+
+    @classmethod
+    def from_json(cls, line: str) -> IndexEntry:
+        r = json.loads(line)
+        rdev = r.get("r")
+        return cls(path=r["p"], kind=EntryKind(r["t"]), mode=r.get("m", 0),
+                   uid=r.get("u", 0), gid=r.get("g", 0), mtime_ns=r.get("mt", 0),
+                   xattrs=tuple((k, base64.b64decode(v)) for k, v in r.get("x", ())),
+                   size=r.get("s", 0), content=r.get("c"), link=r.get("l"),
+                   rdev=(rdev[0], rdev[1]) if rdev is not None else None)
+
+
+_quote = json.encoder.encode_basestring_ascii
+_NO_METADATA = frozenset({EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK})
+
+
+def _digest(digest: Digest | str) -> Digest:
+    return digest if isinstance(digest, Digest) else parse_digest(digest)
+
+
+def content_name(content: int) -> str:
+    """The file name of content number ``content`` under ``files/``."""
+    return f"{content:06d}"
+
+
+class LayerStore:
+    """A finished, immutable layer store on disk."""
+
+    __slots__ = ("root", "digest", "diff_id", "entries_count", "files_count",
+                 "content_bytes", "stream_bytes")
+
+    def __init__(self, root: Path, marker: dict[str, object]) -> None:
+        self.root = root
+        self.digest = str(marker["digest"])
+        self.diff_id = str(marker["diff_id"])
+        self.entries_count = int(marker["entries"])  # type: ignore[call-overload]
+        self.files_count = int(marker["files"])  # type: ignore[call-overload]
+        self.content_bytes = int(marker["content_bytes"])  # type: ignore[call-overload]
+        self.stream_bytes = int(marker["stream_bytes"])  # type: ignore[call-overload]
+
+    def __repr__(self) -> str:
+        return f"LayerStore({self.digest}, {self.entries_count} entries)"
+
+    @classmethod
+    def path_for(cls, layers_root: Path, digest: Digest | str) -> Path:
+        """Where the finished store of ``digest`` lives (validated before use in a path)."""
+        return Path(layers_root) / _digest(digest).hex
+
+    @classmethod
+    def open(cls, layers_root: Path, digest: Digest | str) -> LayerStore:
+        """Open the finished store for ``digest``; LayerError if there is none."""
+        digest = _digest(digest)
+        root = cls.path_for(layers_root, digest)
+        try:
+            marker = json.loads((root / MARKER_NAME).read_text(encoding="ascii"))
+        except FileNotFoundError:
+            raise LayerError(str(digest), f"no finished layer store at {str(root)!r};"
+                             " unpack the layer first") from None
+        except (OSError, ValueError) as e:
+            raise LayerError(str(digest), f"layer store {str(root)!r} is unreadable ({e});"
+                             " delete it and unpack the layer again") from None
+        if marker.get("format") != STORE_FORMAT or marker.get("digest") != str(digest):
+            raise LayerError(str(digest), f"layer store {str(root)!r} has format"
+                             f" {marker.get('format')!r} for {marker.get('digest')!r},"
+                             f" expected format {STORE_FORMAT} for this digest;"
+                             " delete it and unpack the layer again")
+        return cls(root, marker)
+
+    @property
+    def files_dir(self) -> Path:
+        return self.root / FILES_DIR
+
+    def content_path(self, content: int) -> Path:
+        return self.root / FILES_DIR / content_name(content)
+
+    def entries(self) -> Iterator[IndexEntry]:
+        """The index records in archive order."""
+        with open(self.root / INDEX_NAME, encoding="ascii") as f:
+            for line in f:
+                yield IndexEntry.from_json(line)
+
+
+class StoreWriter:
+    """Builds one store under a temporary name; ``commit`` renames it into place.
+
+    Use as a context manager: leaving the block with an exception removes the
+    temporary directory, so a failed unpack leaves nothing behind.
+    """
+
+    def __init__(self, layers_root: Path, digest: Digest, diff_id: Digest) -> None:
+        self.layers_root = Path(layers_root)
+        self.digest = digest
+        self.diff_id = diff_id
+        self.layers_root.mkdir(parents=True, exist_ok=True)
+        self.tmp = temp_path(LayerStore.path_for(self.layers_root, digest))
+        os.mkdir(self.tmp, 0o700)
+        os.mkdir(self.tmp / FILES_DIR, 0o700)
+        self.files_fd = os.open(self.tmp / FILES_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Kept open across add() calls; commit() or abort() closes it.
+        self._index: IO[str] = open(self.tmp / INDEX_NAME, "w", encoding="ascii",  # noqa: SIM115
+                                    buffering=1 << 20)
+        self.entries = 0
+        self.files = 0
+        self.content_bytes = 0
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def new_content(self) -> tuple[int, int]:
+        """Create the next numbered content file: (content id, writable fd)."""
+        content = self.files
+        fd = os.open(content_name(content), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o444, dir_fd=self.files_fd)
+        self.files += 1
+        return content, fd
+
+    def add(self, entry: IndexEntry) -> None:
+        self._index.write(entry.to_json())
+        self._index.write("\n")
+        self.entries += 1
+        self.content_bytes += entry.size if entry.content is not None else 0
+
+    def commit(self, *, stream_bytes: int) -> LayerStore:
+        """Make the store durable and visible under its final name."""
+        self._index.flush()
+        os.fsync(self._index.fileno())
+        self._index.close()
+        marker = {"format": STORE_FORMAT, "digest": str(self.digest),
+                  "diff_id": str(self.diff_id), "entries": self.entries, "files": self.files,
+                  "content_bytes": self.content_bytes, "stream_bytes": stream_bytes}
+        with open(self.tmp / MARKER_NAME, "w", encoding="ascii") as f:
+            json.dump(marker, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.fsync(self.files_fd)
+        self._close_files_fd()
+        final = LayerStore.path_for(self.layers_root, self.digest)
+        if not publish_dir(self.tmp, final):
+            # Another process finished the same layer first: stores are
+            # content-addressed, so theirs is as good as ours.
+            log.debug("layer_store_raced", digest=str(self.digest))
+            return LayerStore.open(self.layers_root, self.digest)
+        return LayerStore(final, marker)
+
+    def abort(self) -> None:
+        try:
+            self._index.close()
+        finally:
+            self._close_files_fd()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _close_files_fd(self) -> None:
+        fd, self.files_fd = self.files_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+

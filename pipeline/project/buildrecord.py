@@ -1,0 +1,133 @@
+"""out/<name>.json: what an ext4 image was built from, and how to recognise it.
+
+Written beside ``out/<name>.ext4`` after every build, atomically, with
+sorted keys. It records the reference as written and as resolved (index,
+manifest and config digests), the platform, the layers, the chain key, the
+ext4 options, the image size and sha256, the e2fsprogs versions and the
+build time, so that anyone holding only the output can tell what is in it.
+
+Two fields serve the pipeline itself:
+
+- ``build_key``: a digest of everything that decides the two outputs (the
+  mkfs task's config); a record with another key describes another build;
+- ``ext4_key``: a digest of what decides the ext4 bytes alone (layer chain,
+  options, tool versions): when only the reference text changed, the image
+  is kept and only this record is rewritten;
+- ``derived_from``: the base image key when the image was derived from a
+  cached base (``ext4derive``), else null; informative only (how the bytes
+  were made is decided by the layers, so ``ext4_key`` already covers it);
+- ``ext4_stamp``: (size, mtime_ns) of the ext4 file when the record was
+  written. A matching stamp shows the file is the one the record describes
+  without reading gigabytes; a rewrite or truncation changes it. The inode
+  is left out on purpose: restoring ``out/`` from a CI cache gives new
+  inodes but keeps times, and must not force a rebuild. When the stamp does
+  not match, the mkfs step compares the file's sha256 with the record before
+  it rebuilds anything.
+
+Nothing read back is trusted: a record that does not parse, or has another
+version, is treated as absent (the image is rebuilt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.base.files import Stamp, file_stamp, write_atomic
+
+__all__ = ["RECORD_VERSION", "BuildRecord", "build_key", "describes", "file_stamp", "now_utc",
+           "read_record", "record_path_for", "write_record"]
+
+RECORD_VERSION = 1
+# A record is a few kilobytes even for a hundred layers.
+RECORD_MAX_BYTES = 1 << 20
+
+
+
+def record_path_for(output: Path) -> Path:
+    """``out/alpine.ext4`` -> ``out/alpine.json``."""
+    return output.with_suffix(".json")
+
+
+def build_key(config: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of an mkfs task's config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    name: str
+    ref: str
+    """As written in images.toml."""
+    resolved: Mapping[str, Any]
+    """The lock entry's ``resolved`` object: registry, digests, platform, layers."""
+    chain: str
+    options: Mapping[str, Any]
+    size: int
+    sha256: str
+    uuid: str
+    tool_versions: Mapping[str, str]
+    build_key: str
+    ext4_key: str
+    ext4_stamp: Stamp
+    built_at: str
+    derived_from: str | None = None
+    """Key of the cached base image (``<cache_dir>/base/<key>``) the image was derived
+    from, or None for a full build."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "record_version": RECORD_VERSION,
+            "name": self.name,
+            "ref": self.ref,
+            "resolved": dict(self.resolved),
+            "platform": self.resolved.get("platform"),
+            "layers": list(self.resolved.get("layers", ())),
+            "chain": self.chain,
+            "options": dict(self.options),
+            "size": self.size,
+            "sha256": self.sha256,
+            "uuid": self.uuid,
+            "tool_versions": dict(self.tool_versions),
+            "build_key": self.build_key,
+            "ext4_key": self.ext4_key,
+            "ext4_stamp": list(self.ext4_stamp),
+            "built_at": self.built_at,
+            "derived_from": self.derived_from,
+        }
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def write_record(path: Path, record: BuildRecord) -> None:
+    text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text.encode("utf-8"))
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or None when it is missing, unreadable or of another version."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(RECORD_MAX_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= RECORD_MAX_BYTES else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("record_version") != RECORD_VERSION:
+        return None
+    return data
+
+
+def describes(record: Mapping[str, Any] | None, output: Path, key: str) -> bool:
+    """True when ``record`` was written for build ``key`` and ``output`` is still that file."""
+    if record is None or record.get("build_key") != key:
+        return False
+    stamp = file_stamp(output)
+    return stamp is not None and list(stamp) == record.get("ext4_stamp")

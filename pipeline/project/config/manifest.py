@@ -1,0 +1,374 @@
+"""images.toml: parsing and validation into frozen values.
+
+Every key is checked; an unknown key is an error (with a suggestion when it is
+a near miss), never silently ignored. Every error is a ManifestError that
+names the file, the line when it can be found, the image, the offending key
+or value, and what is allowed. Nothing in the file is trusted: image names
+become file and task names, so they are restricted to a safe alphabet;
+references, platforms and sizes go through their own parsers.
+
+Relative ``output_dir`` and ``cache_dir`` are relative to the manifest's
+directory, so a manifest, its lock file and its outputs travel together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BadPlatform, ManifestError, PipelineError
+from pipeline.ext4.options import Ext4Options
+from pipeline.oci.platform import Platform, parse_platform
+from pipeline.oci.reference import ImageRef, parse_reference
+from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
+from pipeline.project.config.source import SourceLines
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["ImageSpec", "Manifest", "RegistrySettings", "Settings", "load_manifest",
+           "parse_manifest", "lock_path_for"]
+
+DEFAULT_PLATFORM = "linux/amd64"
+DEFAULT_OUTPUT_DIR = "out"
+DEFAULT_CACHE_DIR = ".cache"
+DEFAULT_JOBS = 4
+# More parallel downloads than this gain nothing on one link and look like
+# abuse to a public registry's rate limiter.
+MAX_JOBS = 64
+# An image name becomes a file name (out/<name>.ext4) and a task name
+# (mkfs:<name>): no separators, no leading dot or dash, no ':' (doit's
+# task/subtask separator), short enough for any file system.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A manifest larger than this is not a hand-written list of images.
+MANIFEST_MAX_BYTES = 1 << 20
+
+TOP_KEYS = ("images", "registries", "settings")
+SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
+REGISTRY_KEYS = ("insecure", "mirrors")
+# ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
+EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
+             "reserved_percent", "size")
+IMAGE_KEYS = tuple(sorted(("platform", "ref") + EXT4_KEYS))
+# The TOML type each ext4 key must have, and how to say it.
+_EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "derive": ((bool,), "true or false"),
+    "features": ((list,), "an array of feature names such as [\"large_dir\"]"),
+    "headroom": ((str,), "a string such as \"20%\" or \"256MiB\""),
+    "inode_size": ((int,), "an integer (128, 256, 512 or 1024)"),
+    "journal": ((bool,), "true or false"),
+    "label": ((str,), "a string of at most 16 bytes"),
+    "reserved_percent": ((int, float), "a number from 0 to 50"),
+    "size": ((str,), "\"auto\" or a string such as \"2GiB\""),
+}
+# A root filesystem for a Linux microVM: other operating systems make no sense,
+# and an architecture outside Go's list (GOARCH, what image indexes use) is a typo.
+ROOTFS_OS = "linux"
+KNOWN_ARCHITECTURES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mips64",
+                       "mips64le", "mipsle", "ppc64", "ppc64le", "riscv64", "s390x")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """How to reach one registry: plain HTTP allowed, and its mirrors in order."""
+
+    insecure: bool = False
+    mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    platform: Platform
+    output_dir: Path
+    cache_dir: Path
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """One ``[images.<name>]`` table, validated."""
+
+    name: str
+    ref: ImageRef
+    ref_text: str
+    """The reference exactly as written: what the lock file is matched against."""
+    platform: Platform
+    ext4: Ext4Options
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    settings: Settings
+    images: tuple[ImageSpec, ...]
+    registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
+
+    @property
+    def lock_path(self) -> Path:
+        return lock_path_for(self.path)
+
+    def image(self, name: str) -> ImageSpec:
+        for spec in self.images:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def mirrors_for(self, registry: str) -> tuple[str, ...]:
+        settings = self.registries.get(registry)
+        return settings.mirrors if settings else ()
+
+    @property
+    def insecure_hosts(self) -> frozenset[str]:
+        return frozenset(host for host, reg in self.registries.items() if reg.insecure)
+
+
+def lock_path_for(manifest: Path) -> Path:
+    """``images.toml`` → ``images.lock.json`` beside it."""
+    return manifest.with_name(manifest.stem + ".lock.json")
+
+
+def _kind(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string",
+             list: "array", dict: "table"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"
+
+
+class _Checker:
+    """Carries the file name and source lines so every error can say where."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = SourceLines.from_text(text)
+
+    def fail(self, message: str, *where: str, image: str | None = None) -> ManifestError:
+        key = where[-1] if where else None
+        return ManifestError(message, path=str(self.path), line=self.lines.line(*where),
+                             image=image, key=key)
+
+    def table(self, value: object, *where: str, image: str | None = None) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"`{'.'.join(where)}` must be a table, got {_kind(value)}",
+                            *where, image=image)
+        return value
+
+    def known(self, table: dict[str, Any], allowed: tuple[str, ...], *where: str,
+              image: str | None = None) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise self.fail(f"unknown key {key!r}{suggestion}; allowed: {', '.join(allowed)}",
+                                *where, key, image=image)
+
+    def string(self, value: object, *where: str, image: str | None = None) -> str:
+        if not isinstance(value, str):
+            raise self.fail(f"`{where[-1]}` must be a string, got {_kind(value)}",
+                            *where, image=image)
+        return value
+
+    def parsed(self, parse: Callable[[str], Any], value: object, *where: str,
+               image: str | None = None) -> Any:
+        text = self.string(value, *where, image=image)
+        try:
+            return parse(text)
+        except (ManifestError, BadPlatform) as err:
+            # Parsers without a file to name say "images.toml: ..."; say it once, here.
+            reason = str(err).removeprefix("images.toml: ")
+            raise self.fail(reason, *where, image=image) from err
+        except PipelineError as err:
+            raise self.fail(f"bad `{where[-1]}`: {err}", *where, image=image) from err
+        except ValueError as err:
+            raise self.fail(f"bad `{where[-1]}` {text!r}: {err}", *where, image=image) from err
+
+
+def _platform(text: str) -> Platform:
+    platform = parse_platform(text)
+    if platform.os != ROOTFS_OS:
+        raise ValueError(f"unknown platform: operating system {platform.os!r} cannot boot a "
+                         f"Linux microVM; use '{ROOTFS_OS}/<architecture>'")
+    if platform.architecture not in KNOWN_ARCHITECTURES:
+        raise ValueError(f"unknown platform: architecture {platform.architecture!r} is not one "
+                         f"of {', '.join(KNOWN_ARCHITECTURES)}")
+    return platform
+
+
+def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
+    c.known(raw, SETTINGS_KEYS, "settings")
+    platform = c.parsed(_platform, raw.get("platform", DEFAULT_PLATFORM),
+                        "settings", "platform")
+    dirs = {}
+    for key, default in (("output_dir", DEFAULT_OUTPUT_DIR), ("cache_dir", DEFAULT_CACHE_DIR)):
+        text = c.string(raw.get(key, default), "settings", key)
+        if not text or "\0" in text:
+            raise c.fail(f"`{key}` must be a non-empty directory path, got {text!r}",
+                         "settings", key)
+        dirs[key] = Path(os.path.normpath(base / Path(text).expanduser()))
+    jobs = raw.get("jobs", DEFAULT_JOBS)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise c.fail(f"`jobs` must be an integer from 1 to {MAX_JOBS}, got {_kind(jobs)}",
+                     "settings", "jobs")
+    if dirs["output_dir"] == dirs["cache_dir"]:
+        raise c.fail("`output_dir` and `cache_dir` must be different directories, both are "
+                     f"{str(dirs['cache_dir'])!r}", "settings", "cache_dir")
+    return Settings(platform=platform, jobs=jobs, **dirs)
+
+
+def _registries(c: _Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]:
+    result = {}
+    for host, table in raw.items():
+        reason = check_host(host)
+        if reason is not None:
+            raise c.fail(f"registry name {host!r}: {reason}", "registries", host)
+        table = c.table(table, "registries", host)
+        c.known(table, REGISTRY_KEYS, "registries", host)
+        insecure = table.get("insecure", False)
+        if not isinstance(insecure, bool):
+            raise c.fail(f"`insecure` must be true or false, got {_kind(insecure)}",
+                         "registries", host, "insecure")
+        mirrors = table.get("mirrors", [])
+        if not isinstance(mirrors, list):
+            raise c.fail(f"`mirrors` must be an array of host[:port] strings, got {_kind(mirrors)}",
+                         "registries", host, "mirrors")
+        for mirror in mirrors:
+            mirror = c.string(mirror, "registries", host, "mirrors")
+            reason = check_host(mirror)
+            if reason is not None:
+                raise c.fail(f"mirror {mirror!r}: {reason}", "registries", host, "mirrors")
+        result[host] = RegistrySettings(insecure=insecure, mirrors=tuple(mirrors))
+    return result
+
+
+def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
+    if not NAME_RE.match(name):
+        raise c.fail(f"image name {name!r} is not a safe file name: use 1 to 64 letters, digits, "
+                     "'.', '_' or '-', starting with a letter or digit", "images", name)
+    table = c.table(raw, "images", name, image=name)
+    c.known(table, IMAGE_KEYS, "images", name, image=name)
+    if "ref" not in table:
+        raise c.fail("missing `ref`, the image reference, e.g. ref = \"alpine:3.20\"",
+                     "images", name, image=name)
+    where = ("images", name)
+    ref_text = c.string(table["ref"], *where, "ref", image=name)
+    ref = c.parsed(parse_reference, ref_text, *where, "ref", image=name)
+    platform = settings.platform
+    if "platform" in table:
+        platform = c.parsed(_platform, table["platform"], *where, "platform", image=name)
+    ext4 = _ext4_options(c, table, name)
+    return ImageSpec(name=name, ref=ref, ref_text=ref_text, platform=platform, ext4=ext4,
+                     line=c.lines.line(*where))
+
+
+def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
+    """Ext4Options from the image's ext4 keys; each bad value is blamed on its own key."""
+    where = ("images", name)
+    given: dict[str, Any] = {}
+    for key in EXT4_KEYS:
+        if key not in table:
+            continue
+        value = table[key]
+        types, wanted = _EXT4_TYPES[key]
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            raise c.fail(f"`{key}` must be {wanted}, got {_kind(value)}", *where, key,
+                         image=name)
+        if key == "size" and value == "auto":
+            continue
+        alone: dict[str, Any] = {key: value}
+        try:
+            Ext4Options(**alone)
+        except PipelineError as err:
+            raise c.fail(f"bad `{key}`: {err}", *where, key, image=name) from err
+        given[key] = value
+    if "headroom" in given and "size" in given:
+        raise c.fail("`headroom` applies only to size = \"auto\"; remove it or the fixed "
+                     f"size {given['size']!r}", *where, "headroom", image=name)
+    try:
+        return Ext4Options(**given)
+    except PipelineError as err:
+        raise c.fail(f"bad ext4 options: {err}", *where, image=name) from err
+
+
+def parse_manifest(text: str, path: Path, *,
+                   environ: Mapping[str, str] | None = None) -> Manifest:
+    """Validate manifest source ``text`` that was read from ``path``."""
+    c = _Checker(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        found = re.search(r"\(at line (\d+), column \d+\)", message)
+        line = int(found.group(1)) if found else None
+        if line is None and "(at end of document)" in message:
+            line = len(text.splitlines()) or 1  # the file ended too early: blame its last line
+        reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
+        duplicate = re.match(r"Cannot declare \('images', '([^']*)'\) twice", reason)
+        if duplicate:
+            raise ManifestError(f"image {duplicate.group(1)!r} is declared twice; image names "
+                                "must be unique", path=str(path), line=line) from None
+        raise ManifestError(f"invalid TOML: {reason}", path=str(path), line=line) from None
+    c.known(data, TOP_KEYS)
+    settings = _settings(c, c.table(data.get("settings", {}), "settings"), path.parent)
+    registries = _registries(c, c.table(data.get("registries", {}), "registries"))
+    images_raw = c.table(data.get("images", {}), "images")
+    if not images_raw:
+        raise ManifestError("no images declared; add a table such as [images.alpine] with "
+                            "ref = \"alpine:3.20\"", path=str(path))
+    images = []
+    folded: dict[str, str] = {}
+    for name, raw in images_raw.items():
+        spec = _image(c, name, raw, settings)
+        # Output files must not collide on case-insensitive file systems either.
+        other = folded.setdefault(name.lower(), name)
+        if other != name:
+            raise c.fail(f"image names {other!r} and {name!r} differ only in case; their "
+                         "output files would collide", "images", name, image=name)
+        images.append(spec)
+    if environ is not None:
+        registries = _apply_environment(registries, environ)
+    return Manifest(path=path, settings=settings, images=tuple(images), registries=registries)
+
+
+def _apply_environment(registries: dict[str, RegistrySettings],
+                       environ: Mapping[str, str]) -> dict[str, RegistrySettings]:
+    """Environment mirrors go first (a CI cache beats the manifest's), then the manifest's."""
+    merged = dict(registries)
+    for registry, mirrors in parse_mirrors_env(environ).items():
+        current = merged.get(registry, RegistrySettings())
+        ordered = tuple(dict.fromkeys(mirrors + current.mirrors))
+        merged[registry] = RegistrySettings(insecure=current.insecure, mirrors=ordered)
+    for host in parse_insecure_env(environ):
+        current = merged.get(host, RegistrySettings())
+        merged[host] = RegistrySettings(insecure=True, mirrors=current.mirrors)
+    return merged
+
+
+def load_manifest(path: str | os.PathLike[str], *,
+                  environ: Mapping[str, str] | None = None) -> Manifest:
+    """Read and validate a manifest file; ``environ`` adds mirrors (see environment.py)."""
+    path = Path(os.path.abspath(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MANIFEST_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ManifestError("file not found; create it (see README.md, 'The manifest') or pass "
+                            "manifest=<path>", path=str(path)) from None
+    except OSError as err:
+        raise ManifestError(f"cannot read: {err.strerror}", path=str(path)) from None
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise ManifestError(f"larger than {MANIFEST_MAX_BYTES} bytes; is this the right file?",
+                            path=str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ManifestError("not valid UTF-8 (TOML files are UTF-8)", path=str(path),
+                            line=line) from None
+    return parse_manifest(text, path, environ=environ)

@@ -1,0 +1,218 @@
+"""A small process pool for the steps that hold the GIL: flatten and the ext4 build.
+
+doit runs the pipeline's steps in threads of one process (they share the
+registry connections, the per-chain locks and the progress line). Flattening
+an image and the Python half of an ext4 build are pure-Python work, so in
+threads they take turns on one core. A ``WorkerPool`` runs them in worker
+processes instead; the step's thread submits a job and waits for it without
+holding the GIL, so two steps use two cores.
+
+- One pool per run, started on first use (the doit layer sends a job here
+  only when another one is already running in the run's own process, so a
+  run that builds one image never starts one); ``size`` workers, the doit
+  layer uses ``pool_size(jobs)``.
+- The ``forkserver`` start method with this module preloaded in the server:
+  a worker starts in milliseconds with the job code already imported, and
+  never inherits the parent's threads, locks or open files (forking a
+  threaded process is unsafe). Workers die with the run, however it ends
+  (a SIGKILL included): each one watches the run's process (a pidfd) and
+  kills itself when it goes, so no orphan keeps writing into a cache whose
+  run lock was released; the server then exits too.
+- Jobs take and return plain picklable values (paths as strings, digests,
+  options, results); locks and clients stay in the parent.
+- A PipelineError raised in a worker is raised again in the parent with its
+  class, message and attributes (not every error class pickles by itself);
+  any other exception keeps the worker's traceback as its cause. A worker
+  that dies (killed, out of memory) fails its step with one line.
+- Workers log through structlog configured like the parent (same format and
+  level, to stderr), with the step's bound fields (task, image, digest).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.ext4.build import Ext4Result
+    from pipeline.ext4.options import Ext4Options
+
+__all__ = ["WorkerPool", "flatten_job", "image_job", "pool_size"]
+
+T = TypeVar("T")
+
+# Without pidfds, how often a worker checks that the run is still there.
+_POLL_S = 0.2
+
+
+def pool_size(jobs: int) -> int:
+    """Workers for ``jobs`` parallel steps: no more than there are cores to run them."""
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+# In the worker ------------------------------------------------------------------
+
+
+def _init_worker(parent: int, log_mode: str, log_level: str) -> None:
+    _die_with(parent)
+    from pipeline.base.log import configure_logging
+    from pipeline.base.terminal import Terminal
+
+    configure_logging(mode=log_mode, terminal=Terminal(sys.stderr), level=log_level)
+
+
+def _die_with(parent: int) -> None:
+    """Kill this worker the moment process ``parent`` (the run) exits, however it exits.
+
+    Nothing else would: a pool's workers (and the fork server, which lives
+    as long as any of them) hold their own pipes open, so they never see
+    the run go; a running job would finish into a cache whose run lock the
+    kernel already released.
+    """
+    try:
+        handle: int | None = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3): poll instead
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])  # readable once the process has exited
+        else:
+            while _running(parent):
+                time.sleep(_POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-run", daemon=True).start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it is there, under another user
+        pass
+    return True
+
+
+def _call(func: Callable[..., T], args: Sequence[Any],
+          bindings: Mapping[str, Any]) -> T | _Raised:
+    with structlog.contextvars.bound_contextvars(**bindings):
+        try:
+            return func(*args)
+        except PipelineError as err:
+            return _Raised.of(err)
+
+
+class _Raised:
+    """A PipelineError on its way from a worker to the parent, rebuilt there."""
+
+    def __init__(self, module: str, name: str, message: str, attrs: dict[str, Any]) -> None:
+        self.module, self.name, self.message, self.attrs = module, name, message, attrs
+
+    @classmethod
+    def of(cls, err: PipelineError) -> _Raised:
+        return cls(type(err).__module__, type(err).__qualname__, str(err), dict(vars(err)))
+
+    def rebuild(self) -> PipelineError:
+        kind = getattr(importlib.import_module(self.module), self.name, None)
+        if not (isinstance(kind, type) and issubclass(kind, PipelineError)):
+            raise AssertionError(f"internal error: a worker raised {self.module}.{self.name},"
+                                 " which is not a PipelineError")
+        err = kind.__new__(kind)
+        Exception.__init__(err, self.message)
+        err.__dict__.update(self.attrs)
+        return err
+
+
+def flatten_job(layers_root: str, digests: Sequence[str], flat_root: str) -> str:
+    """Flatten the layer stores of ``digests`` (oldest first); the flat image's path."""
+    from pipeline.flat.staging import flatten_image
+    from pipeline.layers.store import LayerStore
+
+    stores = [LayerStore.open(Path(layers_root), digest) for digest in digests]
+    return str(flatten_image(stores, Path(flat_root)))
+
+
+def image_job(cache: Mapping[str, str], chain: Sequence[str], flat: str, output: str,
+              options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
+    """``ext4derive.build_image``: the image derived from its base's ext4 when its layers
+    say so, else in full; ``cache`` holds the ``layers``, ``flat`` and ``base`` roots."""
+    from pipeline.ext4.derive.plan import build_image
+
+    return build_image(layers_root=Path(cache["layers"]), flat_root=Path(cache["flat"]),
+                       base_root=Path(cache["base"]), chain=chain, flat_dir=Path(flat),
+                       output=Path(output), options=options, seed=seed, tools=tools)
+
+
+# In the parent ------------------------------------------------------------------
+
+
+class WorkerPool:
+    """Runs jobs in worker processes; started on first use, shared by every step's thread."""
+
+    def __init__(self, size: int, *, log_mode: str = "json", log_level: str = "info",
+                 preload: Sequence[str] = ()) -> None:
+        self.size = size
+        self.preload = [__name__, "pipeline.flat.staging", "pipeline.ext4.build",
+                        "pipeline.ext4.derive.plan", *preload]
+        self.log_mode = log_mode
+        self.log_level = log_level
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    def _start(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("internal error: a job was given to a closed worker pool")
+            if self._executor is None:
+                context = multiprocessing.get_context("forkserver")
+                # The server imports the job code once; every worker forks from it.
+                context.set_forkserver_preload(self.preload)
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.size, mp_context=context, initializer=_init_worker,
+                    initargs=(os.getpid(), self.log_mode, self.log_level))
+            return self._executor
+
+    def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in a worker; waits (without the GIL) and returns or raises."""
+        executor = self._start()
+        bindings = structlog.contextvars.get_contextvars()
+        try:
+            result = executor.submit(_call, func, args, bindings).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._executor is executor:
+                    self._executor = None  # the next step starts a fresh pool
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise PipelineError("a worker process died while running this step (killed, or"
+                                " out of memory?); run doit again") from None
+        if isinstance(result, _Raised):
+            raise result.rebuild()
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
