@@ -99,7 +99,7 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
     plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
-    tools = cached_tool_versions(ctx.cache_dir) if plan.images else {}
+    tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
     yield from unpack_tasks(ctx, plan, DEFAULT_LIMITS)
@@ -115,7 +115,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
         "par_type": "thread",
         "num_process": ctx.manifest.settings.jobs,
         "backend": "sqlite3",
-        "dep_file": str(ctx.cache_dir / DB_NAME),
+        "dep_file": str(ctx.cache.root / DB_NAME),
         # We declare no file_dep; should anyone add one, never md5 a blob.
         "check_file_uptodate": "timestamp",
         "reporter": PipelineReporter,
@@ -132,8 +132,8 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
         ctx.log_mode, ctx.log_level = mode, level
-        ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-        hold_directory(ctx.cache_dir)
+        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)
     except (PipelineError, ValueError) as err:

@@ -66,17 +66,17 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
     from pipeline.ext4.derive.plan import DerivedBuild, layer_stats, plan_build
 
     try:
-        stats = layer_stats(ctx.layers_root, chain)
+        stats = layer_stats(ctx.cache.layers_root, chain)
     except LayerError:
         return None
-    plan = plan_build(stats, options, cached_tool_versions(ctx.cache_dir))
+    plan = plan_build(stats, options, cached_tool_versions(ctx.cache.root))
     if not isinstance(plan, DerivedBuild):
         return None
     return chain_key(plan.base_chain), plan.base_key
 
 
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
-    result = collect(ctx.cache_dir, keep_for(ctx), dry_run=dry_run)
+    result = collect(ctx.cache, keep_for(ctx), dry_run=dry_run)
     for path in result.removed:
         log.info("would remove" if dry_run else "removed", path=str(path))
     log.info("cache collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,

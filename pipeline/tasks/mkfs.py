@@ -112,19 +112,17 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
         note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
-    flat = ctx.flat_root / image.chain_key
+    flat = ctx.cache.flat_root / image.chain_key
     if not (flat / HEADER_NAME).is_file():
         raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
-    from pipeline.tasks.workers import image_job  # the builder loads only when an image is built
+    from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
-    cache = {"layers": str(ctx.layers_root), "flat": str(ctx.flat_root),
-             "base": str(ctx.base_root)}
     chain = [str(layer.digest) for layer in image.resolved.layers]
     # Its Python half holds the GIL: beside another job, a worker process runs it.
-    result = ctx.run_job(image_job, cache, chain, str(flat), str(output), image.spec.ext4,
+    result = ctx.run_job(image_job, ctx.cache, chain, flat, output, image.spec.ext4,
                          seed, dict(tools))
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,

@@ -36,7 +36,8 @@ from pipeline.errors import LockError, PipelineError
 from pipeline.oci.resolved import ResolvedImage
 from pipeline.project.config import ImageSpec
 from pipeline.project.lockfile import LockEntry, read_lock, update_lock
-from pipeline.tasks.context import RunContext, Source
+from pipeline.registry.sources import Source
+from pipeline.tasks.context import RunContext
 
 if TYPE_CHECKING:
     from pipeline.base.digest import Digest
@@ -69,9 +70,9 @@ def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     ref = spec.ref
 
     def attempt(client: RegistryClient, source: Source) -> ResolvedImage:
-        return resolve_image(client, source.ask_for(ref), spec.platform, ctx.blobs)
+        return resolve_image(client, source.ask_for(ref), spec.platform, ctx.cache.blobs)
 
-    resolved = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+    resolved = ctx.registries.first_success(ctx.registries.sources(ref.registry, ref.repository),
                                 f"image {spec.name!r} ({spec.ref_text})", attempt)
     return dataclasses.replace(resolved, ref=ref, registry=ref.registry,
                                repository=ref.repository)
@@ -101,7 +102,7 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
         return head_digest(client, source.ask_for(ref))
 
     try:
-        current = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+        current = ctx.registries.first_success(ctx.registries.sources(ref.registry, ref.repository),
                                    f"image {spec.name!r} ({spec.ref_text})", attempt)
     except PipelineError as err:
         log.debug("update: HEAD failed, resolving in full", image=spec.name, error=str(err))

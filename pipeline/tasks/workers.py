@@ -41,18 +41,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from pipeline.errors import PipelineError
 
-if TYPE_CHECKING:
-    from pipeline.ext4.build import Ext4Result
-    from pipeline.ext4.options import Ext4Options
-
-__all__ = ["WorkerPool", "flatten_job", "image_job", "pool_size"]
+__all__ = ["WorkerPool", "pool_size"]
 
 T = TypeVar("T")
 
@@ -143,26 +138,6 @@ class _Raised:
         return err
 
 
-def flatten_job(layers_root: str, digests: Sequence[str], flat_root: str) -> str:
-    """Flatten the layer stores of ``digests`` (oldest first); the flat image's path."""
-    from pipeline.flat.staging import flatten_image
-    from pipeline.layers.store import LayerStore
-
-    stores = [LayerStore.open(Path(layers_root), digest) for digest in digests]
-    return str(flatten_image(stores, Path(flat_root)))
-
-
-def image_job(cache: Mapping[str, str], chain: Sequence[str], flat: str, output: str,
-              options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
-    """``ext4derive.build_image``: the image derived from its base's ext4 when its layers
-    say so, else in full; ``cache`` holds the ``layers``, ``flat`` and ``base`` roots."""
-    from pipeline.ext4.derive.plan import build_image
-
-    return build_image(layers_root=Path(cache["layers"]), flat_root=Path(cache["flat"]),
-                       base_root=Path(cache["base"]), chain=chain, flat_dir=Path(flat),
-                       output=Path(output), options=options, seed=seed, tools=tools)
-
-
 # In the parent ------------------------------------------------------------------
 
 
@@ -172,8 +147,7 @@ class WorkerPool:
     def __init__(self, size: int, *, log_mode: str = "json", log_level: str = "info",
                  preload: Sequence[str] = ()) -> None:
         self.size = size
-        self.preload = [__name__, "pipeline.flat.staging", "pipeline.ext4.build",
-                        "pipeline.ext4.derive.plan", *preload]
+        self.preload = [__name__, *preload]
         self.log_mode = log_mode
         self.log_level = log_level
         self._lock = threading.Lock()
