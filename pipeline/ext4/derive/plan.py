@@ -88,7 +88,7 @@ from pipeline.ext4.derive.grow import (
     resize,
     set_identity,
 )
-from pipeline.ext4.disk import superblock_counts
+from pipeline.ext4.disk import XATTR_MAGIC, superblock_counts
 from pipeline.ext4.fixup import fixup_script
 from pipeline.ext4.inodes import listing_error
 from pipeline.ext4.options import Ext4Options
@@ -323,13 +323,10 @@ class _Derivation:
                           timings=self.timings, inode_map=diff.inodes)
 
 
-_XATTR_MAGIC = 0xEA020000
-
-
 def _xattr_block_shared(image: Path, block: int) -> bool:
     """Whether an external xattr block is referenced by more than one inode (h_refcount)."""
     with open(image, "rb") as f:
         magic: int
         refcount: int
         magic, refcount = struct.unpack("<II", os.pread(f.fileno(), 8, block * BLOCK_SIZE))
-    return magic != _XATTR_MAGIC or refcount != 1
+    return magic != XATTR_MAGIC or refcount != 1
