@@ -62,7 +62,7 @@ from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
-from pipeline.tasks.plan import build_plan
+from pipeline.tasks.plan import plan_run
 from pipeline.tasks.reporter import PipelineReporter
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
@@ -98,7 +98,7 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 
 def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
-    plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
+    plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
     tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)

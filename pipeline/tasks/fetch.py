@@ -36,7 +36,7 @@ from pipeline.layers.limits import Limits
 from pipeline.oci.resolved import LayerRef
 from pipeline.registry.sources import Source
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan, LayerPlan
+from pipeline.tasks.plan import LayerPlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 from pipeline.tasks.unpack import DEFAULT_LIMITS, layer_finished
 
@@ -111,7 +111,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     return {"stamp": list(file_stamp(path) or ())}
 
 
-def fetch_tasks(ctx: RunContext, plan: BuildPlan,
+def fetch_tasks(ctx: RunContext, plan: RunPlan,
                 limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield group("download every layer blob the images need (verified, cached by digest)",
                 basename="fetch-blob")

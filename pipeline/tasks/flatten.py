@@ -20,7 +20,7 @@ from pipeline.base.files import remove_path
 from pipeline.flat.image import HEADER_NAME
 from pipeline.layers.store import LayerStore
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 from pipeline.tasks.unpack import check_diff_id
 
@@ -49,7 +49,7 @@ def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
     note(flat=str(flat), layers=len(image.chain))
 
 
-def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
+def flatten_tasks(ctx: RunContext, plan: RunPlan) -> Iterator[dict[str, Any]]:
     yield group("flatten each image's layers into a staging tree (once per layer chain)",
                 basename="flatten")
     for image in plan.images:

@@ -2,7 +2,7 @@
 
 Kept: the blobs (layers and config), layer stores and flat images of every
 lock entry of an image still in the manifest, and for an image its mkfs step
-derives (``ext4derive.plan_build``, from its layer stores' stats) the base
+derives (``ext4derive.choose_build``, from its layer stores' stats) the base
 image and the base chain's flat image it derives from. Everything else under
 ``blobs/``, ``layers/``, ``flat/`` and ``base/`` goes, including leftovers of
 killed runs. The step takes the cache exclusively, so within one run it waits for
@@ -63,13 +63,13 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
     is worth keeping: a new build unpacks, flattens and builds its base again)."""
-    from pipeline.ext4.derive.plan import DerivedBuild, layer_stats, plan_build
+    from pipeline.ext4.derive.build import DerivedBuild, choose_build, layer_stats
 
     try:
         stats = layer_stats(ctx.cache.layers_root, chain)
     except LayerError:
         return None
-    plan = plan_build(stats, options, cached_tool_versions(ctx.cache.root))
+    plan = choose_build(stats, options, cached_tool_versions(ctx.cache.root))
     if not isinstance(plan, DerivedBuild):
         return None
     return chain_key(plan.base_chain), plan.base_key

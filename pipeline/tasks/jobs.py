@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["flatten_job", "image_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
-           "pipeline.ext4.derive.plan")
+           "pipeline.ext4.derive.build")
 """What the worker pool's server imports once, so each worker starts with the job code."""
 
 
@@ -38,7 +38,7 @@ def image_job(cache: CacheLayout, chain: Sequence[str], flat: Path, output: Path
               options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
     """``ext4.derive.plan.build_image``: the image derived from its base's ext4 when its
     layers say so, else in full."""
-    from pipeline.ext4.derive.plan import build_image
+    from pipeline.ext4.derive.build import build_image
 
     return build_image(layers_root=cache.layers_root, flat_root=cache.flat_root,
                        base_root=cache.base_root, chain=chain, flat_dir=flat, output=output,

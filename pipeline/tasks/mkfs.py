@@ -47,7 +47,7 @@ from pipeline.project.buildrecord import (
     write_record,
 )
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
@@ -146,7 +146,7 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from))
 
 
-def mkfs_tasks(ctx: RunContext, plan: BuildPlan,
+def mkfs_tasks(ctx: RunContext, plan: RunPlan,
                tools: Mapping[str, str]) -> Iterator[dict[str, Any]]:
     yield group("build out/<image>.ext4 and out/<image>.json for every image",
                 basename="mkfs")

@@ -20,7 +20,7 @@ from pipeline.layers.limits import Limits
 from pipeline.layers.store import MARKER_NAME, LayerStore
 from pipeline.oci.resolved import LayerRef
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan
+from pipeline.tasks.plan import RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "check_diff_id"]
@@ -58,7 +58,7 @@ def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
     note(entries=store.entries_count, files=store.files_count, bytes=store.stream_bytes)
 
 
-def unpack_tasks(ctx: RunContext, plan: BuildPlan,
+def unpack_tasks(ctx: RunContext, plan: RunPlan,
                  limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield group("unpack every layer into a content store (once per layer digest)",
                 basename="unpack")

@@ -135,7 +135,7 @@ import json, sys
 from pathlib import Path
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.derive.base import ensure_base
-from pipeline.ext4.derive.plan import derive_ext4
+from pipeline.ext4.derive.build import derive_ext4
 flat_base, flat, output, bases = map(Path, sys.argv[1:5])
 _, base = ensure_base(lambda: flat_base, bases, "0" * 64, Ext4Options())
 result = derive_ext4(base, flat_base, flat, output, Ext4Options(), seed="seed")
