@@ -113,7 +113,7 @@ def _unpack(decompressed: Iterator[bytes], layer: LayerDescriptor, layers_root: 
             stream.drain()
         hasher.verify()
         store = writer.commit(stream_bytes=hasher.count)
-    log.debug("layer_unpacked", digest=where, entries=store.entries_count,
+    log.debug("layers.unpacked", digest=where, entries=store.entries_count,
               files=store.files_count, bytes=store.stream_bytes,
               seconds=round(time.monotonic() - started, 3))
     return store

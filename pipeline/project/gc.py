@@ -141,5 +141,5 @@ def collect(cache: CacheLayout, keep: Keep, *, dry_run: bool = False) -> GcResul
                 continue
         removed.append(path)
         freed += size
-        log.debug("gc removed", path=str(path), bytes=size, dry_run=dry_run)
+        log.debug("gc.removed", path=str(path), bytes=size, dry_run=dry_run)
     return GcResult(removed=tuple(removed), freed_bytes=freed, kept=kept, errors=tuple(errors))

@@ -119,7 +119,7 @@ class RegistrySources:
             except FALLBACK_ERRORS as err:
                 if position == len(sources) - 1:
                     raise
-                log.warning("source failed, trying the next", what=what, source=str(source),
+                log.warning("source.fallback", what=what, source=str(source),
                             next=str(sources[position + 1]), error=str(err))
         raise AssertionError("internal error: unreachable")
 

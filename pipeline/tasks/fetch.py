@@ -80,7 +80,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
             return {"stamp": list(file_stamp(path) or ())}
         except DigestMismatch as err:
             # Never use it: the blob cache only trusts bytes it verified itself.
-            log.warning("cached blob is corrupt, fetching it again", error=str(err))
+            log.warning("blobcache.corrupt_refetch", error=str(err))
             path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass

@@ -49,7 +49,7 @@ def keep_for(ctx: RunContext) -> Keep:
             base = _base_of(ctx, chain, spec.ext4)
         except ToolError as err:
             # Without the tool versions no base key can be worked out: keep them all.
-            log.warning("gc keeps every base image", reason=str(err))
+            log.warning("gc.keeps_all_bases", reason=str(err))
             keep_all_bases = True
             continue
         if base is not None:
@@ -78,8 +78,8 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
     result = collect(ctx.cache, keep_for(ctx), dry_run=dry_run)
     for path in result.removed:
-        log.info("would remove" if dry_run else "removed", path=str(path))
-    log.info("cache collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
+        log.info("gc.would_remove" if dry_run else "removed", path=str(path))
+    log.info("gc.collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
              freed=format_bytes(result.freed_bytes))
     if result.errors:
         raise PipelineError(f"gc: {len(result.errors)} entries could not be removed, first: "

@@ -92,7 +92,7 @@ def _remove_stale_temporaries(output: Path) -> None:
     for name in (output.name, record_path_for(output).name):
         for stale in output.parent.glob(f"{TEMP_PREFIX}{name}-*"):
             stale.unlink(missing_ok=True)
-            log.info("removed an interrupted build's file", path=str(stale))
+            log.info("mkfs.removed_leftover", path=str(stale))
 
 
 def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> None:

@@ -105,7 +105,7 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
         current = ctx.registries.first_success(ctx.registries.sources(ref.registry, ref.repository),
                                    f"image {spec.name!r} ({spec.ref_text})", attempt)
     except PipelineError as err:
-        log.debug("update: HEAD failed, resolving in full", image=spec.name, error=str(err))
+        log.debug("resolve.head_failed", image=spec.name, error=str(err))
         return None
     return entry.resolved if current == pinned else None
 
@@ -119,7 +119,7 @@ def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
         return {name: entry for name, entry in entries.items() if name in declared}
 
     if update_lock(ctx.lock_path, change):
-        log.debug("lock written", path=str(ctx.lock_path), images=sorted(new))
+        log.debug("lock.written", path=str(ctx.lock_path), images=sorted(new))
 
 
 def _entry(spec: ImageSpec, resolved: ResolvedImage) -> LockEntry:
