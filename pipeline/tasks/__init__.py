@@ -136,8 +136,9 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)
-    except (PipelineError, ValueError) as err:
-        # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3.
+    except PipelineError as err:
+        # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3; anything
+        # else is a bug and keeps its traceback.
         raise InvalidDodoFile(str(err)) from None
     atexit.register(ctx.close)
 

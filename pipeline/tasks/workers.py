@@ -21,8 +21,8 @@ holding the GIL, so two steps use two cores.
 - Jobs take and return plain picklable values (paths as strings, digests,
   options, results); locks and clients stay in the parent.
 - A PipelineError raised in a worker is raised again in the parent with its
-  class, message and attributes (not every error class pickles by itself);
-  any other exception keeps the worker's traceback as its cause. A worker
+  class, message and attributes (``PipelineError.__reduce__``); any other
+  exception keeps the worker's traceback as its cause. A worker
   that dies (killed, out of memory) fails its step with one line.
 - Workers log through structlog configured like the parent (same format and
   level, to stderr), with the step's bound fields (task, image, digest).
@@ -30,7 +30,6 @@ holding the GIL, so two steps use two cores.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import select
@@ -108,34 +107,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _call(func: Callable[..., T], args: Sequence[Any],
-          bindings: Mapping[str, Any]) -> T | _Raised:
+def _call(func: Callable[..., T], args: Sequence[Any], bindings: Mapping[str, Any]) -> T:
     with structlog.contextvars.bound_contextvars(**bindings):
-        try:
-            return func(*args)
-        except PipelineError as err:
-            return _Raised.of(err)
-
-
-class _Raised:
-    """A PipelineError on its way from a worker to the parent, rebuilt there."""
-
-    def __init__(self, module: str, name: str, message: str, attrs: dict[str, Any]) -> None:
-        self.module, self.name, self.message, self.attrs = module, name, message, attrs
-
-    @classmethod
-    def of(cls, err: PipelineError) -> _Raised:
-        return cls(type(err).__module__, type(err).__qualname__, str(err), dict(vars(err)))
-
-    def rebuild(self) -> PipelineError:
-        kind = getattr(importlib.import_module(self.module), self.name, None)
-        if not (isinstance(kind, type) and issubclass(kind, PipelineError)):
-            raise AssertionError(f"internal error: a worker raised {self.module}.{self.name},"
-                                 " which is not a PipelineError")
-        err = kind.__new__(kind)
-        Exception.__init__(err, self.message)
-        err.__dict__.update(self.attrs)
-        return err
+        return func(*args)
 
 
 # In the parent ------------------------------------------------------------------
@@ -180,8 +154,6 @@ class WorkerPool:
             executor.shutdown(wait=False, cancel_futures=True)
             raise PipelineError("a worker process died while running this step (killed, or"
                                 " out of memory?); run doit again") from None
-        if isinstance(result, _Raised):
-            raise result.rebuild()
         return result
 
     def close(self) -> None:
