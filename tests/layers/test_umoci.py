@@ -25,7 +25,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,6 @@ from pipeline.oci.platform import parse_platform
 from pipeline.oci.reference import parse_reference
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.resolve import resolve_image
 from tests.harness.debian import debian_like
 from tests.harness.images import make_image
@@ -143,12 +141,6 @@ def our_tree(flat: Path) -> tuple[dict[str, Row], set[frozenset[str]]]:
         if e.link_group is not None:
             groups.setdefault(e.link_group, set()).add(e.path)
     return rows, {frozenset(v) for v in groups.values()}
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials()) as c:
-        yield c
 
 
 def pull_both(tmp_path: Path, registry: Registry, repo: str, client: RegistryClient, *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,11 @@ from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import parse_reference
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.resolve import BlobRef, LayerRef, ResolvedImage, head_digest, resolve_image
-from pipeline.registry.retry import RetryPolicy
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Image, Index, dir, file, make_image, make_index, make_layer
 from tests.harness.push import push, push_manifest
 from tests.harness.registry import Registry
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials(),
-                        retry=RetryPolicy(sleep=lambda s: None)) as c:
-        yield c
 
 
 @pytest.fixture
