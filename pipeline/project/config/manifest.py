@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.errors import BadPlatform, ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
-from pipeline.oci.reference import ImageRef, parse_reference
+from pipeline.oci.resolved import ImageSource, parse_source
 from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
 from pipeline.project.config.source import SourceLines
 
@@ -96,7 +96,8 @@ class ImageSpec:
     """One ``[images.<name>]`` table, validated."""
 
     name: str
-    ref: ImageRef
+    ref: ImageSource
+    """A registry reference, or a local layout or archive (``oci:``, ``oci-archive:``...)."""
     ref_text: str
     """The reference exactly as written: what the lock file is matched against."""
     platform: Platform
@@ -257,7 +258,7 @@ def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec
                      "images", name, image=name)
     where = ("images", name)
     ref_text = c.string(table["ref"], *where, "ref", image=name)
-    ref = c.parsed(parse_reference, ref_text, *where, "ref", image=name)
+    ref = c.parsed(parse_source, ref_text, *where, "ref", image=name)
     platform = settings.platform
     if "platform" in table:
         platform = c.parsed(_platform, table["platform"], *where, "platform", image=name)
