@@ -35,7 +35,7 @@ from doit.tools import config_changed
 from pipeline.base.files import TEMP_PREFIX
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
-from pipeline.flat.image import HEADER_NAME
+from pipeline.flat.image import HEADER_NAME, chain_key
 from pipeline.project.buildrecord import (
     BuildRecord,
     build_key,
@@ -116,8 +116,11 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     if not (flat / HEADER_NAME).is_file():
         raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
-    # The seed is the chain and options only: the same inputs give the same UUID.
-    seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
+    # The seed is the content and options only: the same inputs give the same UUID, and
+    # the same layers stored otherwise (a docker-archive keeps them uncompressed, a
+    # registry gzipped) give the same bytes. Content is the chain of diff_ids.
+    content = chain_key([str(layer.diff_id) for layer in image.resolved.layers])
+    seed = build_key({"chain": content, "options": image.spec.ext4.to_dict()})
     from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
     chain = [str(layer.digest) for layer in image.resolved.layers]
