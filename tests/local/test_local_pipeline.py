@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.doitrun import World, make_world, run_doit, sha256_file, top_layer, verify_outputs
+from tests.harness.doitrun import (
+    World,
+    make_world,
+    run_doit,
+    sha256_file,
+    top_layer,
+    verify_outputs,
+)
 from tests.harness.registry import Registry
 
 pytestmark = pytest.mark.slow
