@@ -24,7 +24,8 @@ from typing import Any
 
 from pipeline.errors import BadImage
 
-__all__ = ["RuntimeConfig", "UserIds", "parse_runtime", "resolve_user", "ID_MAX"]
+__all__ = ["RuntimeConfig", "UserIds", "parse_runtime", "resolve_user", "render_runtime",
+           "ID_MAX"]
 
 # Linux uid_t/gid_t are 32-bit; (uid_t)-1 means "no change" to the kernel.
 ID_MAX = 2**32 - 2
@@ -56,10 +57,6 @@ class RuntimeConfig:
                 "stop_signal": self.stop_signal, "uid": None if ids is None else ids.uid,
                 "user": self.user, "working_dir": self.working_dir}
 
-    def render(self, ids: UserIds | None) -> bytes:
-        """The in-image file: the same object, indented, with a final newline."""
-        return (json.dumps(self.to_json(ids), indent=2, sort_keys=True, ensure_ascii=False)
-                + "\n").encode("utf-8")
 
 
 def _strings(value: Any, key: str, *, where: str) -> tuple[str, ...] | None:
@@ -151,6 +148,7 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> UserIds | 
     return None if gid is None else UserIds(uid, gid)
 
 
-def runtime_json(runtime: RuntimeConfig, passwd: str | None,
-                 group: str | None) -> Mapping[str, Any]:
-    return runtime.to_json(resolve_user(runtime.user, passwd, group))
+def render_runtime(runtime: Mapping[str, Any]) -> bytes:
+    """The in-image file (``config_path``): ``to_json``'s object, indented, final newline."""
+    return (json.dumps(runtime, indent=2, sort_keys=True, ensure_ascii=False)
+            + "\n").encode("utf-8")

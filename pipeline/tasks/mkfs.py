@@ -118,7 +118,12 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     from pipeline.tasks.runtime import runtime_config
 
-    runtime = runtime_config(ctx, image, flat)
+    # The image's own layers' flat image (without the config_path file) holds its passwd.
+    layers_flat = ctx.cache.flat_root / chain_key(image.layer_chain)
+    if not (layers_flat / HEADER_NAME).is_file():
+        raise Ext4Error(f"image {image.name!r}: the flat image {str(layers_flat)!r} of its "
+                        f"layers is missing; run `doit flatten:{image.name}` first")
+    runtime = runtime_config(ctx, image, layers_flat)
     if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
             and _sha256(output) == old.get("sha256")):
         _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
@@ -133,7 +138,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     seed = build_key({"chain": content, "options": image.spec.ext4.to_dict()})
     from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
-    chain = [str(layer.digest) for layer in image.resolved.layers]
+    chain = list(image.chain)
     # Its Python half holds the GIL: beside another job, a worker process runs it.
     result = ctx.run_job(image_job, ctx.cache, chain, flat, output, image.spec.ext4,
                          seed, dict(tools))

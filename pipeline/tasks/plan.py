@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.base.digest import Digest
 from pipeline.flat.image import chain_key
+from pipeline.layers.configfile import config_layer_key
 from pipeline.oci.localref import LocalRef
 from pipeline.oci.resolved import LayerRef, ResolvedImage
 from pipeline.project.config import ImageSpec, Manifest
@@ -40,9 +42,24 @@ class ImagePlan:
         return self.entry.resolved
 
     @property
-    def chain(self) -> tuple[str, ...]:
-        """Layer digests, oldest first."""
+    def layer_chain(self) -> tuple[str, ...]:
+        """The image's layer digests, oldest first."""
         return tuple(str(layer.digest) for layer in self.resolved.layers)
+
+    @property
+    def config_layer(self) -> Digest | None:
+        """The key of the ``config_path`` file's layer store, when the image has one."""
+        if self.spec.config_path is None:
+            return None
+        return config_layer_key(self.resolved.config.digest, self.layer_chain,
+                                self.spec.config_path)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """What the flat image and the ext4 are made of: the layers, oldest first, then the
+        ``config_path`` file's layer if there is one."""
+        extra = self.config_layer
+        return self.layer_chain + ((str(extra),) if extra is not None else ())
 
     @property
     def chain_key(self) -> str:

@@ -4,6 +4,8 @@ through the image's own /etc/passwd and /etc/group (parsing tables, then end to 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,8 @@ def test_out_json_holds_the_runtime_config_with_the_user_resolved_through_passwd
     project.mkdir()
     (project / "images.toml").write_text(
         f'[images.app]\nref = "{registry.host}/{repo}:v1"\n'
+        f'[images.plain]\nref = "{registry.host}/{repo}:v1"\n'
+        'config_path = "/etc/rootfs/config.json"\n'
         f'[images.linked]\nref = "{registry.host}/{repo}:linked"\n')
     run_doit(project).check()
     record = json.loads((project / "out/app.json").read_text())
@@ -73,3 +77,52 @@ def test_out_json_holds_the_runtime_config_with_the_user_resolved_through_passwd
         "stop_signal": "SIGTERM"}
     linked_record = json.loads((project / "out/linked.json").read_text())
     assert (linked_record["runtime"]["uid"], linked_record["runtime"]["gid"]) == (None, None)
+
+    # config_path: the same object as a root-owned 0644 file in the image; /etc keeps its
+    # metadata, the new /etc/rootfs is a plain root directory; the option keys the image.
+    image = str(project / "out/plain.ext4")
+    assert json.loads(debugfs(image, "cat /etc/rootfs/config.json")) == record["runtime"]
+    stat = debugfs(image, "stat /etc/rootfs/config.json")
+    assert re.search(r"Mode:\s+0644", stat) and re.search(r"User:\s+0\s+Group:\s+0", stat)
+    assert re.search(r"Mode:\s+0755", debugfs(image, "stat /etc/rootfs"))
+    plain = json.loads((project / "out/plain.json").read_text())
+    assert plain["chain"] != record["chain"] and plain["runtime"] == record["runtime"]
+    assert run_doit(project).check().ran == []
+
+
+def debugfs(image: str, command: str) -> str:
+    done = subprocess.run(["debugfs", "-R", command, image], capture_output=True, text=True,
+                          check=True)
+    return done.stdout
+
+
+BAD_PATHS = {
+    "relative": ("etc/config.json", "must be an absolute path"),
+    "dot-dot": ("/etc/../../x", "must be normalised"),
+    "trailing-slash": ("/etc/rootfs/", "must be normalised"),
+    "root": ("/", "must be normalised"),
+    "control": ("/etc/\x1b[2Jx", "holds a control character"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PATHS))
+def test_a_bad_config_path_is_refused_in_images_toml(case: str, tmp_path: Path) -> None:
+    from pipeline.errors import ManifestError
+    from pipeline.project.config import parse_manifest
+
+    value, reason = BAD_PATHS[case]
+    text = f'[images.a]\nref = "alpine:3.20"\nconfig_path = {json.dumps(value)}\n'
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, tmp_path / "images.toml")
+    assert reason in str(caught.value) and "config_path" in str(caught.value)
+    assert "\x1b" not in str(caught.value)
+
+
+def test_local_references_are_accepted_in_images_toml(tmp_path: Path) -> None:
+    from pipeline.oci.localref import LocalRef
+    from pipeline.project.config import parse_manifest
+
+    text = '[images.a]\nref = "oci-archive:build/app.tar:v1"\n'
+    spec = parse_manifest(text, tmp_path / "images.toml").images[0]
+    assert spec.ref == LocalRef("oci-archive", "build/app.tar", "v1")
+    assert spec.ref.location(tmp_path) == tmp_path / "build/app.tar"
