@@ -110,15 +110,20 @@ def test_an_oci_archive_and_its_layout_directory_resolve_alike(tmp_path: Path) -
         assert reader.read() == img.layers[0].data
 
 
+@pytest.mark.parametrize(("compression", "media_type"), [
+    ("none", "application/vnd.docker.image.rootfs.diff.tar"),
+    ("gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+    ("zstd", "application/vnd.docker.image.rootfs.diff.tar.zstd")])
 def test_a_classic_docker_archive_makes_its_manifest_from_the_layer_files(
-        tmp_path: Path) -> None:
-    img = image("none")
+        tmp_path: Path, compression: str, media_type: str) -> None:
+    img = image(compression)
     (tmp_path / "d.tar").write_bytes(tar_bytes(classic_members(img)))
     ref = parse_local_reference("docker-archive:d.tar:example.com/app:v1")
     resolved = resolve_local(ref, tmp_path, AMD64)
     layer = resolved.layers[0]
-    assert (str(layer.digest), str(layer.diff_id)) == (img.layers[0].digest,) * 2
-    assert layer.media_type == "application/vnd.docker.image.rootfs.diff.tar"
+    assert (str(layer.digest), str(layer.diff_id)) == (img.layers[0].digest,
+                                                       img.layers[0].diff_id)
+    assert layer.media_type == media_type
     assert probe_local(ref, tmp_path) == resolved.identity
     with open_blob(ref, tmp_path, layer.digest, layer.size) as reader:
         assert reader.read() == img.layers[0].data
@@ -246,3 +251,29 @@ def test_bad_local_references_say_why(case: str) -> None:
         parse_local_reference(text)
     assert reason in str(caught.value)
     assert "\x1b" not in str(caught.value)
+
+
+def test_a_docker_25_archive_is_read_through_the_oci_layout_inside_it(tmp_path: Path) -> None:
+    # Docker 25+ (containerd image store) writes an OCI layout plus a manifest.json whose
+    # names are blobs/sha256/<hex>; the image is named by io.containerd.image.name.
+    img = image("gzip")
+    members = layout_members(img)
+    index = json.loads(members["index.json"])
+    index["manifests"][0]["annotations"] = {
+        "io.containerd.image.name": "docker.io/library/app:1.0",
+        "org.opencontainers.image.ref.name": "1.0"}
+    members["index.json"] = json.dumps(index).encode()
+    members["manifest.json"] = json.dumps([{
+        "Config": f"blobs/sha256/{hexof(img.config.digest)}", "RepoTags": ["app:1.0"],
+        "Layers": [f"blobs/sha256/{hexof(img.layers[0].digest)}"]}]).encode()
+    (tmp_path / "d.tar").write_bytes(tar_bytes(members))
+    ref = parse_local_reference("docker-archive:d.tar:app:1.0")
+    resolved = resolve_local(ref, tmp_path, AMD64)
+    assert (str(resolved.manifest_digest), str(resolved.identity)) == (img.digest, img.digest)
+    assert [str(layer.digest) for layer in resolved.layers] == [img.layers[0].digest]
+    assert resolved.layers[0].media_type == img.layers[0].media_type
+    with pytest.raises(LocalSourceError) as caught:
+        resolve_local(parse_local_reference("docker-archive:d.tar:app:2.0"), tmp_path, AMD64)
+    assert str(caught.value) == ("docker-archive:d.tar:docker.io/library/app:2.0 has no image "
+                                 "tagged 'docker.io/library/app:2.0' (tags: "
+                                 "'docker.io/library/app:1.0')")
