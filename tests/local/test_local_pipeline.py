@@ -143,3 +143,18 @@ def test_a_derived_image_is_byte_identical_from_a_docker_archive_too(
                             str(world.project / "out/configured.ext4")],
                            capture_output=True, text=True, check=True).stdout
     assert json.loads(shown) == configured["runtime"]
+
+
+def test_a_lost_cache_is_refilled_from_the_local_sources_alone(world: World) -> None:
+    refs = export(world, "a")
+    write_manifest(world, refs)
+    run_doit(world.project).check()
+    before = {name: sha256_file(world.project / f"out/{name}.ext4") for name in refs}
+    shutil.rmtree(world.project / ".cache")
+    shutil.rmtree(world.project / "out")
+    # The committed lock is current, so nothing is resolved; blobs and configs are copied
+    # (verified) from the layout and archives, never asked of a registry.
+    again = run_doit(world.project, "frozen=1", audit=True).check()
+    assert not [t for t in again.ran if t.startswith("resolve:")]
+    assert again.connects == []
+    assert {name: sha256_file(world.project / f"out/{name}.ext4") for name in refs} == before
