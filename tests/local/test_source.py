@@ -277,3 +277,20 @@ def test_a_docker_25_archive_is_read_through_the_oci_layout_inside_it(tmp_path: 
     assert str(caught.value) == ("docker-archive:d.tar:docker.io/library/app:2.0 has no image "
                                  "tagged 'docker.io/library/app:2.0' (tags: "
                                  "'docker.io/library/app:1.0')")
+
+
+def test_a_local_lock_entry_round_trips_and_a_forged_source_is_refused(
+        tmp_path: Path) -> None:
+    from pipeline.errors import LockError
+    from pipeline.oci.resolved import ResolvedImage
+
+    (tmp_path / "img.tar").write_bytes(tar_bytes(layout_members(image())))
+    resolved = resolve_local(parse_local_reference("oci-archive:img.tar:v1"), tmp_path, AMD64)
+    data = json.loads(json.dumps(resolved.to_json()))
+    assert data["source"] == {"kind": "oci-archive", "path": "img.tar",
+                              "identity": str(resolved.identity)}
+    assert "registry" not in data and ResolvedImage.from_json(data) == resolved
+    data["source"]["path"] = "/etc/other.tar"
+    with pytest.raises(LockError) as caught:
+        ResolvedImage.from_json(data)
+    assert "'source' kind and path disagree with 'ref'" in str(caught.value)
