@@ -160,6 +160,8 @@ def _index(f: BinaryIO, where: str) -> tuple[dict[str, MemberSlice], set[str]]:
             if count > MAX_MEMBERS:
                 raise LocalSourceError(f"{where} has more than {MAX_MEMBERS} members; "
                                        "refusing it as an image archive")
+            if info.isdir() and info.name.strip("./") == "":
+                continue  # "./": `tar -C layout -cf image.tar .` writes the root first
             name = normalise_member(info.name, where=f"{where} member")
             if name in files or name in others:
                 raise LocalSourceError(f"{where} holds {name!r} twice; refusing an ambiguous "

@@ -63,7 +63,8 @@ def _top(ref: LocalRef, files: SourceFiles, where: str) -> tuple[Digest, str, in
     found = layout.select_top(index, tag=ref.tag, digest=ref.digest,
                               docker=ref.kind == DOCKER_ARCHIVE, where=where)
     if found is None:
-        assert ref.digest is not None
+        if ref.digest is None:
+            raise AssertionError("internal error: select_top found nothing for a tag")
         return ref.digest, "", None
     return found.digest, found.media_type, found.size
 

@@ -294,3 +294,16 @@ def test_a_local_lock_entry_round_trips_and_a_forged_source_is_refused(
     with pytest.raises(LockError) as caught:
         ResolvedImage.from_json(data)
     assert "'source' kind and path disagree with 'ref'" in str(caught.value)
+
+
+def test_an_oci_archive_made_with_tar_from_a_layout_directory_reads(tmp_path: Path) -> None:
+    # `tar -C layout -cf image.tar .` names every member ./x and starts with ./ itself.
+    img = image()
+    layout = tmp_path / "layout"
+    for name, data in layout_members(img).items():
+        (layout / name).parent.mkdir(parents=True, exist_ok=True)
+        (layout / name).write_bytes(data)
+    with tarfile.open(tmp_path / "image.tar", "w") as tar:
+        tar.add(layout, arcname=".")
+    resolved = resolve_local(parse_local_reference("oci-archive:image.tar:v1"), tmp_path, AMD64)
+    assert str(resolved.manifest_digest) == img.digest
