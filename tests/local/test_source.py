@@ -307,3 +307,31 @@ def test_an_oci_archive_made_with_tar_from_a_layout_directory_reads(tmp_path: Pa
         tar.add(layout, arcname=".")
     resolved = resolve_local(parse_local_reference("oci-archive:image.tar:v1"), tmp_path, AMD64)
     assert str(resolved.manifest_digest) == img.digest
+
+
+def test_an_index_in_a_layout_is_resolved_to_the_platform_as_for_a_registry(
+        tmp_path: Path) -> None:
+    from pipeline.errors import PlatformNotFound
+    from tests.harness.images import make_index
+
+    amd = make_image([make_layer([file("arch", b"amd64\n")])], architecture="amd64")
+    arm = make_image([make_layer([file("arch", b"arm64\n")])], architecture="arm64")
+    index = make_index([amd, arm], attestation=True)
+    members = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+               "index.json": json.dumps({"schemaVersion": 2, "manifests": [{
+                   "mediaType": index.media_type, "digest": index.digest,
+                   "size": len(index.manifest),
+                   "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}).encode(),
+               f"blobs/sha256/{hexof(index.digest)}": index.manifest}
+    for img in (amd, arm, *index.attestations):
+        members[f"blobs/sha256/{hexof(img.digest)}"] = img.manifest
+        for blob in (img.config, *img.layers):
+            members[f"blobs/sha256/{hexof(blob.digest)}"] = blob.data
+    (tmp_path / "multi.tar").write_bytes(tar_bytes(members))
+    ref = parse_local_reference("oci-archive:multi.tar:v1")
+    got = resolve_local(ref, tmp_path, parse_platform("linux/arm64"))
+    assert (str(got.index_digest), str(got.manifest_digest)) == (index.digest, arm.digest)
+    assert str(got.identity) == index.digest and str(got.platform) == "linux/arm64"
+    with pytest.raises(PlatformNotFound) as caught:
+        resolve_local(ref, tmp_path, parse_platform("linux/riscv64"))
+    assert "linux/amd64, linux/arm64" in str(caught.value)
