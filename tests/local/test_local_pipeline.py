@@ -24,6 +24,7 @@ from tests.harness.doitrun import (
 )
 from tests.harness.images import dir, file, make_layer
 from tests.harness.registry import Registry
+from tests.tasks.test_tasks import HEAVY_MODULES
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +91,9 @@ def test_an_unchanged_source_reads_no_blob_and_a_changed_one_is_resolved_and_reb
     # The layout's index.json is read to see it still names the image; no blob is opened.
     assert [Path(p).name for p in noop.opened(world.project / "layout")] == [
         "oci-layout", "index.json"]
+    # Nor is anything a working step needs imported: no network client, no builder.
+    assert [m for m in noop.modules if m.split(".")[0] in HEAVY_MODULES
+            or m in HEAVY_MODULES] == []
     assert run_doit(world.project, "frozen=1").check().ran == []
     update = run_doit(world.project, "update").check()
     assert update.ran == ["update"] and lock.read_bytes() == locked
