@@ -54,16 +54,21 @@ def _say(message: str) -> None:
 
 
 def _disk_bytes(path: Path) -> int:
-    """Bytes allocated on disk under ``path`` (st_blocks: sparse files count what they use)."""
+    """Bytes allocated on disk under ``path`` (st_blocks: sparse files count what they
+    use; a hard-linked file counts once, as flat images link the layer stores' files)."""
     if path.is_file():
         return path.stat().st_blocks * 512
     total = 0
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                st = os.lstat(os.path.join(root, name))
             except OSError:
                 continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
     return total
 
 

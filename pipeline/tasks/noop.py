@@ -51,6 +51,7 @@ import structlog
 
 import pipeline
 from pipeline.base.files import file_stamp, remove_path, write_atomic
+from pipeline.errors import PipelineError
 from pipeline.project.buildrecord import record_path_for
 from pipeline.project.lockfile import read_lock
 from pipeline.tasks.context import RunContext
@@ -239,15 +240,17 @@ def unchanged(ctx: RunContext, tools_of: Any) -> NoopStamp | None:
 def write_stamp(ctx: RunContext, tasks: int, tools_of: Any) -> None:
     """Record the current state as one in which the full graph has nothing to do."""
     started = time.monotonic()
-    files = []
-    for p in _watched(ctx):
-        stamp = file_stamp(p)
-        files.append([str(p), *(stamp if stamp is not None else (None, None))])
-    data = {"format": _FORMAT, "key": state_key(ctx, tools_of(ctx.cache.root)),
-            "tasks": tasks, "images": len(ctx.manifest.images), "files": files}
     try:
+        files = []
+        for p in _watched(ctx):
+            stamp = file_stamp(p)
+            files.append([str(p), *(stamp if stamp is not None else (None, None))])
+        data = {"format": _FORMAT, "key": state_key(ctx, tools_of(ctx.cache.root)),
+                "tasks": tasks, "images": len(ctx.manifest.images), "files": files}
         write_atomic(_stamp_path(ctx), json.dumps(data, separators=(",", ":")).encode())
-    except OSError as err:  # only a cache: the next run takes the full graph
+    except (OSError, PipelineError) as err:
+        # Only a cache (a lock or a tool that went bad after the run is reported by
+        # the next one): the next run takes the full graph.
         log.debug("noop.not_stamped", error=str(err))
         return
     log.debug("noop.stamped", files=len(files), seconds=round(time.monotonic() - started, 3))

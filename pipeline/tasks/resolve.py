@@ -35,7 +35,7 @@ import structlog
 from pipeline.errors import LockError, PipelineError
 from pipeline.oci.resolved import ResolvedImage
 from pipeline.project.config import ImageSpec
-from pipeline.project.lockfile import LockEntry, read_lock, update_lock
+from pipeline.project.lockfile import LockEntry, lock_entry, read_lock, update_lock
 from pipeline.registry.sources import Source
 from pipeline.tasks.context import RunContext
 
@@ -58,7 +58,7 @@ def resolve_config(spec: ImageSpec) -> dict[str, Any]:
 
 def lock_is_current(lock_path: Path, name: str, ref: str, platform: str) -> bool:
     """doit uptodate: the lock's entry for ``name`` was resolved from ``ref`` and ``platform``."""
-    entry = read_lock(lock_path).get(name)
+    entry = lock_entry(lock_path, name)
     return entry is not None and entry.matches(ref, platform)
 
 
