@@ -14,7 +14,7 @@ repository) of the images that use it, in manifest order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.flat.image import chain_key
 from pipeline.oci.resolved import LayerRef, ResolvedImage
@@ -28,6 +28,15 @@ __all__ = ["ImagePlan", "LayerPlan", "RunPlan", "plan_run", "current_entry"]
 class ImagePlan:
     spec: ImageSpec
     entry: LockEntry
+    chain: tuple[str, ...] = field(init=False)
+    """Layer digests, oldest first."""
+    chain_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: every task creator of the image asks for them.
+        chain = tuple(str(layer.digest) for layer in self.entry.resolved.layers)
+        object.__setattr__(self, "chain", chain)
+        object.__setattr__(self, "chain_key", chain_key(chain))
 
     @property
     def name(self) -> str:
@@ -36,15 +45,6 @@ class ImagePlan:
     @property
     def resolved(self) -> ResolvedImage:
         return self.entry.resolved
-
-    @property
-    def chain(self) -> tuple[str, ...]:
-        """Layer digests, oldest first."""
-        return tuple(str(layer.digest) for layer in self.resolved.layers)
-
-    @property
-    def chain_key(self) -> str:
-        return chain_key(self.chain)
 
 
 @dataclass(frozen=True, slots=True)
