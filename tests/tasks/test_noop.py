@@ -57,6 +57,7 @@ def _events(run, event: str) -> list[dict]:  # type: ignore[no-untyped-def,type-
     return [e for e in run.events if e.get("event") == event]
 
 
+@pytest.mark.slow
 def test_a_stamped_no_op_still_lists_and_builds_single_tasks(registry: Registry, repo: str,
                                                              tmp_path: Path) -> None:
     world = make_world(registry, repo, tmp_path, names="ab")
