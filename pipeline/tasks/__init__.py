@@ -36,6 +36,13 @@ beside one another go to a small process pool (``workers``), so they use
 both cores instead of one GIL; a run with nothing to do imports neither the
 registry client nor any builder.
 
+A plain ``doit`` (the default tasks, no task names) first asks ``noop``
+whether its stamp still matches: when the manifest, the lock, the tools,
+the code, doit's database and every watched file are as a run without
+failures left them, no per-image task is created at all and the run ends
+at once (``run.unchanged``); otherwise the graph is built as above and the
+stamp is written again when the run succeeds.
+
 Errors while loading (bad manifest, stale lock in frozen mode, another run
 on the same cache) become doit's one-line ``ERROR: ...`` and exit code 3.
 """
