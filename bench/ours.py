@@ -84,9 +84,12 @@ class Ours:
             raise RuntimeError(f"{self.doit} is missing: install the package into the venv "
                                "that runs the bench (pip install -e .)")
 
-    def build(self, directory: Path, *, profile: Path | None = None) -> OursRun:
-        """Run doit in ``directory`` (its images.toml must exist)."""
-        argv = [str(self.doit), "-f", str(_REPO_ROOT / "dodo.py"), "-d", str(directory)]
+    def build(self, directory: Path, *, profile: Path | None = None,
+              command: Sequence[str] = ()) -> OursRun:
+        """Run doit in ``directory`` (its images.toml must exist); ``command`` is what
+        comes first on doit's command line (e.g. ``["list"]``), nothing for a build."""
+        argv = [str(self.doit), *command, "-f", str(_REPO_ROOT / "dodo.py"), "-d",
+                str(directory)]
         if profile is not None:
             # --idle: waits (on mkfs.ext4, locks, the network) are most of a
             # pipeline's wall time and must show where they happen.

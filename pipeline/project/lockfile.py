@@ -41,7 +41,8 @@ from pipeline.base.files import write_atomic
 from pipeline.errors import LockError, PipelineError
 from pipeline.oci.resolved import ResolvedImage
 
-__all__ = ["LOCK_VERSION", "LockEntry", "read_lock", "render_lock", "update_lock"]
+__all__ = ["LOCK_VERSION", "LockEntry", "read_lock", "lock_entry", "render_lock",
+           "update_lock"]
 
 LOCK_VERSION = 1
 # A lock for hundreds of images is well under this; more means a wrong file.
@@ -116,13 +117,24 @@ def read_lock(path: Path) -> dict[str, LockEntry]:
     Parsed once per change of the file (mtime, size, inode): task creators and
     up-to-date checks call this many times per run.
     """
+    return dict(_entries(path))
+
+
+def lock_entry(path: Path, name: str) -> LockEntry | None:
+    """The entry of image ``name`` in the lock at ``path``, without copying the others
+    (one up-to-date check per image: a copy each would cost the square of the images)."""
+    return _entries(path).get(name)
+
+
+def _entries(path: Path) -> Mapping[str, LockEntry]:
+    """The parsed entries, shared: callers must not change them."""
     path = Path(os.path.abspath(path))
     key = _stat_key(path)
     if key is None:
         return {}
     cached = _cache.get(path)
     if cached is not None and cached[0] == key:
-        return dict(cached[1])
+        return cached[1]
     try:
         with open(path, "rb") as f:
             raw = f.read(LOCK_MAX_BYTES + 1)
@@ -136,7 +148,7 @@ def read_lock(path: Path) -> dict[str, LockEntry]:
         raise LockError(f"{path}: not UTF-8; delete it and run `doit` to resolve again") from None
     entries = _parse(path, text)
     _cache[path] = (key, entries)
-    return dict(entries)
+    return entries
 
 
 def render_lock(entries: Mapping[str, LockEntry]) -> str:

@@ -38,6 +38,13 @@ beside one another go to a small process pool (``workers``), so they use
 both cores instead of one GIL; a run with nothing to do imports neither the
 registry client nor any builder.
 
+A plain ``doit`` (the default tasks, no task names) first asks ``noop``
+whether its stamp still matches: when the manifest, the lock, the tools,
+the code, doit's database and every watched file are as a run without
+failures left them, no per-image task is created at all and the run ends
+at once (``run.unchanged``); otherwise the graph is built as above and the
+stamp is written again when the run succeeds.
+
 Errors while loading (bad manifest, stale lock in frozen mode, another run
 on the same cache) become doit's one-line ``ERROR: ...`` and exit code 3.
 """
@@ -45,11 +52,14 @@ on the same cache) become doit's one-line ``ERROR: ...`` and exit code 3.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 from doit import create_after, get_var
 from doit.exceptions import InvalidDodoFile
 
@@ -64,7 +74,8 @@ from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
-from pipeline.tasks.plan import plan_run
+from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
+from pipeline.tasks.plan import RunPlan, plan_run
 from pipeline.tasks.reporter import PipelineReporter
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
@@ -78,6 +89,8 @@ MANIFEST_VAR = "ROOTFS_MANIFEST"
 FROZEN_VAR = "ROOTFS_FROZEN"
 DB_NAME = "doit.db"
 _TRUE = ("1", "true", "yes", "on")
+
+log = structlog.get_logger("pipeline.run")
 
 
 def _setting(var: str, env: str, environ: os._Environ[str] | dict[str, str]) -> str | None:
@@ -98,9 +111,10 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
     return RunContext(manifest=loaded, terminal=terminal or Terminal(sys.stderr), frozen=frozen)
 
 
-def build_tasks(ctx: RunContext) -> Any:
-    """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
-    plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
+def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
+    """All tasks made from the lock file (or ``plan``): fetch-blob, unpack, flatten, mkfs."""
+    if plan is None:
+        plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
     tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
@@ -125,8 +139,19 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The dodo namespace for the manifest: ``DOIT_CONFIG`` and the ``task_*`` creators."""
+# A plain run whose stamp matches creates only the (empty) family groups.
+_NOTHING = RunPlan(images=(), layers=(), unresolved=())
+
+
+def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
+                  argv: list[str] | None = None) -> dict[str, Any]:
+    """The dodo namespace for the manifest: ``DOIT_CONFIG`` and the ``task_*`` creators.
+
+    ``argv`` is doit's command line (default ``sys.argv[1:]``): a plain run
+    (default tasks, no task names) may skip the whole graph (``noop``).
+    """
+    skipped: NoopStamp | None = None
+    plain = False
     try:
         terminal = Terminal(sys.stderr)
         mode = choose_mode(get_var("log"), os.environ, sys.stderr)
@@ -138,6 +163,13 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)
+        plain = plain_run(sys.argv[1:] if argv is None else argv)
+        if plain:
+            started = time.monotonic()
+            skipped = unchanged(ctx, cached_tool_versions)
+            if skipped is not None:
+                log.info("run.unchanged", images=skipped.images, tasks=skipped.tasks,
+                         seconds=round(time.monotonic() - started, 3))
     except PipelineError as err:
         # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3; anything
         # else is a bug and keeps its traceback.
@@ -146,13 +178,15 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
 
     def task_resolve() -> Any:
         """Resolve image references into the lock file."""
-        yield from resolve_tasks(ctx)
+        tasks = resolve_tasks(ctx)
+        # Nothing changed: the family's group task alone (the default tasks name it).
+        yield from itertools.islice(tasks, 1) if skipped is not None else tasks
 
     @create_after(executed="resolve")  # type: ignore[untyped-decorator]  # doit is untyped
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:
-            yield from build_tasks(ctx)
+            yield from build_tasks(ctx, _NOTHING if skipped is not None else None)
         except PipelineError as err:
             raise InvalidDodoFile(str(err)) from None
 
@@ -164,5 +198,9 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         """Remove cache entries no image references."""
         return gc_task(ctx)
 
-    return {"DOIT_CONFIG": doit_config(ctx), "task_resolve": task_resolve,
+    config = doit_config(ctx)
+    if plain:
+        config["reporter"] = stamping_reporter(ctx, cached_tool_versions, skipped=skipped,
+                                               base=config["reporter"])
+    return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
             "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc}

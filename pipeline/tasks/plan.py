@@ -15,7 +15,7 @@ layout or archive that holds it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.base.digest import Digest
 from pipeline.flat.image import chain_key
@@ -32,6 +32,17 @@ __all__ = ["ImagePlan", "LayerPlan", "RunPlan", "plan_run", "current_entry"]
 class ImagePlan:
     spec: ImageSpec
     entry: LockEntry
+    chain: tuple[str, ...] = field(init=False)
+    """What the flat image and the ext4 are made of: the layers, oldest first, then the
+    ``config_path`` file's layer if there is one."""
+    chain_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: every task creator of the image asks for them.
+        extra = self.config_layer
+        chain = self.layer_chain + ((str(extra),) if extra is not None else ())
+        object.__setattr__(self, "chain", chain)
+        object.__setattr__(self, "chain_key", chain_key(chain))
 
     @property
     def name(self) -> str:
@@ -53,17 +64,6 @@ class ImagePlan:
             return None
         return config_layer_key(self.resolved.config.digest, self.layer_chain,
                                 self.spec.config_path)
-
-    @property
-    def chain(self) -> tuple[str, ...]:
-        """What the flat image and the ext4 are made of: the layers, oldest first, then the
-        ``config_path`` file's layer if there is one."""
-        extra = self.config_layer
-        return self.layer_chain + ((str(extra),) if extra is not None else ())
-
-    @property
-    def chain_key(self) -> str:
-        return chain_key(self.chain)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from pipeline.errors import LockError, PipelineError
 from pipeline.oci.localref import LocalRef
 from pipeline.oci.resolved import ResolvedImage
 from pipeline.project.config import ImageSpec
-from pipeline.project.lockfile import LockEntry, read_lock, update_lock
+from pipeline.project.lockfile import LockEntry, lock_entry, read_lock, update_lock
 from pipeline.registry.sources import Source
 from pipeline.tasks.context import RunContext
 
@@ -69,7 +69,7 @@ def lock_is_current(lock_path: Path, name: str, ref: str, platform: str,
                     base: Path | None = None) -> bool:
     """doit uptodate: the lock's entry for ``name`` was resolved from ``ref`` and ``platform``
     (and, for a local source under ``base``, the source still holds that image)."""
-    entry = read_lock(lock_path).get(name)
+    entry = lock_entry(lock_path, name)
     if entry is None or not entry.matches(ref, platform):
         return False
     return base is None or local_unchanged(entry.resolved, base)

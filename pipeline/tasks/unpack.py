@@ -62,6 +62,7 @@ def unpack_tasks(ctx: RunContext, plan: RunPlan,
                  limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield group("unpack every layer into a content store (once per layer digest)",
                 basename="unpack")
+    layers_root = ctx.cache.layers_root  # a new Path per access: once, not per layer
     for layer_plan in plan.layers:
         layer = layer_plan.layer
         name = f"unpack:{layer.digest}"
@@ -73,8 +74,8 @@ def unpack_tasks(ctx: RunContext, plan: RunPlan,
                                images=layer_plan.images, digest=str(layer.digest))],
             "task_dep": [f"fetch-blob:{layer.digest}"],
             "uptodate": [config_changed(unpack_config(layer, limits)),
-                         (layer_finished, [ctx.cache.layers_root, layer], {})],
-            "clean": [(remove_path, [LayerStore.path_for(ctx.cache.layers_root, layer.digest)])],
+                         (layer_finished, [layers_root, layer], {})],
+            "clean": [(remove_path, [LayerStore.path_for(layers_root, layer.digest)])],
             "io": IO,
             "meta": {"images": list(layer_plan.images)},
         }
