@@ -18,7 +18,8 @@ Two fields serve the pipeline itself:
   were made is decided by the layers, so ``ext4_key`` already covers it);
 - ``ext4_stamp``: (size, mtime_ns) of the ext4 file when the record was
   written. A matching stamp shows the file is the one the record describes
-  without reading gigabytes; a rewrite or truncation changes it. The inode
+  without reading gigabytes; a rewrite or truncation changes it (compared
+  at the precision the file's mtime kept: ``files.stamp_matches``). The inode
   is left out on purpose: restoring ``out/`` from a CI cache gives new
   inodes but keeps times, and must not force a rebuild. When the stamp does
   not match, the mkfs step compares the file's sha256 with the record before
@@ -38,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.base.files import Stamp, file_stamp, write_atomic
+from pipeline.base.files import Stamp, file_stamp, stamp_matches, write_atomic
 
 __all__ = ["RECORD_VERSION", "BuildRecord", "build_key", "describes", "file_stamp", "now_utc",
            "read_record", "record_path_for", "write_record"]
@@ -129,5 +130,4 @@ def describes(record: Mapping[str, Any] | None, output: Path, key: str) -> bool:
     """True when ``record`` was written for build ``key`` and ``output`` is still that file."""
     if record is None or record.get("build_key") != key:
         return False
-    stamp = file_stamp(output)
-    return stamp is not None and list(stamp) == record.get("ext4_stamp")
+    return stamp_matches(record.get("ext4_stamp"), file_stamp(output))
