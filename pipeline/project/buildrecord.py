@@ -3,8 +3,9 @@
 Written beside ``out/<name>.ext4`` after every build, atomically, with
 sorted keys. It records the reference as written and as resolved (index,
 manifest and config digests), the platform, the layers, the chain key, the
-ext4 options, the image size and sha256, the e2fsprogs versions and the
-build time, so that anyone holding only the output can tell what is in it.
+ext4 options, the image size and sha256, the e2fsprogs versions, the version
+of the pipeline that built it and the build time, so that anyone holding only
+the output can tell what is in it.
 
 Two fields serve the pipeline itself:
 
@@ -81,6 +82,9 @@ class BuildRecord:
     derived_from: str | None = None
     """Key of the cached base image (``<cache_dir>/base/<key>``) the image was derived
     from, or None for a full build."""
+    pipeline_version: str = ""
+    """The rootfs-pipeline version that wrote the record (informative: it does not
+    key the build, so an upgrade does not rebuild every image)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,7 @@ class BuildRecord:
             "ext4_stamp": list(self.ext4_stamp),
             "built_at": self.built_at,
             "derived_from": self.derived_from,
+            "pipeline_version": self.pipeline_version,
         }
 
 

@@ -28,7 +28,9 @@ fetch-blob, unpack, flatten and mkfs are created by one creator after the
 resolve tasks ran (doit ``create_after``), from the lock file only: a
 changed reference is resolved and built in the same run, and ``doit
 list``/``info``/``clean``/``forget`` need no network. The creator is
-``task_mkfs``, so ``doit mkfs:<image>`` builds one image.
+``task_mkfs``, so ``doit mkfs:<image>`` builds one image, and
+``mkfs:<image>`` is a name another dodo file's ``task_dep`` may use
+(``delayed``).
 
 Where the time goes: a fetch of a layer whose store is missing unpacks the
 bytes as they arrive (``overlap``); flatten and mkfs jobs that would run
@@ -48,7 +50,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from doit import create_after, get_var
+from doit import get_var
 from doit.exceptions import InvalidDodoFile
 
 from pipeline.base.log import choose_level, choose_mode, configure_logging
@@ -58,6 +60,7 @@ from pipeline.project.config import load_manifest
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
 from pipeline.tasks.context import RunContext
+from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
@@ -146,7 +149,8 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         """Resolve image references into the lock file."""
         yield from resolve_tasks(ctx)
 
-    @create_after(executed="resolve")  # type: ignore[untyped-decorator]  # doit is untyped
+    # mkfs:<image> exists for any task_dep before the creator runs (tasks.delayed).
+    @create_after_named("resolve", "mkfs", (image.name for image in ctx.manifest.images))
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:

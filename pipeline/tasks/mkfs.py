@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 from doit.tools import config_changed
 
+from pipeline import __version__
 from pipeline.base.files import TEMP_PREFIX
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
@@ -143,7 +144,8 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
-        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from))
+        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from,
+        pipeline_version=__version__))
 
 
 def mkfs_tasks(ctx: RunContext, plan: RunPlan,

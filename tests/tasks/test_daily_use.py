@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.doitrun import World, make_world, run_doit
+import pipeline
+from pipeline.cli import HINT
+from tests.harness.doitrun import World, make_world, run_doit, run_plain_doit, run_rootfs
 from tests.harness.registry import Registry
 
 
@@ -39,3 +41,42 @@ def test_a_cache_restored_with_whole_second_mtimes_is_a_no_op(world: World,
     assert noop.opened(restored / ".cache/blobs") == []  # no blob re-hashed
     assert [p for p in noop.opened(restored / "out") if p.endswith(".ext4")] == []
     assert {p.name: p.read_bytes() for p in (restored / "out").glob("*.json")} == records
+
+
+def another_project(world: World, body: str) -> Path:
+    """A dodo.py of another project: the two documented lines, then its own tasks."""
+    (world.project / "dodo.py").write_text(textwrap.dedent("""\
+        from pipeline.tasks import load_pipeline
+        globals().update(load_pipeline())
+        """) + textwrap.dedent(body))
+    return world.project / "dodo.py"
+
+
+def test_another_projects_task_can_depend_on_one_image(world: World) -> None:
+    dodo = another_project(world, """\
+        def task_boot_a():
+            return {"actions": ["cp out/a.ext4 boot-a.ext4"], "task_dep": ["mkfs:a"],
+                    "targets": ["boot-a.ext4"]}
+        """)
+    run = run_doit(world.project, "boot_a", dodo=dodo).check()
+    assert sorted(t for t in run.ran if t.startswith(("mkfs:", "flatten:"))) == [
+        "flatten:a", "mkfs:a"]  # only the image asked for, not b
+    assert (world.project / "boot-a.ext4").read_bytes() == (
+        world.project / "out/a.ext4").read_bytes()
+    assert not (world.project / "out/b.ext4").exists()
+    # list and info still see the real tasks made from the lock.
+    listed = run_doit(world.project, "list", "--all", dodo=dodo).check()
+    assert "flatten:a" in listed.stdout and "mkfs:b" in listed.stdout
+    assert run_doit(world.project, "boot_a", dodo=dodo).check().ran == []
+
+
+def test_rootfs_runs_without_a_dodo_file_and_says_its_version(world: World) -> None:
+    run = run_rootfs(world.project, "mkfs:b").check()
+    assert "mkfs:b" in run.ran and "mkfs:a" not in run.ran
+    record = json.loads((world.project / "out/b.json").read_text())
+    assert record["pipeline_version"] == pipeline.__version__
+    version = run_rootfs(world.project, "--version").check()
+    assert version.stdout.startswith(f"rootfs-pipeline {pipeline.__version__} (doit 0.3")
+    # Plain doit where only images.toml is: doit's own error, now saying what to run.
+    plain = run_plain_doit(world.project)
+    assert plain.returncode == 3 and plain.stderr == f"ERROR: {HINT}\n"
