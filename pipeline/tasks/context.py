@@ -86,7 +86,8 @@ class RunContext:
         self.registries = RegistrySources(
             mirrors={host: settings.mirrors for host, settings
                      in self.manifest.registries.items() if settings.mirrors},
-            insecure_hosts=self.manifest.insecure_hosts)
+            insecure_hosts=self.manifest.insecure_hosts,
+            mirrors_only=self.manifest.mirrors_only_hosts)
 
     @property
     def output_dir(self) -> Path:

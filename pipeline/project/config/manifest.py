@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,12 @@ from pipeline.errors import BadPlatform, ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import ImageRef, parse_reference
-from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
+from pipeline.project.config.environment import (
+    check_host,
+    parse_insecure_env,
+    parse_mirrors_env,
+    parse_mirrors_only_env,
+)
 from pipeline.project.config.source import SourceLines
 
 if sys.version_info >= (3, 11):
@@ -52,7 +57,7 @@ MANIFEST_MAX_BYTES = 1 << 20
 
 TOP_KEYS = ("images", "registries", "settings")
 SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
-REGISTRY_KEYS = ("insecure", "mirrors")
+REGISTRY_KEYS = ("insecure", "mirrors", "mirrors_only")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
 EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
@@ -77,10 +82,12 @@ KNOWN_ARCHITECTURES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mips6
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    """How to reach one registry: plain HTTP allowed, and its mirrors in order."""
+    """How to reach one registry: plain HTTP allowed, its mirrors in order, and whether
+    only they may be asked (air-gapped CI: never fall back to the registry itself)."""
 
     insecure: bool = False
     mirrors: tuple[str, ...] = ()
+    mirrors_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +135,10 @@ class Manifest:
     @property
     def insecure_hosts(self) -> frozenset[str]:
         return frozenset(host for host, reg in self.registries.items() if reg.insecure)
+
+    @property
+    def mirrors_only_hosts(self) -> frozenset[str]:
+        return frozenset(host for host, reg in self.registries.items() if reg.mirrors_only)
 
 
 def lock_path_for(manifest: Path) -> Path:
@@ -242,7 +253,12 @@ def _registries(c: _Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]
             reason = check_host(mirror)
             if reason is not None:
                 raise c.fail(f"mirror {mirror!r}: {reason}", "registries", host, "mirrors")
-        result[host] = RegistrySettings(insecure=insecure, mirrors=tuple(mirrors))
+        only = table.get("mirrors_only", False)
+        if not isinstance(only, bool):
+            raise c.fail(f"`mirrors_only` must be true or false, got {_kind(only)}",
+                         "registries", host, "mirrors_only")
+        result[host] = RegistrySettings(insecure=insecure, mirrors=tuple(mirrors),
+                                        mirrors_only=only)
     return result
 
 
@@ -331,21 +347,25 @@ def parse_manifest(text: str, path: Path, *,
                          "output files would collide", "images", name, image=name)
         images.append(spec)
     if environ is not None:
-        registries = _apply_environment(registries, environ)
+        registries = _apply_environment(registries, environ,
+                                        {spec.ref.registry for spec in images})
     return Manifest(path=path, settings=settings, images=tuple(images), registries=registries)
 
 
-def _apply_environment(registries: dict[str, RegistrySettings],
-                       environ: Mapping[str, str]) -> dict[str, RegistrySettings]:
-    """Environment mirrors go first (a CI cache beats the manifest's), then the manifest's."""
+def _apply_environment(registries: dict[str, RegistrySettings], environ: Mapping[str, str],
+                       used: set[str]) -> dict[str, RegistrySettings]:
+    """Environment mirrors go first (a CI cache beats the manifest's), then the manifest's;
+    ``ROOTFS_MIRRORS_ONLY`` makes the registries it names (or all ``used``) mirrors-only."""
     merged = dict(registries)
     for registry, mirrors in parse_mirrors_env(environ).items():
         current = merged.get(registry, RegistrySettings())
         ordered = tuple(dict.fromkeys(mirrors + current.mirrors))
-        merged[registry] = RegistrySettings(insecure=current.insecure, mirrors=ordered)
+        merged[registry] = replace(current, mirrors=ordered)
     for host in parse_insecure_env(environ):
-        current = merged.get(host, RegistrySettings())
-        merged[host] = RegistrySettings(insecure=True, mirrors=current.mirrors)
+        merged[host] = replace(merged.get(host, RegistrySettings()), insecure=True)
+    only = parse_mirrors_only_env(environ)
+    for host in sorted(used | set(merged)) if only is True else sorted(only or ()):
+        merged[host] = replace(merged.get(host, RegistrySettings()), mirrors_only=True)
     return merged
 
 
