@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from doit.tools import config_changed
 
 from pipeline import __version__
 from pipeline.base.files import TEMP_PREFIX
@@ -50,6 +49,7 @@ from pipeline.project.buildrecord import (
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
+from pipeline.tasks.why import ImageUpToDate
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
            "output_path"]
@@ -166,8 +166,8 @@ def mkfs_tasks(ctx: RunContext, plan: RunPlan,
             "actions": [action(mkfs_step, ctx, image, tools, name=name, images=[image.name])],
             "task_dep": [f"flatten:{image.name}"],
             "targets": [str(output), str(record)],
-            "uptodate": [config_changed(config),
-                         (output_intact, [output, record, build_key(config)], {})],
+            # One check that also says, in `doit info`, why it would rebuild (tasks.why).
+            "uptodate": [ImageUpToDate(config, output, record, build_key(config))],
             "clean": True,
             "io": IO,
             "meta": {"images": [image.name]},

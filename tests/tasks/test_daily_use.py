@@ -12,7 +12,15 @@ import pytest
 
 import pipeline
 from pipeline.cli import HINT
-from tests.harness.doitrun import World, make_world, run_doit, run_plain_doit, run_rootfs
+from pipeline.tasks.why import short_digest
+from tests.harness.doitrun import (
+    World,
+    make_world,
+    run_doit,
+    run_plain_doit,
+    run_rootfs,
+    top_layer,
+)
 from tests.harness.registry import Registry
 
 
@@ -80,3 +88,19 @@ def test_rootfs_runs_without_a_dodo_file_and_says_its_version(world: World) -> N
     # Plain doit where only images.toml is: doit's own error, now saying what to run.
     plain = run_plain_doit(world.project)
     assert plain.returncode == 3 and plain.stderr == f"ERROR: {HINT}\n"
+
+
+def test_info_says_in_words_why_an_image_would_rebuild(world: World) -> None:
+    run_doit(world.project).check()
+    new_top = top_layer("b", "2")
+    world.push("b", "v2", new_top)
+    world.write_manifest({"a": 'size = "256MiB"\n'}, b=world.ref("b", "v2"))
+    run_doit(world.project, "resolve").check()  # info reads the lock; resolving is a run's job
+    info_a = run_doit(world.project, "info", "mkfs:a")
+    assert info_a.returncode == 1
+    assert " - would rebuild: size: auto -> 256 MiB (args=" in info_a.stdout
+    info_b = run_doit(world.project, "info", "mkfs:b")
+    assert (f" - would rebuild: ref: '{world.ref('b')}' -> '{world.ref('b', 'v2')}'; layer"
+            f" {short_digest(new_top.digest)} is new; layer"
+            f" {short_digest(world.tops['b'].digest)} is gone (args=") in info_b.stdout
+    assert "config_changed(" not in info_a.stdout + info_b.stdout  # no dict dump
