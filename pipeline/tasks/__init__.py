@@ -66,7 +66,7 @@ from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.plan import plan_run
-from pipeline.tasks.reporter import PipelineReporter
+from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
 from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
@@ -121,7 +121,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
         "dep_file": str(ctx.cache.root / DB_NAME),
         # We declare no file_dep; should anyone add one, never md5 a blob.
         "check_file_uptodate": "timestamp",
-        "reporter": PipelineReporter,
+        "reporter": reporter_for(ctx),
         "minversion": "0.36.0",
     }
 

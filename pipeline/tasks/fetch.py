@@ -109,7 +109,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     overlap = ("not needed" if tee is None else "unpacked" if tee.store is not None else
                f"gave up ({tee.gave_up}); the unpack task reads the blob")
     note(outcome="fetched", bytes=layer.size, overlap=overlap,
-         rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
+         bytes_per_s=round(layer.size / seconds) if seconds > 0 else 0)
     return {"stamp": list(file_stamp(path) or ())}
 
 

@@ -128,9 +128,9 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output, result.derived_from)
+    # Sizes as numbers (bytes): JSON readers compute with them; the terminal formats them.
     note(outcome="derived" if result.derived_from else "built", output=str(output),
-         size=format_size(result.size), sha256=result.sha256,
-         free=format_size(result.free_bytes),
+         size=result.size, sha256=result.sha256, free=result.free_bytes,
          **({"base": result.derived_from[:12]} if result.derived_from else {}))
 
 

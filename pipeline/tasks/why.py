@@ -22,18 +22,11 @@ from typing import Any
 
 from doit.tools import config_changed
 
+from pipeline.base.terminal import short_digest
 from pipeline.base.units import format_size
 from pipeline.project.buildrecord import describes, read_record
 
 __all__ = ["ImageUpToDate", "rebuild_reasons", "short_digest"]
-
-# sha256: plus 12 hex digits, as docker shows image ids: unique enough to read.
-SHORT_DIGEST_HEX = 12
-
-
-def short_digest(digest: str) -> str:
-    algorithm, sep, hexdigits = digest.partition(":")
-    return f"{algorithm}:{hexdigits[:SHORT_DIGEST_HEX]}" if sep else digest[:SHORT_DIGEST_HEX]
 
 
 def _value(key: str, value: Any) -> str:

@@ -104,3 +104,38 @@ def test_info_says_in_words_why_an_image_would_rebuild(world: World) -> None:
             f" {short_digest(new_top.digest)} is new; layer"
             f" {short_digest(world.tops['b'].digest)} is gone (args=") in info_b.stdout
     assert "config_changed(" not in info_a.stdout + info_b.stdout  # no dict dump
+
+
+def summary(run) -> dict[str, tuple[str, bool, bool]]:  # type: ignore[no-untyped-def]
+    """image -> (outcome, has a size in bytes, has a time), from the one run.summary event."""
+    [event] = [e for e in run.events if e.get("event") == "run.summary"]
+    return {row["image"]: (row["outcome"], isinstance(row["size"], int),
+                           row["seconds"] > 0) for row in event["images"]}
+
+
+def test_the_summary_counts_every_image_and_what_happened_to_it(world: World) -> None:
+    text = (world.project / "images.toml").read_text()
+    (world.project / "images.toml").write_text(
+        text + f'[images.nope]\nref = "{world.ref("nope")}"\n')
+    # Without --continue doit stops at the failure: the images it never reached count too.
+    stopped = run_doit(world.project)
+    assert stopped.returncode != 0
+    # a and b were resolved (some time) before the run stopped.
+    assert summary(stopped) == {"a": ("not built", False, True),
+                                "b": ("not built", False, True),
+                                "nope": ("failed", False, True)}
+    assert stopped.stdout.splitlines()[-1].endswith(", 1 failed, 2 images not built")
+    first = run_doit(world.project, "--continue")
+    assert summary(first) == {"a": ("built", True, True), "b": ("built", True, True),
+                              "nope": ("failed", False, True)}
+    done = [e for e in first.events if e.get("event") == "task.done" and e["task"] == "mkfs:a"]
+    assert isinstance(done[0]["size"], int) and isinstance(done[0]["free"], int)
+    world.write_manifest({"b": 'label = "new"\n'})  # nope is gone from the manifest
+    run_doit(world.project, "forget", "mkfs:a").check()  # doit's state lost, outputs kept
+    again = run_doit(world.project).check()
+    assert summary(again) == {"a": ("from cache", True, True), "b": ("built", True, True)}
+    noop = run_doit(world.project).check()
+    assert summary(noop) == {"a": ("up to date", True, False), "b": ("up to date", True, False)}
+    # A run that builds nothing lists no images.
+    gc = run_doit(world.project, "gc").check()
+    assert [e for e in gc.events if e.get("event") == "run.summary"] == []
