@@ -42,6 +42,9 @@ from tests.ext4.test_build import (
 )
 from tests.harness.debian import debian_like
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 __all__ = ["shared_dir"]                     # the fixture, imported for this module
 
 # TCG boots Debian's kernel and initramfs in about 25 s on one core; four times
@@ -155,7 +158,6 @@ def derive_rootless(flat_base: Path, flat: Path, image: Path, bases: Path) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("build", ["full", "derived"])
 def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: Path,
                                                                     build: str) -> None:

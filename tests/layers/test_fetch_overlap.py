@@ -24,6 +24,9 @@ from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 BIG = 3 << 20
 """Bytes of incompressible data in image a's top layer: a reset at 1 MB is mid-blob."""
 

@@ -41,6 +41,8 @@ from tests.harness.push import push
 from tests.harness.registry import Registry
 
 pytestmark = [
+    # End to end with real tools: seconds per test (the fast loop skips them).
+    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="umoci unpack needs root for real owners"),
     pytest.mark.skipif(not (shutil.which("umoci") and shutil.which("skopeo")),
                        reason="umoci and skopeo are needed (scripts/test.sh installs them)"),
@@ -193,7 +195,6 @@ def test_debian_like_matches_umoci(tmp_path: Path, registry: Registry, repo: str
     print(f"\n[test 7] {entries} entries, {timing}")
 
 
-@pytest.mark.slow
 def test_large_debian_like_matches_umoci(tmp_path: Path, registry: Registry, repo: str,
                                          client: RegistryClient) -> None:
     """The largest test image: ~30 000 files, ~200 MiB; also the timing we report."""

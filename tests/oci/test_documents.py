@@ -231,8 +231,10 @@ def test_attestation_by_annotation_alone_is_never_chosen() -> None:
 
 def test_unknown_unknown_is_never_chosen_even_when_asked() -> None:
     idx = parsed_index([entry("unknown/unknown", D1)])
-    with pytest.raises(PlatformNotFound):
+    with pytest.raises(PlatformNotFound) as err:
         select_manifest(idx, Platform("unknown", "unknown"), where=W)
+    assert str(err.value) == ("reg.test/app:1 has no image for platform unknown/unknown; it "
+                              "offers: none (set `platform` for this image in images.toml)")
 
 
 def test_platform_not_found_lists_offer() -> None:

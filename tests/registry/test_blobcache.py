@@ -219,8 +219,9 @@ def test_damaged_file_is_detected_and_refetched(client: RegistryClient, registry
 ], ids=["traversal", "uppercase", "md5", "slash", "short"])
 def test_digests_are_validated_before_use(tmp_path: Path, digest: str) -> None:
     cache = BlobCache(tmp_path)
-    with pytest.raises(BadDigest):
+    with pytest.raises(BadDigest) as err:
         cache.path(digest)
+    assert str(err.value).startswith(f"invalid digest {digest!r}: ")
     with pytest.raises(BadDigest):
         cache.has(digest)
 

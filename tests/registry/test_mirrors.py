@@ -21,6 +21,9 @@ from tests.harness.images import dir, file, make_image, make_index, make_layer
 from tests.harness.push import push
 from tests.harness.registry import Registry, free_port, start_registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 FALLBACK = "source.fallback"
 
 

@@ -231,16 +231,21 @@ def test_lying_docker_content_digest(client: RegistryClient, repo: str, blobs: B
                                      proxied: tuple[FaultProxy, Image]) -> None:
     proxy, image = proxied
     proxy.add(Fault.headers(docker_content_digest="sha256:" + "e" * 64), path="/manifests/")
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as err:
         resolve_image(client, parse_reference(f"{proxy.host}/{repo}:p"), DEFAULT_PLATFORM, blobs)
+    assert str(err.value).endswith(
+        f"/manifests/p: manifest vs. Docker-Content-Digest: expected sha256:{'e' * 64}, "
+        f"got {image.digest}")
 
 
 def test_tampered_config_blob(client: RegistryClient, repo: str, blobs: BlobCache,
                               proxied: tuple[FaultProxy, Image]) -> None:
     proxy, image = proxied
     proxy.add(Fault.corrupt(), path="/blobs/", times=None)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as err:
         resolve_image(client, parse_reference(f"{proxy.host}/{repo}:p"), DEFAULT_PLATFORM, blobs)
+    assert str(err.value).startswith(f"blob {image.config.digest} from {proxy.host}/{repo}: "
+                                     f"expected {image.config.digest}, got sha256:")
     assert not blobs.has(image.config.digest)
 
 

@@ -33,6 +33,9 @@ from tests.harness.doitrun import (
 from tests.harness.images import Layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def world(registry: Registry, repo: str, tmp_path: Path) -> World:

@@ -14,6 +14,9 @@ from tests.harness.doitrun import World, run_doit, top_layer, verify_outputs
 from tests.harness.images import make_layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 NAMES = "abcd"
 
 

@@ -65,6 +65,9 @@ from tests.harness.images import (
 )
 from tests.layers.test_unpack import unpack
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 # ~1,500 entries and ~6 MB: above MIN_BASE_ENTRIES, so a top layer of up to
 # 150 entries and 1.5 MB is derived.
 BASE = (*debian_like(files=1500, size=6 << 20, seed=7).base,
