@@ -59,6 +59,7 @@ from pipeline.errors import PipelineError
 from pipeline.project.config import load_manifest
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
+from pipeline.project.sharing import register_manifest
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
@@ -137,6 +138,8 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         ctx.log_mode, ctx.log_level = mode, level
         ctx.cache.root.mkdir(parents=True, exist_ok=True)
         hold_directory(ctx.cache.root)
+        # gc run from any manifest sharing this cache keeps what this one uses.
+        register_manifest(ctx.cache.root, ctx.manifest.path)
         if ctx.frozen:
             check_frozen(ctx)
     except PipelineError as err:

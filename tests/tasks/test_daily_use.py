@@ -139,3 +139,45 @@ def test_the_summary_counts_every_image_and_what_happened_to_it(world: World) ->
     # A run that builds nothing lists no images.
     gc = run_doit(world.project, "gc").check()
     assert [e for e in gc.events if e.get("event") == "run.summary"] == []
+
+
+def gc_events(run, event: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    return [e for e in run.events if e.get("event") == event]
+
+
+@pytest.mark.slow
+def test_gc_in_a_shared_cache_keeps_what_any_registered_manifest_uses(world: World) -> None:
+    shared = world.project.parent / "shared-cache"
+    other = world.project.parent / "other"
+    other.mkdir()
+    settings = f'[settings]\ncache_dir = "{shared}"\n'
+    text = (world.project / "images.toml").read_text()
+    (world.project / "images.toml").write_text(settings + text)
+    # The other project builds only b, from the same cache.
+    (other / "images.toml").write_text(settings + f'[images.b]\nref = "{world.ref("b")}"\n')
+    run_doit(world.project).check()
+    run_doit(other).check()
+    assert len(list((shared / "manifests").iterdir())) == 2
+    # This project drops b: only the other project still uses b's top layer.
+    (world.project / "images.toml").write_text(settings + f'[images.a]\nref = "{world.ref("a")}"\n')
+    b_top = shared / "blobs/sha256" / world.tops["b"].digest.split(":")[1]
+    dry = run_doit(world.project, "gc", "--dry-run").check()
+    assert gc_events(dry, "gc.would_remove") == []  # everything is used by someone
+    real = run_doit(world.project, "gc").check()
+    assert gc_events(real, "gc.removed") == [] and b_top.exists()
+    # Without the other manifest, its registration goes and so does what only it used.
+    (other / "images.toml").unlink()
+    dry = run_doit(world.project, "gc", "--dry-run").check()
+    listed = {(e["kind"], e["entry"]) for e in gc_events(dry, "gc.would_remove")}
+    b_hex = world.tops["b"].digest.split(":")[1]
+    assert {("blob", f"blobs/sha256/{b_hex}"), ("layer", f"layers/{b_hex}")} <= listed
+    assert {kind for kind, _ in listed} == {"blob", "layer", "flat"}
+    [would] = gc_events(dry, "gc.collected")
+    assert b_top.exists() and would["freed_bytes"] == sum(would["bytes_by_kind"].values()) > 0
+    real = run_doit(world.project, "gc").check()
+    [freed] = gc_events(real, "gc.collected")
+    assert not b_top.exists() and len(list((shared / "manifests").iterdir())) == 1
+    # Exactly the bytes the dry run announced, entry by entry.
+    assert freed["freed_bytes"] == would["freed_bytes"]
+    assert {(e["kind"], e["entry"]) for e in gc_events(real, "gc.removed")} == listed
+    assert run_doit(world.project).check().ran == []
