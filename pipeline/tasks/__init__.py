@@ -22,6 +22,7 @@ flatten:<image>       the flat image of the layer chain exists    flatten.py
 mkfs:<image>          out/<image>.ext4 and .json match the config mkfs.py
 update                never (re-resolves every image)             resolve.py
 gc                    never (collects the cache)                  gc.py
+prune:<image>         never (made only for a removed image)       prune.py
 ====================  ==========================================  ================
 
 fetch-blob, unpack, flatten and mkfs are created by one creator after the
@@ -67,6 +68,7 @@ from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.plan import plan_run
+from pipeline.tasks.prune import prune_tasks
 from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
@@ -113,7 +115,7 @@ def build_tasks(ctx: RunContext) -> Any:
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
     return {
-        "default_tasks": ["resolve", "mkfs"],
+        "default_tasks": ["prune", "resolve", "mkfs"],
         # Thread workers share the registry connection pool and the blob
         # cache's locks; process mode would need cloudpickle for delayed tasks.
         "par_type": "thread",
@@ -161,6 +163,10 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         except PipelineError as err:
             raise InvalidDodoFile(str(err)) from None
 
+    def task_prune() -> Any:
+        """Drop the lock entries and outputs of images removed from the manifest."""
+        yield from prune_tasks(ctx)
+
     def task_update() -> Any:
         """Re-resolve every image (floating tags) into the lock file."""
         return update_task(ctx)
@@ -170,4 +176,5 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         return gc_task(ctx)
 
     return {"DOIT_CONFIG": doit_config(ctx), "task_resolve": task_resolve,
-            "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc}
+            "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,
+            "task_prune": task_prune}

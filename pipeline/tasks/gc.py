@@ -33,7 +33,7 @@ from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import IO, run_step
 from pipeline.tasks.toolcache import cached_tool_versions
 
-__all__ = ["gc_task", "gc_step", "keep_for"]
+__all__ = ["gc_task", "gc_step", "keep_for", "base_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +73,7 @@ def keep_for(ctx: RunContext) -> Keep:
         chain = [str(layer.digest) for layer in resolved.layers]
         chains.append(chain_key(chain))
         try:
-            base = _base_of(ctx, chain, spec.ext4)
+            base = base_of(ctx, chain, spec.ext4)
         except ToolError as err:
             # Without the tool versions no base key can be worked out: keep them all.
             log.warning("gc.keeps_all_bases", reason=str(err))
@@ -86,7 +86,7 @@ def keep_for(ctx: RunContext) -> Keep:
                    bases=None if keep_all_bases else bases)
 
 
-def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
+def base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
     is worth keeping: a new build unpacks, flattens and builds its base again)."""

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from pipeline import __version__
-from pipeline.base.files import TEMP_PREFIX
+from pipeline.base.files import TEMP_PREFIX, remove_path
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
 from pipeline.flat.image import HEADER_NAME
@@ -148,6 +148,17 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         pipeline_version=__version__))
 
 
+def clean_base(ctx: RunContext, image: ImagePlan) -> None:
+    """``doit clean``: the base image a derived build of ``image`` uses, and its flat image."""
+    from pipeline.tasks.gc import base_of
+
+    found = base_of(ctx, [str(layer.digest) for layer in image.resolved.layers],
+                    image.spec.ext4)
+    if found is not None:
+        remove_path(ctx.cache.flat_root / found[0])
+        remove_path(ctx.cache.base_root / found[1])
+
+
 def mkfs_tasks(ctx: RunContext, plan: RunPlan,
                tools: Mapping[str, str]) -> Iterator[dict[str, Any]]:
     yield group("build out/<image>.ext4 and out/<image>.json for every image",
@@ -168,7 +179,10 @@ def mkfs_tasks(ctx: RunContext, plan: RunPlan,
             "targets": [str(output), str(record)],
             # One check that also says, in `doit info`, why it would rebuild (tasks.why).
             "uptodate": [ImageUpToDate(config, output, record, build_key(config))],
-            "clean": True,
+            # Everything the step made: the outputs and, for a derived build, its base
+            # image and the base chain's flat image (no flatten task owns those).
+            "clean": [(remove_path, [output]), (remove_path, [record]),
+                      (clean_base, [ctx, image])],
             "io": IO,
             "meta": {"images": [image.name]},
         }

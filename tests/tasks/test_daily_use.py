@@ -181,3 +181,21 @@ def test_gc_in_a_shared_cache_keeps_what_any_registered_manifest_uses(world: Wor
     assert freed["freed_bytes"] == would["freed_bytes"]
     assert {(e["kind"], e["entry"]) for e in gc_events(real, "gc.removed")} == listed
     assert run_doit(world.project).check().ran == []
+
+
+def test_an_image_removed_from_the_manifest_loses_its_lock_entry_and_outputs(
+        world: World) -> None:
+    run_doit(world.project).check()
+    (world.project / "out/keep-me.ext4").write_bytes(b"not ours")
+    world.tops.pop("b")
+    world.write_manifest()
+    run = run_doit(world.project).check()
+    assert run.ran == ["prune:b"]
+    [line] = [e for e in run.events if e.get("task") == "prune:b"]
+    assert line["outcome"] == "removed from the manifest: lock entry and outputs removed"
+    assert line["removed"] == ["b.ext4", "b.json"]
+    lock = json.loads((world.project / "images.lock.json").read_text())
+    assert sorted(lock["images"]) == ["a"]
+    assert sorted(p.name for p in (world.project / "out").iterdir()) == [
+        "a.ext4", "a.json", "keep-me.ext4"]
+    assert run_doit(world.project).check().ran == []

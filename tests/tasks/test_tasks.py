@@ -326,7 +326,7 @@ def test_gc_keeps_what_the_lock_of_manifest_images_references(project: Path) -> 
 def test_doit_config(project: Path) -> None:
     ctx = context(project)
     config = doit_config(ctx)
-    assert config["default_tasks"] == ["resolve", "mkfs"]
+    assert config["default_tasks"] == ["prune", "resolve", "mkfs"]
     assert (config["par_type"], config["num_process"], config["backend"]) == ("thread", 3,
                                                                               "sqlite3")
     assert config["dep_file"] == str(project / ".cache" / "doit.db")
