@@ -23,13 +23,15 @@ from tests.harness.doitrun import (
 )
 from tests.harness.registry import Registry
 
+# End to end through the real doit and registry: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def world(registry: Registry, repo: str, tmp_path: Path) -> World:
     return make_world(registry, repo, tmp_path, names="ab")
 
 
-@pytest.mark.slow
 def test_a_cache_restored_with_whole_second_mtimes_is_a_no_op(world: World,
                                                               tmp_path: Path) -> None:
     run_doit(world.project).check()
@@ -145,7 +147,6 @@ def gc_events(run, event: str) -> list[dict]:  # type: ignore[no-untyped-def,typ
     return [e for e in run.events if e.get("event") == event]
 
 
-@pytest.mark.slow
 def test_gc_in_a_shared_cache_keeps_what_any_registered_manifest_uses(world: World) -> None:
     shared = world.project.parent / "shared-cache"
     other = world.project.parent / "other"
