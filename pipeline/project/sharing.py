@@ -51,7 +51,7 @@ def register_manifest(cache_root: Path, manifest: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"manifest": str(manifest.resolve())}, sort_keys=True) + "\n"
     write_atomic(path, text.encode("utf-8"))
-    log.info("cache.registered", manifest=str(manifest.resolve()), cache=str(cache_root))
+    log.debug("cache.registered", manifest=str(manifest.resolve()), cache=str(cache_root))
     return True
 
 

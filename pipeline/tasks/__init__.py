@@ -140,10 +140,10 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         ctx.log_mode, ctx.log_level = mode, level
         ctx.cache.root.mkdir(parents=True, exist_ok=True)
         hold_directory(ctx.cache.root)
-        # gc run from any manifest sharing this cache keeps what this one uses.
-        register_manifest(ctx.cache.root, ctx.manifest.path)
         if ctx.frozen:
             check_frozen(ctx)
+        # gc run from any manifest sharing this cache keeps what this one uses.
+        register_manifest(ctx.cache.root, ctx.manifest.path)
     except PipelineError as err:
         # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3; anything
         # else is a bug and keeps its traceback.
