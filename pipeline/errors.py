@@ -11,7 +11,8 @@ Hierarchy::
     ├── PlatformNotFound           an index offers no manifest for the platform
     ├── BadImage                   a manifest, index or config is malformed or refused
     ├── RegistryError              the registry refused or failed a request
-    │   └── AuthError              credentials missing, rejected or unobtainable
+    │   ├── AuthError              credentials missing, rejected or unobtainable
+    │   └── SourcesFailed          every mirror and the registry failed, each for its reason
     ├── LocalSourceError           an OCI layout or image archive is missing, malformed or unsafe
     ├── DigestMismatch             bytes do not hash to what was promised
     ├── LayerError                 a layer cannot be unpacked (corrupt, truncated)
@@ -74,6 +75,7 @@ __all__ = [
     "PipelineError",
     "PlatformNotFound",
     "RegistryError",
+    "SourcesFailed",
     "RootTypeChange",
     "SettingError",
     "TooManySymlinks",
@@ -210,6 +212,24 @@ class RegistryError(PipelineError):
 
 class AuthError(RegistryError):
     """Credentials are missing, rejected, or a token could not be obtained."""
+
+
+class SourcesFailed(RegistryError):
+    """Every source (the mirrors, then the registry unless mirrors only) failed.
+
+    The message names each source's own failure in the order they were asked
+    (a mirror's 404, another's refused connection, the registry's DNS error):
+    the last one alone hides why the mirrors were skipped. The attributes are
+    the last source's.
+    """
+
+    def __init__(self, what: str, failures: list[tuple[str, Exception]]) -> None:
+        last = failures[-1][1]
+        listed = "; ".join(f"{where}: {err}" for where, err in failures)
+        super().__init__(f"{what}: all {len(failures)} sources failed: {listed}",
+                         status=getattr(last, "status", None), code=getattr(last, "code", None),
+                         temporary=bool(getattr(last, "temporary", False)))
+        self.failures = [(where, str(err)) for where, err in failures]
 
 
 class DigestMismatch(PipelineError):

@@ -113,6 +113,10 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerConf
     prepended to PATH for ``docker-credential-*`` helpers made with ``.helper()``."""
     config = DockerConfig(tmp_path / "docker-config", tmp_path / "docker-bin")
     monkeypatch.setenv("DOCKER_CONFIG", str(config.dir))
+    # The containers auth files are asked first; none of the host's may answer.
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-runtime"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PATH", f"{config.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     return config
 

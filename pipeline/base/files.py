@@ -19,11 +19,12 @@ import shutil
 from pathlib import Path
 
 __all__ = ["fsync_dir", "temp_path", "write_atomic", "publish_dir", "remove_path", "file_stamp",
-           "Stamp", "TEMP_PREFIX"]
+           "stamp_matches", "Stamp", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".tmp-"
 Stamp = tuple[int, int]
 """(size in bytes, mtime in ns): how a file we wrote is recognised unchanged."""
+_NS_PER_S = 1_000_000_000
 
 
 def fsync_dir(directory: Path) -> None:
@@ -107,3 +108,22 @@ def file_stamp(path: Path) -> Stamp | None:
     except FileNotFoundError:
         return None
     return (st.st_size, st.st_mtime_ns)
+
+
+def stamp_matches(recorded: object, current: Stamp | None) -> bool:
+    """True when ``current`` is the stamp ``recorded`` (a list or tuple from JSON or
+    doit's database), at the precision the file's mtime still has.
+
+    A cache restored by a tool that keeps whole seconds (``tar czf``, several CI
+    cache actions) truncates every mtime: a file whose mtime is now a whole
+    second matches a recorded stamp in the same second. A real rewrite gets a
+    sub-second mtime from the kernel, so it still differs.
+    """
+    if current is None or not isinstance(recorded, (list, tuple)) or len(recorded) != 2:
+        return False
+    size, mtime = recorded
+    if not isinstance(size, int) or not isinstance(mtime, int) or size != current[0]:
+        return False
+    if mtime == current[1]:
+        return True
+    return current[1] % _NS_PER_S == 0 and mtime // _NS_PER_S == current[1] // _NS_PER_S

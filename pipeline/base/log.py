@@ -9,7 +9,8 @@ each step's phase timings and the library's own events). The format is
 chosen, in order, by ``doit log=json|console``, the ``ROOTFS_LOG``
 environment variable, and finally whether stderr is a terminal: JSON
 lines (one object per event, for CI and for tests that count what ran)
-when it is not, coloured console lines when it is. Task actions bind
+when it is not, coloured console lines when it is (a finished step and the
+run's summary in the terminal view's short forms, ``base.terminal``). Task actions bind
 ``task``, ``image`` and ``digest`` with ``bound(...)``; contextvars keep the
 binding per worker thread.
 """
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from pipeline.base.terminal import Terminal
+from pipeline.base.terminal import Terminal, step_line, summary_table
 from pipeline.errors import SettingError
 
 __all__ = ["LOG_VAR", "LOG_LEVEL_VAR", "LOG_MODES", "configure_logging", "bound", "choose_mode",
@@ -48,6 +49,23 @@ class _TerminalLogger:
 
     debug = info = warning = warn = error = critical = exception = fatal = failure = msg
     err = log = msg
+
+
+class _ReportRenderer:
+    """Console lines: a finished step as one short line (``terminal.step_line``), the
+    run's summary as its table; every other event as structlog renders it."""
+
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
+        kind = event.get("event")
+        if kind == "task.done":
+            return step_line(event)
+        if kind == "run.summary" and isinstance(event.get("images"), list):
+            return summary_table(event["images"], float(event.get("seconds") or 0))
+        text: str = self._fallback(logger, name, event)
+        return text
 
 
 def _chosen(requested: str | None, environ: dict[str, str] | Any, doit_var: str, var: str,
@@ -90,7 +108,7 @@ def configure_logging(*, mode: str, terminal: Terminal, level: str = "info") -> 
                        structlog.processors.JSONRenderer(sort_keys=False)]
     else:
         colors = bool(terminal.interactive)
-        processors.append(structlog.dev.ConsoleRenderer(colors=colors))
+        processors.append(_ReportRenderer(structlog.dev.ConsoleRenderer(colors=colors)))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -3,8 +3,9 @@
 Written beside ``out/<name>.ext4`` after every build, atomically, with
 sorted keys. It records the reference as written and as resolved (index,
 manifest and config digests), the platform, the layers, the chain key, the
-ext4 options, the image size and sha256, the e2fsprogs versions and the
-build time, so that anyone holding only the output can tell what is in it.
+ext4 options, the image size and sha256, the e2fsprogs versions, the version
+of the pipeline that built it and the build time, so that anyone holding only
+the output can tell what is in it.
 
 Two fields serve the pipeline itself:
 
@@ -21,7 +22,8 @@ Two fields serve the pipeline itself:
   were made is decided by the layers, so ``ext4_key`` already covers it);
 - ``ext4_stamp``: (size, mtime_ns) of the ext4 file when the record was
   written. A matching stamp shows the file is the one the record describes
-  without reading gigabytes; a rewrite or truncation changes it. The inode
+  without reading gigabytes; a rewrite or truncation changes it (compared
+  at the precision the file's mtime kept: ``files.stamp_matches``). The inode
   is left out on purpose: restoring ``out/`` from a CI cache gives new
   inodes but keeps times, and must not force a rebuild. When the stamp does
   not match, the mkfs step compares the file's sha256 with the record before
@@ -41,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.base.files import Stamp, file_stamp, write_atomic
+from pipeline.base.files import Stamp, file_stamp, stamp_matches, write_atomic
 
 __all__ = ["RECORD_VERSION", "BuildRecord", "build_key", "describes", "file_stamp", "now_utc",
            "read_record", "record_path_for", "write_record"]
@@ -85,6 +87,9 @@ class BuildRecord:
     from, or None for a full build."""
     runtime: Mapping[str, Any] | None = None
     """What the container would have run (``oci.runtime.RuntimeConfig.to_json``)."""
+    pipeline_version: str = ""
+    """The rootfs-pipeline version that wrote the record (informative: it does not
+    key the build, so an upgrade does not rebuild every image)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +111,7 @@ class BuildRecord:
             "built_at": self.built_at,
             "derived_from": self.derived_from,
             "runtime": None if self.runtime is None else dict(self.runtime),
+            "pipeline_version": self.pipeline_version,
         }
 
 
@@ -135,5 +141,4 @@ def describes(record: Mapping[str, Any] | None, output: Path, key: str) -> bool:
     """True when ``record`` was written for build ``key`` and ``output`` is still that file."""
     if record is None or record.get("build_key") != key:
         return False
-    stamp = file_stamp(output)
-    return stamp is not None and list(stamp) == record.get("ext4_stamp")
+    return stamp_matches(record.get("ext4_stamp"), file_stamp(output))

@@ -36,7 +36,7 @@ from pipeline.base.digest import Digest
 from pipeline.base.files import remove_path
 from pipeline.project.cache import BASE, BLOBS, FLAT, LAYERS, CacheLayout
 
-__all__ = ["Keep", "GcResult", "plan", "collect"]
+__all__ = ["Keep", "GcResult", "plan", "collect", "kind_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +65,17 @@ class GcResult:
     freed_bytes: int = 0
     kept: int = 0
     errors: tuple[str, ...] = field(default=())
+    kinds: tuple[str, ...] = ()
+    """``kind_of`` each removed path, in the same order."""
+    sizes: tuple[int, ...] = ()
+    """Bytes each removed path held, in the same order (measured before any removal)."""
+
+
+def kind_of(cache: CacheLayout, path: Path) -> str:
+    """blob, layer, flat or base; ``leftover`` for what an interrupted run left."""
+    store = path.parent.parent.name if path.parent.parent.name == BLOBS else path.parent.name
+    kind = {BLOBS: "blob", LAYERS: "layer", FLAT: "flat", BASE: "base"}.get(store, "leftover")
+    return "leftover" if path.name.startswith((".tmp-", ".lock-")) else kind
 
 
 def _entries(directory: Path) -> Iterator[os.DirEntry[str]]:
@@ -131,8 +142,12 @@ def collect(cache: CacheLayout, keep: Keep, *, dry_run: bool = False) -> GcResul
     removed: list[Path] = []
     errors: list[str] = []
     freed = 0
+    # Every size before anything goes: removing a layer store first would raise the
+    # share of the flat image files linked to it, and a dry run would not match.
+    sizes = {path: _size(path) for path in doomed}
+    kept_sizes: list[int] = []
     for path in doomed:
-        size = _size(path)
+        size = sizes[path]
         if not dry_run:
             try:
                 remove_path(path)
@@ -140,6 +155,8 @@ def collect(cache: CacheLayout, keep: Keep, *, dry_run: bool = False) -> GcResul
                 errors.append(f"{path}: {err.strerror or err}")
                 continue
         removed.append(path)
+        kept_sizes.append(size)
         freed += size
         log.debug("gc.removed", path=str(path), bytes=size, dry_run=dry_run)
-    return GcResult(removed=tuple(removed), freed_bytes=freed, kept=kept, errors=tuple(errors))
+    return GcResult(removed=tuple(removed), freed_bytes=freed, kept=kept, errors=tuple(errors),
+                    kinds=tuple(kind_of(cache, p) for p in removed), sizes=tuple(kept_sizes))

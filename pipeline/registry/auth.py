@@ -305,9 +305,10 @@ class RegistryAuth(httpx.Auth):
         if status != 200:
             temporary = status in TEMPORARY_STATUSES
             if status in (401, 403):
-                hint = ("anonymous access was refused; run `docker login " + registry + "`"
-                        if anonymous else "it refused the credentials configured for "
-                        + registry + "; run `docker login " + registry + "` again")
+                hint = (f"anonymous access was refused; run `docker login {registry}` or"
+                        f" `podman login {registry}`" if anonymous else
+                        f"it refused the credentials configured for {registry}; run"
+                        f" `docker login {registry}` or `podman login {registry}` again")
             else:
                 hint = "expected 200 with a token"
             error = AuthError(f"{where} answered {status} for {registry}: {hint}",

@@ -46,7 +46,7 @@ from pipeline.oci.reference import (
     validate_tag,
 )
 from pipeline.registry.auth import RegistryAuth
-from pipeline.registry.credentials import CredentialSource, DockerConfig
+from pipeline.registry.credentials import LOGIN_HINT, CredentialSource, load_credentials
 from pipeline.registry.retry import (
     DEFAULT_RETRY,
     TEMPORARY_STATUSES,
@@ -131,7 +131,7 @@ class RegistryClient:
             max_redirects=MAX_REDIRECTS, headers={"User-Agent": user_agent},
             event_hooks={"request": [_refuse_link_local]})
         self._auth = RegistryAuth(
-            DockerConfig.load() if credentials is None else credentials,
+            load_credentials() if credentials is None else credentials,
             send=lambda request: self._http.send(request, auth=None, follow_redirects=False,
                                                  stream=True))
 
@@ -273,10 +273,10 @@ class RegistryClient:
                                  temporary=status in TEMPORARY_STATUSES)
         if status == 401:
             configured = self._auth.has_credentials(_registry_name(registry))
-            hint = ("the registry refused the configured credentials; run `docker login`"
+            hint = (f"the registry refused the configured credentials; run {LOGIN_HINT}"
                     f" for {registry} again" if configured else
                     f"the registry needs credentials and none are configured for {registry};"
-                    " run `docker login`")
+                    f" run {LOGIN_HINT}")
             return AuthError(f"{said}: {hint}", method=method, url=url, status=status, code=code)
         if status == 403:
             return AuthError(f"{said}: access denied; check that your account may pull this"

@@ -1,4 +1,12 @@
-"""Registry credentials from Docker's ``config.json`` and credential helpers.
+"""Registry credentials from the files Docker and podman keep, and credential helpers.
+
+Where they are looked for, first answer wins (``load_credentials``), as
+containers-auth.json(5) orders them for podman, skopeo and buildah:
+1. ``$REGISTRY_AUTH_FILE`` (when set);
+2. ``${XDG_RUNTIME_DIR}/containers/auth.json`` (what ``podman login`` writes);
+3. ``~/.config/containers/auth.json``;
+4. ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (``docker login``).
+All four share Docker's format, so one parser reads them.
 
 Lookup for a registry, as the docker CLI does it (cli/config/configfile):
 1. ``credHelpers[<host>]``: run ``docker-credential-<name> get``;
@@ -33,8 +41,9 @@ import structlog
 from pipeline.errors import AuthError
 from pipeline.oci.reference import DOCKER_HUB_ALIASES
 
-__all__ = ["Credential", "CredentialSource", "DockerConfig", "NoCredentials",
-           "DOCKER_HUB_SERVER", "HELPER_TIMEOUT_S"]
+__all__ = ["Credential", "CredentialSource", "CredentialChain", "DockerConfig", "NoCredentials",
+           "DOCKER_HUB_SERVER", "HELPER_TIMEOUT_S", "LOGIN_HINT", "auth_file_paths",
+           "load_credentials"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +56,8 @@ HELPER_OUTPUT_MAX_BYTES = 1024 * 1024
 # docker-credential-helpers' errCredentialsNotFoundMessage.
 _NOT_FOUND = "credentials not found in native keychain"
 _IDENTITY_TOKEN_USER = "<token>"
+# Both tools write a file this module reads; hints name whichever the user has.
+LOGIN_HINT = "`docker login` or `podman login`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +127,19 @@ class DockerConfig:
         """Read ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``; missing is empty."""
         env = os.environ if env is None else env
         directory = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else (
-            Path(env.get("HOME") or Path.home()) / ".docker")
-        path = directory / "config.json"
+            _home(env) / ".docker")
+        return cls.read(directory / "config.json")
+
+    @classmethod
+    def read(cls, path: Path) -> DockerConfig:
+        """One auth file in Docker's format (config.json, containers auth.json); missing is
+        empty."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return cls({}, path=path)
         except OSError as err:
-            raise AuthError(f"{path}: cannot read Docker config ({err.strerror})") from None
+            raise AuthError(f"{path}: cannot read registry credentials ({err.strerror})") from None
         try:
             data = json.loads(text)
         except ValueError as err:
@@ -131,6 +147,10 @@ class DockerConfig:
         if not isinstance(data, dict):
             raise AuthError(f"{path}: expected a JSON object")
         return cls(data, path=path)
+
+    @property
+    def empty(self) -> bool:
+        return not (self._auths or self._helpers or self._store)
 
     def get(self, registry: str) -> Credential | None:
         host = _hostname(registry)
@@ -182,7 +202,7 @@ class DockerConfig:
                 sep = ""
             if not sep:
                 raise AuthError(f"{self._where}: auths entry for {host} has an 'auth' value that is"
-                                " not base64 of 'user:password'; run `docker login` again")
+                                f" not base64 of 'user:password'; run {LOGIN_HINT} again")
         if token:
             return Credential(username=str(username), identity_token=str(token))
         if username or password:
@@ -221,6 +241,45 @@ class DockerConfig:
         if not username and not secret:
             return None
         return Credential(username=username, password=secret)
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME") or Path.home())
+
+
+def auth_file_paths(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The auth files in the order they are asked (containers-auth.json(5), then Docker's)."""
+    env = os.environ if env is None else env
+    paths = []
+    if env.get("REGISTRY_AUTH_FILE"):
+        paths.append(Path(env["REGISTRY_AUTH_FILE"]))
+    if env.get("XDG_RUNTIME_DIR"):
+        paths.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    paths.append(_home(env) / ".config" / "containers" / "auth.json")
+    directory = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else (
+        _home(env) / ".docker")
+    paths.append(directory / "config.json")
+    return paths
+
+
+class CredentialChain:
+    """Several auth files asked in order; the first that knows the registry answers."""
+
+    def __init__(self, configs: list[DockerConfig]) -> None:
+        self.configs = configs
+
+    def get(self, registry: str) -> Credential | None:
+        for config in self.configs:
+            found = config.get(registry)
+            if found is not None:
+                return found
+        return None
+
+
+def load_credentials(env: Mapping[str, str] | None = None) -> CredentialChain:
+    """Every auth file that exists, in ``auth_file_paths`` order; none is anonymous."""
+    configs = [DockerConfig.read(path) for path in dict.fromkeys(auth_file_paths(env))]
+    return CredentialChain([c for c in configs if not c.empty])
 
 
 def _safe_tail(stdout: str, stderr: bytes) -> str:

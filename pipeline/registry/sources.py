@@ -6,7 +6,10 @@ no-op run never open a connection; the registry client (and httpx) is not
 even imported until then.
 
 Mirrors: for a registry with mirrors (images.toml or ``ROOTFS_MIRRORS``),
-``sources`` lists each mirror first, then the registry itself. Mirrors are
+``sources`` lists each mirror first, then the registry itself, unless the
+registry is mirrors-only (``mirrors_only = true``, ``ROOTFS_MIRRORS_ONLY``:
+an air-gapped CI must never reach upstream). When every source fails, the
+error names each one's own failure (``SourcesFailed``). Mirrors are
 asked through a client that does not retry (``MIRROR_ATTEMPTS``): a mirror
 that fails once is skipped at once, with one log line, and the next source
 (in the end the registry, with full retries) is asked instead. Whoever
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from pipeline.errors import DigestMismatch, RegistryError
+from pipeline.errors import DigestMismatch, RegistryError, SourcesFailed
 
 if TYPE_CHECKING:  # imported on first use: a no-op run never loads httpx
     from pipeline.oci.reference import ImageRef
@@ -46,6 +49,11 @@ MIRROR_TIMEOUT_S = 60.0
 # What a failing source may raise that the next source can cure. Anything
 # else (a malformed image, a refused platform) is the image's own fault.
 FALLBACK_ERRORS = (RegistryError, DigestMismatch)
+
+
+def json_key(host: str) -> str:
+    """A host as a TOML table key: quoted when it holds dots or a port."""
+    return f'"{host}"' if not host.replace("-", "").replace("_", "").isalnum() else host
 
 
 def _registry_client(**options: Any) -> RegistryClient:
@@ -86,6 +94,8 @@ class RegistrySources:
     mirrors: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Registry host -> its mirrors, in the order they are tried."""
     insecure_hosts: frozenset[str] = frozenset()
+    mirrors_only: frozenset[str] = frozenset()
+    """Registry hosts never asked themselves: only their mirrors are."""
     client_factory: Callable[..., RegistryClient] = _registry_client
     _clients: dict[str, RegistryClient] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -103,9 +113,16 @@ class RegistrySources:
             return found
 
     def sources(self, registry: str, repository: str) -> list[Source]:
-        """Mirrors of ``registry`` in order, then the registry itself."""
+        """Mirrors of ``registry`` in order, then the registry itself unless mirrors only."""
         found = [Source(m, repository, mirror_of=registry)
                  for m in self.mirrors.get(registry, ())]
+        if registry in self.mirrors_only:
+            if not found:
+                raise RegistryError(
+                    f"{registry}/{repository}: {registry} is mirrors-only and has no mirror;"
+                    f" add one to ROOTFS_MIRRORS or [registries.{json_key(registry)}] mirrors,"
+                    " or let it fall back (unset ROOTFS_MIRRORS_ONLY / mirrors_only)")
+            return found
         return found + [Source(registry, repository)]
 
     def first_success(self, sources: Sequence[Source], what: str,
@@ -113,12 +130,17 @@ class RegistrySources:
         """``attempt`` on each source until one works; one log line per fallback."""
         if not sources:
             raise AssertionError(f"internal error: no source for {what}")
+        failures: list[tuple[str, Exception]] = []
         for position, source in enumerate(sources):
             try:
                 return attempt(self.client(mirror=source.mirror_of is not None), source)
             except FALLBACK_ERRORS as err:
+                if len(sources) == 1:
+                    raise  # the one source's own error says it all
+                kind = "mirror" if source.mirror_of else "registry"
+                failures.append((f"{kind} {source.registry}", err))
                 if position == len(sources) - 1:
-                    raise
+                    raise SourcesFailed(what, failures) from err
                 log.warning("source.fallback", what=what, source=str(source),
                             next=str(sources[position + 1]), error=str(err))
         raise AssertionError("internal error: unreachable")

@@ -24,13 +24,16 @@ flatten:<image>       the flat image of the layer chain exists    flatten.py
 mkfs:<image>          out/<image>.ext4 and .json match the config mkfs.py
 update                never (re-resolves every image)             resolve.py
 gc                    never (collects the cache)                  gc.py
+prune:<image>         never (made only for a removed image)       prune.py
 ====================  ==========================================  ================
 
 fetch-blob, unpack, flatten and mkfs are created by one creator after the
 resolve tasks ran (doit ``create_after``), from the lock file only: a
 changed reference is resolved and built in the same run, and ``doit
 list``/``info``/``clean``/``forget`` need no network. The creator is
-``task_mkfs``, so ``doit mkfs:<image>`` builds one image.
+``task_mkfs``, so ``doit mkfs:<image>`` builds one image, and
+``mkfs:<image>`` is a name another dodo file's ``task_dep`` may use
+(``delayed``).
 
 Where the time goes: a fetch of a layer whose store is missing unpacks the
 bytes as they arrive (``overlap``); flatten and mkfs jobs that would run
@@ -60,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from doit import create_after, get_var
+from doit import get_var
 from doit.exceptions import InvalidDodoFile
 
 from pipeline.base.log import choose_level, choose_mode, configure_logging
@@ -69,14 +72,17 @@ from pipeline.errors import PipelineError
 from pipeline.project.config import load_manifest
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
+from pipeline.project.sharing import register_manifest
 from pipeline.tasks.context import RunContext
+from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
 from pipeline.tasks.plan import RunPlan, plan_run
-from pipeline.tasks.reporter import PipelineReporter
+from pipeline.tasks.prune import prune_tasks
+from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
 from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
@@ -125,7 +131,7 @@ def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
     return {
-        "default_tasks": ["resolve", "mkfs"],
+        "default_tasks": ["prune", "resolve", "mkfs"],
         # Thread workers share the registry connection pool and the blob
         # cache's locks; process mode would need cloudpickle for delayed tasks.
         "par_type": "thread",
@@ -134,7 +140,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
         "dep_file": str(ctx.cache.root / DB_NAME),
         # We declare no file_dep; should anyone add one, never md5 a blob.
         "check_file_uptodate": "timestamp",
-        "reporter": PipelineReporter,
+        "reporter": reporter_for(ctx),
         "minversion": "0.36.0",
     }
 
@@ -163,6 +169,8 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)
+        # gc run from any manifest sharing this cache keeps what this one uses.
+        register_manifest(ctx.cache.root, ctx.manifest.path)
         plain = plain_run(sys.argv[1:] if argv is None else argv)
         if plain:
             started = time.monotonic()
@@ -182,13 +190,18 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         # Nothing changed: the family's group task alone (the default tasks name it).
         yield from itertools.islice(tasks, 1) if skipped is not None else tasks
 
-    @create_after(executed="resolve")  # type: ignore[untyped-decorator]  # doit is untyped
+    # mkfs:<image> exists for any task_dep before the creator runs (tasks.delayed).
+    @create_after_named("resolve", "mkfs", (image.name for image in ctx.manifest.images))
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:
             yield from build_tasks(ctx, _NOTHING if skipped is not None else None)
         except PipelineError as err:
             raise InvalidDodoFile(str(err)) from None
+
+    def task_prune() -> Any:
+        """Drop the lock entries and outputs of images removed from the manifest."""
+        yield from prune_tasks(ctx)
 
     def task_update() -> Any:
         """Re-resolve every image (floating tags) into the lock file."""
@@ -203,4 +216,5 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         config["reporter"] = stamping_reporter(ctx, cached_tool_versions, skipped=skipped,
                                                base=config["reporter"])
     return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
-            "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc}
+            "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,
+            "task_prune": task_prune}

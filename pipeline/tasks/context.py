@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
+
 from pipeline.base.terminal import Terminal, TransferProgress
 from pipeline.project.cache import CacheLayout
 from pipeline.project.config import Manifest
@@ -22,6 +24,14 @@ from pipeline.registry.sources import RegistrySources
 
 if TYPE_CHECKING:  # imported on first use: a no-op run never loads multiprocessing
     from pipeline.tasks.workers import WorkerPool
+
+log = structlog.get_logger("pipeline.run")
+
+
+def _report_download(done: int, total: int) -> None:
+    """Off a terminal, a long download says how far it got (the step's binding names it)."""
+    log.info("fetch.progress", bytes=done, total=total,
+             percent=round(100 * done / total, 1) if total else None)
 
 __all__ = ["RunContext", "CacheGuard"]
 
@@ -81,12 +91,13 @@ class RunContext:
     _jobs_here: int = 0
 
     def __post_init__(self) -> None:
-        self.progress = TransferProgress(self.terminal)
+        self.progress = TransferProgress(self.terminal, report=_report_download)
         self.cache = CacheLayout(self.manifest.settings.cache_dir)
         self.registries = RegistrySources(
             mirrors={host: settings.mirrors for host, settings
                      in self.manifest.registries.items() if settings.mirrors},
-            insecure_hosts=self.manifest.insecure_hosts)
+            insecure_hosts=self.manifest.insecure_hosts,
+            mirrors_only=self.manifest.mirrors_only_hosts)
 
     @property
     def output_dir(self) -> Path:

@@ -8,7 +8,9 @@ or tampered with) the step re-hashes it; a blob that no longer matches its
 digest is deleted and fetched again, never used.
 
 The stamp leaves the inode out so that a CI cache restore (new inodes, same
-times) costs nothing; if the times changed too it costs one re-hash.
+times) costs nothing, and is compared at the precision the restore kept
+(whole seconds after ``tar czf``); if the times really changed it costs one
+re-hash.
 
 A download of a layer whose store is not finished yet is unpacked as it
 arrives (``overlap.OverlappedUnpack``, with the unpack task's limits): the
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from doit.tools import config_changed
 
-from pipeline.base.files import file_stamp, remove_path
+from pipeline.base.files import file_stamp, remove_path, stamp_matches
 from pipeline.base.terminal import format_bytes
 from pipeline.errors import DigestMismatch, LocalSourceError
 from pipeline.layers.limits import Limits
@@ -57,7 +59,7 @@ def fetch_config(layer: LayerRef) -> dict[str, Any]:
 def blob_intact(task: Any, values: dict[str, Any], path: Path, size: int) -> bool:
     """doit uptodate: the blob is there, of its size, and unchanged since it was verified."""
     stamp = file_stamp(path)
-    return stamp is not None and stamp[0] == size and list(stamp) == values.get("stamp")
+    return stamp is not None and stamp[0] == size and stamp_matches(values.get("stamp"), stamp)
 
 
 def _sources(ctx: RunContext, plan: LayerPlan) -> list[Source]:
@@ -139,7 +141,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     overlap = ("not needed" if tee is None else "unpacked" if tee.store is not None else
                f"gave up ({tee.gave_up}); the unpack task reads the blob")
     note(outcome="fetched", bytes=layer.size, overlap=overlap,
-         rate=f"{format_bytes(layer.size / seconds if seconds > 0 else 0)}/s")
+         bytes_per_s=round(layer.size / seconds) if seconds > 0 else 0)
     return {"stamp": list(file_stamp(path) or ())}
 
 

@@ -1,17 +1,22 @@
-"""Task ``gc``: drop cache entries that no image in the manifest references.
+"""Task ``gc``: drop cache entries that no image of any manifest using the cache references.
 
 Kept: the blobs (layers and config), layer stores and flat images of every
-lock entry of an image still in the manifest, and for an image its mkfs step
+lock entry of an image still in the manifest, and in every other manifest
+registered in the cache directory (``project.sharing``: each manifest that
+builds in a cache registers there), and for an image its mkfs step
 derives (``ext4derive.choose_build``, from its layer stores' stats) the base
 image and the base chain's flat image it derives from. Everything else under
 ``blobs/``, ``layers/``, ``flat/`` and ``base/`` goes, including leftovers of
 killed runs. The step takes the cache exclusively, so within one run it waits for
 build steps to finish and none starts under it; the run lock keeps other
-processes out. ``doit gc --dry-run`` only lists what would go.
+processes out. ``doit gc --dry-run`` only lists what would go: one line per
+entry with its kind and bytes, and the total, which is what the real run
+frees (``collect`` measures every entry before removing any).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,23 +26,45 @@ from pipeline.errors import LayerError, PipelineError, ToolError
 from pipeline.ext4.options import Ext4Options
 from pipeline.flat.image import chain_key
 from pipeline.layers.configfile import config_layer_key
+from pipeline.project.config import Manifest, load_manifest
 from pipeline.project.gc import Keep, collect
 from pipeline.project.lockfile import read_lock
+from pipeline.project.sharing import registered_manifests
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import IO, run_step
 from pipeline.tasks.toolcache import cached_tool_versions
 
-__all__ = ["gc_task", "gc_step", "keep_for"]
+__all__ = ["gc_task", "gc_step", "keep_for", "base_of"]
 
 log = structlog.get_logger(__name__)
 
 
+def _manifests(ctx: RunContext) -> list[Manifest]:
+    """This run's manifest and every other registered one that uses this very cache."""
+    found = [ctx.manifest]
+    own = ctx.cache.root.resolve()
+    for path in registered_manifests(ctx.cache.root):
+        if path == ctx.manifest.path.resolve():
+            continue
+        try:
+            other = load_manifest(path)
+        except PipelineError as err:
+            raise PipelineError(f"gc: {path} is registered in {own} but cannot be read, so"
+                                f" what it uses is unknown ({err}); fix it, or remove"
+                                f" {own}/manifests/ entries naming it if it no longer uses"
+                                " this cache") from None
+        if other.settings.cache_dir.resolve() != own:
+            continue  # it moved to another cache since it registered
+        log.info("gc.keeps_manifest", manifest=str(path), images=len(other.images))
+        found.append(other)
+    return found
+
+
 def keep_for(ctx: RunContext) -> Keep:
-    entries = read_lock(ctx.lock_path)
     blobs, layers, chains, bases = [], [], [], []
     keep_all_bases = False
-    for spec in ctx.manifest.images:
-        entry = entries.get(spec.name)
+    for manifest, spec in [(m, s) for m in _manifests(ctx) for s in m.images]:
+        entry = read_lock(manifest.lock_path).get(spec.name)
         if entry is None:
             continue
         resolved = entry.resolved
@@ -53,7 +80,7 @@ def keep_for(ctx: RunContext) -> Keep:
             chain = [*chain, str(extra)]
             chains.append(chain_key(chain))
         try:
-            base = _base_of(ctx, chain, spec.ext4)
+            base = base_of(ctx, chain, spec.ext4)
         except ToolError as err:
             # Without the tool versions no base key can be worked out: keep them all.
             log.warning("gc.keeps_all_bases", reason=str(err))
@@ -66,7 +93,7 @@ def keep_for(ctx: RunContext) -> Keep:
                    bases=None if keep_all_bases else bases)
 
 
-def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
+def base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
     is worth keeping: a new build unpacks, flattens and builds its base again)."""
@@ -84,13 +111,24 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
 
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
     result = collect(ctx.cache, keep_for(ctx), dry_run=dry_run)
-    for path in result.removed:
-        log.info("gc.would_remove" if dry_run else "removed", path=str(path))
+    by_kind: dict[str, int] = {}
+    for path, kind, size in zip(result.removed, result.kinds, result.sizes):
+        by_kind[kind] = by_kind.get(kind, 0) + size
+        log.info("gc.would_remove" if dry_run else "gc.removed", kind=kind,
+                 entry=_short(ctx.cache.root, Path(path)), bytes=size)
     log.info("gc.collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
-             freed=format_bytes(result.freed_bytes))
+             freed_bytes=result.freed_bytes, freed=format_bytes(result.freed_bytes),
+             bytes_by_kind=by_kind)
     if result.errors:
         raise PipelineError(f"gc: {len(result.errors)} entries could not be removed, first: "
                             f"{result.errors[0]}")
+
+
+def _short(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def gc_action(ctx: RunContext, dry_run: bool) -> Any:

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from doit.tools import config_changed
 
-from pipeline.base.files import TEMP_PREFIX
+from pipeline import __version__
+from pipeline.base.files import TEMP_PREFIX, remove_path
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
 from pipeline.flat.image import HEADER_NAME, chain_key
@@ -49,6 +49,7 @@ from pipeline.project.buildrecord import (
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
+from pipeline.tasks.why import ImageUpToDate
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
            "output_built_for",
@@ -152,9 +153,9 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
            output, result.derived_from, runtime)
+    # Sizes as numbers (bytes): JSON readers compute with them; the terminal formats them.
     note(outcome="derived" if result.derived_from else "built", output=str(output),
-         size=format_size(result.size), sha256=result.sha256,
-         free=format_size(result.free_bytes),
+         size=result.size, sha256=result.sha256, free=result.free_bytes,
          **({"base": result.derived_from[:12]} if result.derived_from else {}))
 
 
@@ -168,7 +169,18 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
-        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime))
+        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime,
+        pipeline_version=__version__))
+
+
+def clean_base(ctx: RunContext, image: ImagePlan) -> None:
+    """``doit clean``: the base image a derived build of ``image`` uses, and its flat image."""
+    from pipeline.tasks.gc import base_of
+
+    found = base_of(ctx, list(image.layer_chain), image.spec.ext4)
+    if found is not None:
+        remove_path(ctx.cache.flat_root / found[0])
+        remove_path(ctx.cache.base_root / found[1])
 
 
 def mkfs_tasks(ctx: RunContext, plan: RunPlan,
@@ -189,9 +201,12 @@ def mkfs_tasks(ctx: RunContext, plan: RunPlan,
             "actions": [action(mkfs_step, ctx, image, tools, name=name, images=[image.name])],
             "task_dep": [f"flatten:{image.name}"],
             "targets": [str(output), str(record)],
-            "uptodate": [config_changed(config),
-                         (output_built_for, [output, record, config], {})],
-            "clean": True,
+            # One check that also says, in `doit info`, why it would rebuild (tasks.why).
+            "uptodate": [ImageUpToDate(config, output, record, build_key(config))],
+            # Everything the step made: the outputs and, for a derived build, its base
+            # image and the base chain's flat image (no flatten task owns those).
+            "clean": [(remove_path, [output]), (remove_path, [record]),
+                      (clean_base, [ctx, image])],
             "io": IO,
             "meta": {"images": [image.name]},
         }

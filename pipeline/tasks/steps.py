@@ -32,13 +32,23 @@ from pipeline.base.log import bound
 from pipeline.errors import PipelineError
 from pipeline.tasks.context import RunContext
 
-__all__ = ["run_step", "action", "note", "group", "IO"]
+__all__ = ["run_step", "action", "note", "group", "IO", "finished_notes"]
 
 log = structlog.get_logger("pipeline.run")
 
 # Fields for the running step's "task.done" line; one dict per step, per
 # thread (doit's thread workers each run one step at a time).
 _notes: ContextVar[dict[str, Any] | None] = ContextVar("pipeline_step_notes", default=None)
+
+
+# What each finished step noted, by task name, for the reporter's summary (it
+# runs in this process: the doit runner calls it after the action returned).
+_finished: dict[str, dict[str, Any]] = {}
+
+
+def finished_notes(task: str) -> dict[str, Any]:
+    """The fields of ``task``'s ``task.done`` line (empty when it did not finish here)."""
+    return _finished.pop(task, {})
 
 
 def note(**fields: Any) -> None:
@@ -100,8 +110,9 @@ def run_step(step: Callable[..., Any], ctx: RunContext, *args: Any, name: str,
                 if err.errno not in ENVIRONMENTAL_ERRNOS:
                     raise
                 return TaskFailed(_environmental(err))
-            log.info("task.done", images=list(images),
-                     seconds=round(time.monotonic() - started, 3), **notes)
+            seconds = round(time.monotonic() - started, 3)
+            log.info("task.done", images=list(images), seconds=seconds, **notes)
+            _finished[name] = {"seconds": seconds, **notes}
     finally:
         _notes.reset(token)
     return result

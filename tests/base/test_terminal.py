@@ -6,7 +6,15 @@ import io
 
 import pytest
 
-from pipeline.base.terminal import Terminal, TransferProgress, format_bytes, format_eta
+from pipeline.base.terminal import (
+    REPORT_INTERVAL_S,
+    Terminal,
+    TransferProgress,
+    format_bytes,
+    format_eta,
+    step_line,
+    summary_table,
+)
 
 
 class Clock:
@@ -71,3 +79,71 @@ def test_format_bytes(n: int, text: str) -> None:
                                      (3725, "1:02:05"), (1e9, "--:--")])
 def test_format_eta(s: float | None, text: str) -> None:
     assert format_eta(s) == text
+
+
+def test_status_parts_share_one_line() -> None:
+    out = io.StringIO()
+    terminal = Terminal(out, interactive=True)
+    terminal.set_part("steps", "mkfs a 3s")
+    terminal.set_part("fetch", "fetching 1 blob")
+    assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == "fetching 1 blob  mkfs a 3s"
+    terminal.set_part("fetch", "")
+    assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == "mkfs a 3s"
+    terminal.set_part("steps", "")
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_off_a_terminal_a_long_download_reports_every_interval() -> None:
+    clock, reports = Clock(), []
+    progress = TransferProgress(Terminal(io.StringIO()), clock=clock,
+                                report=lambda done, total: reports.append((done, total)))
+    blob = progress.start(1000)
+    blob(100, 1000)
+    clock.now += REPORT_INTERVAL_S - 0.1
+    blob(200, 1000)
+    clock.now += 0.2
+    blob(300, 1000)
+    clock.now += REPORT_INTERVAL_S
+    blob(900, 1000)
+    blob.finish()
+    assert reports == [(300, 1000), (900, 1000)]
+
+
+SHA = "sha256:" + "ab12cd34ef56" + "0" * 52
+
+# (id, task.done fields, the line)
+STEP_LINES = [
+    ("mkfs-built", {"task": "mkfs:alpine", "outcome": "built", "size": 64 << 20,
+                    "free": 12 << 20, "sha256": "f" * 64, "seconds": 1.234},
+     "mkfs       alpine                           built, 64.0 MiB, 12.0 MiB free"
+     "                  1.2 s"),
+    ("fetch-shortens-the-digest", {"task": f"fetch-blob:{SHA}", "images": ["a", "b"],
+                                   "outcome": "fetched", "bytes": 3 << 20,
+                                   "bytes_per_s": 45 << 20, "seconds": 0.07},
+     "fetch-blob sha256:ab12cd34ef56 (a,b)        fetched, 3.0 MiB, at 45.0 MiB/s"
+     "                 0.1 s"),
+    ("unpack", {"task": f"unpack:{SHA}", "entries": 1234, "bytes": 1 << 20, "seconds": 2},
+     "unpack     sha256:ab12cd34ef56              1.0 MiB, 1234 entries"
+     "                           2.0 s"),
+    ("resolve", {"task": "resolve:a", "manifest": SHA, "layers": 2, "seconds": 0.5},
+     "resolve    a                                2 layers, sha256:ab12cd34ef56"
+     "                   0.5 s"),
+]
+
+
+@pytest.mark.parametrize("fields, line", [s[1:] for s in STEP_LINES],
+                         ids=[s[0] for s in STEP_LINES])
+def test_a_finished_step_is_one_short_line(fields: dict[str, object], line: str) -> None:
+    assert step_line(fields) == line
+
+
+def test_the_summary_table() -> None:
+    rows = [{"image": "alpine", "outcome": "built", "size": 64 << 20, "seconds": 2.5},
+            {"image": "debian", "outcome": "up to date", "size": 1 << 30, "seconds": 0},
+            {"image": "nope", "outcome": "failed", "size": None, "seconds": 0.4}]
+    assert summary_table(rows, 3.04) == (
+        "image   outcome         size   time\n"
+        "alpine  built       64.0 MiB  2.5 s\n"
+        "debian  up to date   1.0 GiB      -\n"
+        "nope    failed             -  0.4 s\n"
+        "3 images: 1 built, 1 up to date, 1 failed in 3.0 s")

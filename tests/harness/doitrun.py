@@ -109,8 +109,8 @@ class Run:
         return self
 
 
-def doit_command(project: Path, *args: str) -> list[str]:
-    return [sys.executable, "-c", LAUNCHER, "-f", str(DODO), "-d", str(project), *args]
+def doit_command(project: Path, *args: str, dodo: Path = DODO) -> list[str]:
+    return [sys.executable, "-c", LAUNCHER, "-f", str(dodo), "-d", str(project), *args]
 
 
 def doit_env(env: Mapping[str, str] | None = None, *,
@@ -124,15 +124,28 @@ def doit_env(env: Mapping[str, str] | None = None, *,
 
 
 def run_doit(project: Path, *args: str, env: Mapping[str, str] | None = None,
-             audit: bool = False, timeout: float = 180) -> Run:
+             audit: bool = False, timeout: float = 180, dodo: Path = DODO,
+             command: list[str] | None = None) -> Run:
     trail = project.parent / f".audit-{time.monotonic_ns()}" if audit else None
-    command = doit_command(project, *args)
+    command = command or doit_command(project, *args, dodo=dodo)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env=doit_env(env, audit=trail), cwd=project, check=False)
     lines = trail.read_text().splitlines() if trail is not None and trail.exists() else []
     if trail is not None:
         trail.unlink(missing_ok=True)
     return Run(list(args), proc.returncode, proc.stdout, proc.stderr, lines)
+
+
+def run_rootfs(project: Path, *args: str, env: Mapping[str, str] | None = None,
+               audit: bool = False) -> Run:
+    """The ``rootfs`` command (``python -m pipeline``), no dodo file, in ``project``."""
+    return run_doit(project, *args, env=env, audit=audit,
+                    command=[sys.executable, "-m", "pipeline", *args])
+
+
+def run_plain_doit(project: Path, *args: str) -> Run:
+    """Plain ``doit`` in ``project`` (no -f, no -d), as a user types it."""
+    return run_doit(project, *args, command=[sys.executable, "-c", LAUNCHER, *args])
 
 
 def start_doit(project: Path, *args: str, env: Mapping[str, str] | None = None,

@@ -146,7 +146,10 @@ BAD = [
                  "allowed: cache_dir, jobs, output_dir, platform", id="unknown-setting"),
     pytest.param('[registries."docker.io"]\nmirror = ["m:5000"]\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: unknown key 'mirror' (did you mean 'mirrors'?); "
-                 "allowed: insecure, mirrors", id="unknown-registry-key"),
+                 "allowed: insecure, mirrors, mirrors_only", id="unknown-registry-key"),
+    pytest.param('[registries."docker.io"]\nmirrors_only = "yes"\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `mirrors_only` must be true or false, got string 'yes'",
+                 id="mirrors-only-not-bool"),
     pytest.param('[images.a]\nref = "Alpine:3.20"\n',
                  "/proj/images.toml:2: image 'a': bad `ref`: invalid image reference "
                  "'Alpine:3.20': repository name 'library/Alpine' must be lowercase",

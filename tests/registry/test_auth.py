@@ -187,7 +187,7 @@ def test_private_repo_anonymous_is_refused(anonymous: RegistryClient, token_regi
     assert info.value.status == 401 and not info.value.temporary
     assert str(info.value).endswith(
         f"the registry needs credentials and none are configured for {token_registry.host};"
-        " run `docker login`")
+        " run `docker login` or `podman login`")
     assert sleeps == []
     # One token, then one more after `insufficient_scope`, then give up.
     assert len(token_server.requests()) == 2
@@ -239,7 +239,8 @@ def test_wrong_password_is_a_clear_error(token_registry: Registry, token_server:
     message = str(info.value)
     assert message == (f"token server {token_server.realm} answered 401 for"
                        f" {token_registry.host}: it refused the credentials configured for"
-                       f" {token_registry.host}; run `docker login {token_registry.host}` again")
+                       f" {token_registry.host}; run `docker login {token_registry.host}` or"
+                       f" `podman login {token_registry.host}` again")
     assert "not-her-password" not in message and sleeps == []
 
 
@@ -371,7 +372,7 @@ def test_basic_without_credentials(anonymous: RegistryClient, basic_registry: Re
     assert str(info.value) == (
         f"GET {basic_registry.url}/v2/{repo}/manifests/v1: 401 Unauthorized (UNAUTHORIZED:"
         " authentication required): the registry needs credentials and none are configured"
-        f" for {basic_registry.host}; run `docker login`")
+        f" for {basic_registry.host}; run `docker login` or `podman login`")
     assert sleeps == []
 
 
@@ -383,7 +384,7 @@ def test_basic_wrong_password(docker_config: ConfigFixture, basic_registry: Regi
     with client_with(None, sleeps) as client, pytest.raises(AuthError) as info:
         client.get_manifest(proxy.host, repo, "v1")
     assert str(info.value).endswith("the registry refused the configured credentials; run"
-                                    f" `docker login` for {proxy.host} again")
+                                    f" `docker login` or `podman login` for {proxy.host} again")
     assert "not-builder" not in str(info.value)
     assert [r.status for r in proxy.requests()] == [401, 401]
 

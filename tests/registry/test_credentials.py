@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import AuthError
-from pipeline.registry.credentials import DOCKER_HUB_SERVER, Credential, DockerConfig, NoCredentials
+from pipeline.registry.credentials import (
+    DOCKER_HUB_SERVER,
+    Credential,
+    DockerConfig,
+    NoCredentials,
+    load_credentials,
+)
 from tests.harness.dockerconfig import DockerConfig as ConfigFixture
 
 SECRET = "s3cr3t-value"
@@ -80,7 +86,7 @@ def test_bad_auth_entry(docker_config: ConfigFixture, entry: dict[str, str]) -> 
         load().get("r.example")
     assert str(info.value) == (f"{docker_config.path}: auths entry for r.example has an 'auth'"
                                " value that is not base64 of 'user:password'; run `docker"
-                               " login` again")
+                               " login` or `podman login` again")
 
 
 @pytest.mark.parametrize("text, message", [
@@ -194,3 +200,41 @@ def test_repr_masks_secrets() -> None:
 
 def test_no_credentials() -> None:
     assert NoCredentials().get("docker.io") is None
+
+
+# (id, files written as {place: user}, the user expected for r.example) — place is
+# "auth-file" ($REGISTRY_AUTH_FILE), "runtime" (${XDG_RUNTIME_DIR}/containers/auth.json),
+# "config" (~/.config/containers/auth.json), "docker" ($DOCKER_CONFIG/config.json).
+AUTH_FILE_ORDER = [
+    ("registry-auth-file-first", {"auth-file": "a", "runtime": "r", "docker": "d"}, "a"),
+    ("podman-runtime-before-docker", {"runtime": "r", "config": "c", "docker": "d"}, "r"),
+    ("user-config-before-docker", {"config": "c", "docker": "d"}, "c"),
+    ("docker-alone", {"docker": "d"}, "d"),
+    ("none", {}, None),
+]
+
+
+@pytest.mark.parametrize("files, expected", [c[1:] for c in AUTH_FILE_ORDER],
+                         ids=[c[0] for c in AUTH_FILE_ORDER])
+def test_auth_file_order(tmp_path: Path, files: dict[str, str], expected: str | None) -> None:
+    places = {"auth-file": tmp_path / "custom.json",
+              "runtime": tmp_path / "run/containers/auth.json",
+              "config": tmp_path / "home/.config/containers/auth.json",
+              "docker": tmp_path / "docker/config.json"}
+    for place, user in files.items():
+        places[place].parent.mkdir(parents=True, exist_ok=True)
+        raw = base64.b64encode(f"{user}:{SECRET}".encode()).decode()
+        # podman writes the same format as docker, keys as bare hosts.
+        places[place].write_text(json.dumps({"auths": {"r.example": {"auth": raw}}}))
+    env = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+           "DOCKER_CONFIG": str(tmp_path / "docker")}
+    if "auth-file" in files:
+        env["REGISTRY_AUTH_FILE"] = str(places["auth-file"])
+    found = load_credentials(env).get("r.example")
+    assert (found.username if found else None) == expected
+
+
+def test_auth_file_broken_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "auth.json").write_text("{not json")
+    with pytest.raises(AuthError, match=f"^{tmp_path}/auth.json: not valid JSON"):
+        load_credentials({"HOME": str(tmp_path), "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")})

@@ -106,18 +106,70 @@ def test_a_mirror_serving_wrong_bytes_is_caught_and_skipped(
         assert world.blob(layer).exists()
 
 
-def test_a_failing_mirror_with_no_upstream_left_fails_with_the_upstream_error(
+def test_when_every_source_fails_the_error_names_each_ones_failure(
         registry: Registry, repo: str, tmp_path: Path) -> None:
     world = make_world(registry, repo, tmp_path, names="a")
     missing = f"{world.registry.host}/{world.namespace}/a:nope"
     world.write_manifest(a=missing)
+    dead = f"127.0.0.1:{free_port()}"
     with start_registry(tmp_path / "empty") as empty:
-        run = run_doit(world.project, env={"ROOTFS_MIRRORS": f"{registry.host}={empty.host}"})
+        run = run_doit(world.project,
+                       env={"ROOTFS_MIRRORS": f"{registry.host}={dead},{empty.host}"})
     assert run.returncode != 0
-    assert run.stdout.splitlines()[0].startswith(
-        f"FAILED resolve:a (a): GET http://{registry.host}/v2/{world.namespace}/a/manifests/"
-        "nope: 404 Not Found")
-    assert fallbacks(run) == [("resolve:a", empty.host, registry.host)]
+    manifests = f"v2/{world.namespace}/a/manifests/nope"
+    line = run.stdout.splitlines()[0]
+    hint = "not found; check the repository name and the tag or digest"
+    # Each source's own reason, in the order they were asked: refused, 404, 404.
+    assert line == (
+        f"FAILED resolve:a (a): image 'a' ({missing}): all 3 sources failed:"
+        f" mirror {dead}: GET http://{dead}/{manifests}: ConnectError: [Errno 111] Connection"
+        f" refused; mirror {empty.host}: GET http://{empty.host}/{manifests}: 404 Not Found"
+        f" (MANIFEST_UNKNOWN: manifest unknown): {hint}; registry {registry.host}:"
+        f" GET http://{registry.host}/{manifests}: 404 Not Found (MANIFEST_UNKNOWN: manifest"
+        f" unknown): {hint}")
+    assert fallbacks(run) == [("resolve:a", dead, empty.host),
+                              ("resolve:a", empty.host, registry.host)]
+
+
+# (id, images.toml [registries] text for the upstream, environment) — each makes the
+# upstream registry mirrors-only, so an image the mirror lacks fails without asking it.
+MIRRORS_ONLY = [
+    ("manifest-key", "mirrors_only = true\n", {}),
+    ("env-every-registry", "", {"ROOTFS_MIRRORS_ONLY": "1"}),
+    ("env-this-registry", "", {"ROOTFS_MIRRORS_ONLY": "{upstream}"}),
+]
+
+
+@pytest.mark.parametrize("table, env", [m[1:] for m in MIRRORS_ONLY],
+                         ids=[m[0] for m in MIRRORS_ONLY])
+def test_mirrors_only_never_asks_the_registry(registry: Registry, repo: str, tmp_path: Path,
+                                              table: str, env: dict[str, str]) -> None:
+    world = make_world(registry, repo, tmp_path, names="a")
+    with start_registry(tmp_path / "empty") as empty:
+        text = (world.project / "images.toml").read_text()
+        (world.project / "images.toml").write_text(
+            f'[registries."{registry.host}"]\nmirrors = ["{empty.host}"]\n{table}\n{text}')
+        env = {k: v.format(upstream=registry.host) for k, v in env.items()}
+        run = run_doit(world.project, env=env, audit=True)
+    assert run.returncode != 0
+    assert run.stdout.splitlines()[0] == (
+        f"FAILED resolve:a (a): GET http://{empty.host}/v2/{world.namespace}/a/manifests/v1:"
+        " 404 Not Found (MANIFEST_UNKNOWN: manifest unknown): not found; check the repository"
+        " name and the tag or digest")
+    assert repr(("127.0.0.1", registry.port)) not in run.connects
+    assert fallbacks(run) == []
+
+
+def test_mirrors_only_without_a_mirror_says_what_to_add(registry: Registry, repo: str,
+                                                        tmp_path: Path) -> None:
+    world = make_world(registry, repo, tmp_path, names="a")
+    run = run_doit(world.project, env={"ROOTFS_MIRRORS_ONLY": "1"}, audit=True)
+    assert run.stdout.splitlines()[0] == (
+        f"FAILED resolve:a (a): {registry.host}/{world.namespace}/a: {registry.host} is"
+        f" mirrors-only and has no mirror; add one to ROOTFS_MIRRORS or"
+        f' [registries."{registry.host}"] mirrors, or let it fall back (unset'
+        " ROOTFS_MIRRORS_ONLY / mirrors_only)")
+    assert run.connects == []
 
 
 @pytest.mark.parametrize("value, message", [

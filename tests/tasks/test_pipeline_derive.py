@@ -86,3 +86,18 @@ def test_derive_false_builds_in_full_and_only_that_mkfs_reruns(world: World) -> 
     # Another way of building is other bytes (and another UUID, from the options).
     assert record["sha256"] != derived["sha256"]
     verify_outputs(world.project, NAMES)
+
+
+def test_clean_removes_everything_the_tasks_made_bases_and_flat_trees_included(
+        world: World) -> None:
+    run_doit(world.project).check()
+    cache = world.project / ".cache"
+    assert list((cache / "base").iterdir()) and len(list((cache / "flat").iterdir())) == 5
+    run_doit(world.project, "clean").check()
+    assert [p.name for p in (cache / "base").iterdir() if not p.name.startswith(".lock-")] == []
+    assert list((cache / "flat").iterdir()) == []  # the base chain's flat image too
+    assert list((cache / "layers").iterdir()) == []
+    assert list((world.project / "out").iterdir()) == []
+    again = run_doit(world.project).check()
+    assert len(bases_built(again)) == 1
+    verify_outputs(world.project, NAMES)

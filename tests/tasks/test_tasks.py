@@ -324,12 +324,13 @@ def test_gc_keeps_what_the_lock_of_manifest_images_references(project: Path) -> 
 
 
 def test_doit_config(project: Path) -> None:
-    config = doit_config(context(project))
-    assert config["default_tasks"] == ["resolve", "mkfs"]
+    ctx = context(project)
+    config = doit_config(ctx)
+    assert config["default_tasks"] == ["prune", "resolve", "mkfs"]
     assert (config["par_type"], config["num_process"], config["backend"]) == ("thread", 3,
                                                                               "sqlite3")
     assert config["dep_file"] == str(project / ".cache" / "doit.db")
-    assert config["reporter"] is PipelineReporter
+    assert issubclass(config["reporter"], PipelineReporter) and config["reporter"].ctx is ctx
 
 
 def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) -> None:

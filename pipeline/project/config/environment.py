@@ -22,10 +22,14 @@ from collections.abc import Mapping
 
 from pipeline.errors import ManifestError
 
-__all__ = ["MIRRORS_VAR", "INSECURE_VAR", "parse_mirrors_env", "parse_insecure_env", "check_host"]
+__all__ = ["MIRRORS_VAR", "INSECURE_VAR", "MIRRORS_ONLY_VAR", "parse_mirrors_env",
+           "parse_insecure_env", "parse_mirrors_only_env", "check_host"]
 
 MIRRORS_VAR = "ROOTFS_MIRRORS"
 INSECURE_VAR = "ROOTFS_INSECURE_REGISTRIES"
+MIRRORS_ONLY_VAR = "ROOTFS_MIRRORS_ONLY"
+_YES = ("1", "true", "yes", "on")
+_NO = ("", "0", "false", "no", "off")
 
 # host[:port], DNS names or IPv4 or bracketed IPv6 (distribution reference grammar).
 _HOST = re.compile(
@@ -81,4 +85,21 @@ def parse_insecure_env(environ: Mapping[str, str]) -> frozenset[str]:
         reason = check_host(host)
         if reason is not None:
             raise ManifestError(f"host {host!r}: {reason}", path=_where(INSECURE_VAR))
+    return frozenset(hosts)
+
+
+def parse_mirrors_only_env(environ: Mapping[str, str]) -> bool | frozenset[str]:
+    """``ROOTFS_MIRRORS_ONLY``: True for every registry (``1``), else the registry hosts
+    listed (comma separated) that must never be asked themselves; empty when unset."""
+    raw = environ.get(MIRRORS_ONLY_VAR, "").strip()
+    if raw.lower() in _YES:
+        return True
+    if raw.lower() in _NO:
+        return frozenset()
+    hosts = [h for h in re.split(r"[,;\s]+", raw) if h]
+    for host in hosts:
+        reason = check_host(host)
+        if reason is not None:
+            raise ManifestError(f"host {host!r}: {reason}; or give 1 for every registry",
+                                path=_where(MIRRORS_ONLY_VAR))
     return frozenset(hosts)

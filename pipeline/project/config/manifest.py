@@ -13,22 +13,27 @@ directory, so a manifest, its lock file and its outputs travel together.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BadPlatform, ManifestError, PipelineError
+from pipeline.errors import ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
 from pipeline.layers.configfile import check_config_path
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
+from pipeline.oci.reference import ImageRef
 from pipeline.oci.resolved import ImageSource, parse_source
-from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
-from pipeline.project.config.source import SourceLines
+from pipeline.project.config.checker import Checker, kind_of
+from pipeline.project.config.environment import (
+    check_host,
+    parse_insecure_env,
+    parse_mirrors_env,
+    parse_mirrors_only_env,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +58,7 @@ MANIFEST_MAX_BYTES = 1 << 20
 
 TOP_KEYS = ("images", "registries", "settings")
 SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
-REGISTRY_KEYS = ("insecure", "mirrors")
+REGISTRY_KEYS = ("insecure", "mirrors", "mirrors_only")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
 EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
@@ -78,10 +83,12 @@ KNOWN_ARCHITECTURES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mips6
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    """How to reach one registry: plain HTTP allowed, and its mirrors in order."""
+    """How to reach one registry: plain HTTP allowed, its mirrors in order, and whether
+    only they may be asked (air-gapped CI: never fall back to the registry itself)."""
 
     insecure: bool = False
     mirrors: tuple[str, ...] = ()
+    mirrors_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,64 +140,14 @@ class Manifest:
     def insecure_hosts(self) -> frozenset[str]:
         return frozenset(host for host, reg in self.registries.items() if reg.insecure)
 
+    @property
+    def mirrors_only_hosts(self) -> frozenset[str]:
+        return frozenset(host for host, reg in self.registries.items() if reg.mirrors_only)
+
 
 def lock_path_for(manifest: Path) -> Path:
     """``images.toml`` → ``images.lock.json`` beside it."""
     return manifest.with_name(manifest.stem + ".lock.json")
-
-
-def _kind(value: object) -> str:
-    names = {bool: "boolean", int: "integer", float: "float", str: "string",
-             list: "array", dict: "table"}
-    return f"{names.get(type(value), type(value).__name__)} {value!r}"
-
-
-class _Checker:
-    """Carries the file name and source lines so every error can say where."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines = SourceLines.from_text(text)
-
-    def fail(self, message: str, *where: str, image: str | None = None) -> ManifestError:
-        key = where[-1] if where else None
-        return ManifestError(message, path=str(self.path), line=self.lines.line(*where),
-                             image=image, key=key)
-
-    def table(self, value: object, *where: str, image: str | None = None) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(f"`{'.'.join(where)}` must be a table, got {_kind(value)}",
-                            *where, image=image)
-        return value
-
-    def known(self, table: dict[str, Any], allowed: tuple[str, ...], *where: str,
-              image: str | None = None) -> None:
-        for key in table:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise self.fail(f"unknown key {key!r}{suggestion}; allowed: {', '.join(allowed)}",
-                                *where, key, image=image)
-
-    def string(self, value: object, *where: str, image: str | None = None) -> str:
-        if not isinstance(value, str):
-            raise self.fail(f"`{where[-1]}` must be a string, got {_kind(value)}",
-                            *where, image=image)
-        return value
-
-    def parsed(self, parse: Callable[[str], Any], value: object, *where: str,
-               image: str | None = None) -> Any:
-        text = self.string(value, *where, image=image)
-        try:
-            return parse(text)
-        except (ManifestError, BadPlatform) as err:
-            # Parsers without a file to name say "images.toml: ..."; say it once, here.
-            reason = str(err).removeprefix("images.toml: ")
-            raise self.fail(reason, *where, image=image) from err
-        except PipelineError as err:
-            raise self.fail(f"bad `{where[-1]}`: {err}", *where, image=image) from err
-        except ValueError as err:
-            raise self.fail(f"bad `{where[-1]}` {text!r}: {err}", *where, image=image) from err
 
 
 def _platform(text: str) -> Platform:
@@ -204,7 +161,7 @@ def _platform(text: str) -> Platform:
     return platform
 
 
-def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
+def _settings(c: Checker, raw: dict[str, Any], base: Path) -> Settings:
     c.known(raw, SETTINGS_KEYS, "settings")
     platform = c.parsed(_platform, raw.get("platform", str(DEFAULT_PLATFORM)),
                         "settings", "platform")
@@ -217,7 +174,7 @@ def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
         dirs[key] = Path(os.path.normpath(base / Path(text).expanduser()))
     jobs = raw.get("jobs", DEFAULT_JOBS)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
-        raise c.fail(f"`jobs` must be an integer from 1 to {MAX_JOBS}, got {_kind(jobs)}",
+        raise c.fail(f"`jobs` must be an integer from 1 to {MAX_JOBS}, got {kind_of(jobs)}",
                      "settings", "jobs")
     if dirs["output_dir"] == dirs["cache_dir"]:
         raise c.fail("`output_dir` and `cache_dir` must be different directories, both are "
@@ -225,7 +182,7 @@ def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
     return Settings(platform=platform, jobs=jobs, **dirs)
 
 
-def _registries(c: _Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]:
+def _registries(c: Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]:
     result = {}
     for host, table in raw.items():
         reason = check_host(host)
@@ -235,22 +192,27 @@ def _registries(c: _Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]
         c.known(table, REGISTRY_KEYS, "registries", host)
         insecure = table.get("insecure", False)
         if not isinstance(insecure, bool):
-            raise c.fail(f"`insecure` must be true or false, got {_kind(insecure)}",
+            raise c.fail(f"`insecure` must be true or false, got {kind_of(insecure)}",
                          "registries", host, "insecure")
         mirrors = table.get("mirrors", [])
         if not isinstance(mirrors, list):
-            raise c.fail(f"`mirrors` must be an array of host[:port] strings, got {_kind(mirrors)}",
-                         "registries", host, "mirrors")
+            raise c.fail("`mirrors` must be an array of host[:port] strings, got "
+                         f"{kind_of(mirrors)}", "registries", host, "mirrors")
         for mirror in mirrors:
             mirror = c.string(mirror, "registries", host, "mirrors")
             reason = check_host(mirror)
             if reason is not None:
                 raise c.fail(f"mirror {mirror!r}: {reason}", "registries", host, "mirrors")
-        result[host] = RegistrySettings(insecure=insecure, mirrors=tuple(mirrors))
+        only = table.get("mirrors_only", False)
+        if not isinstance(only, bool):
+            raise c.fail(f"`mirrors_only` must be true or false, got {kind_of(only)}",
+                         "registries", host, "mirrors_only")
+        result[host] = RegistrySettings(insecure=insecure, mirrors=tuple(mirrors),
+                                        mirrors_only=only)
     return result
 
 
-def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
+def _image(c: Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
     if not NAME_RE.match(name):
         raise c.fail(f"image name {name!r} is not a safe file name: use 1 to 64 letters, digits, "
                      "'.', '_' or '-', starting with a letter or digit", "images", name)
@@ -274,7 +236,7 @@ def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec
                      line=c.lines.line(*where), config_path=config_path)
 
 
-def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
+def _ext4_options(c: Checker, table: dict[str, Any], name: str) -> Ext4Options:
     """Ext4Options from the image's ext4 keys; each bad value is blamed on its own key."""
     where = ("images", name)
     given: dict[str, Any] = {}
@@ -284,7 +246,7 @@ def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
         value = table[key]
         types, wanted = _EXT4_TYPES[key]
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-            raise c.fail(f"`{key}` must be {wanted}, got {_kind(value)}", *where, key,
+            raise c.fail(f"`{key}` must be {wanted}, got {kind_of(value)}", *where, key,
                          image=name)
         if key == "size" and value == "auto":
             continue
@@ -306,7 +268,7 @@ def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
 def parse_manifest(text: str, path: Path, *,
                    environ: Mapping[str, str] | None = None) -> Manifest:
     """Validate manifest source ``text`` that was read from ``path``."""
-    c = _Checker(path, text)
+    c = Checker(path, text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -339,21 +301,26 @@ def parse_manifest(text: str, path: Path, *,
                          "output files would collide", "images", name, image=name)
         images.append(spec)
     if environ is not None:
-        registries = _apply_environment(registries, environ)
+        registries = _apply_environment(registries, environ,
+                                        {spec.ref.registry for spec in images
+                                         if isinstance(spec.ref, ImageRef)})
     return Manifest(path=path, settings=settings, images=tuple(images), registries=registries)
 
 
-def _apply_environment(registries: dict[str, RegistrySettings],
-                       environ: Mapping[str, str]) -> dict[str, RegistrySettings]:
-    """Environment mirrors go first (a CI cache beats the manifest's), then the manifest's."""
+def _apply_environment(registries: dict[str, RegistrySettings], environ: Mapping[str, str],
+                       used: set[str]) -> dict[str, RegistrySettings]:
+    """Environment mirrors go first (a CI cache beats the manifest's), then the manifest's;
+    ``ROOTFS_MIRRORS_ONLY`` makes the registries it names (or all ``used``) mirrors-only."""
     merged = dict(registries)
     for registry, mirrors in parse_mirrors_env(environ).items():
         current = merged.get(registry, RegistrySettings())
         ordered = tuple(dict.fromkeys(mirrors + current.mirrors))
-        merged[registry] = RegistrySettings(insecure=current.insecure, mirrors=ordered)
+        merged[registry] = replace(current, mirrors=ordered)
     for host in parse_insecure_env(environ):
-        current = merged.get(host, RegistrySettings())
-        merged[host] = RegistrySettings(insecure=True, mirrors=current.mirrors)
+        merged[host] = replace(merged.get(host, RegistrySettings()), insecure=True)
+    only = parse_mirrors_only_env(environ)
+    for host in sorted(used | set(merged)) if only is True else sorted(only or ()):
+        merged[host] = replace(merged.get(host, RegistrySettings()), mirrors_only=True)
     return merged
 
 
