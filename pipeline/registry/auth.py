@@ -31,7 +31,6 @@ called without auth) and read here. Only synchronous clients are supported.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -41,6 +40,7 @@ from urllib.parse import urlencode
 import httpx
 import structlog
 
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import AuthError
 from pipeline.oci.reference import is_link_local_host, is_loopback_host
 from pipeline.registry.credentials import Credential, CredentialSource
@@ -314,7 +314,7 @@ class RegistryAuth(httpx.Auth):
                               status=status, temporary=temporary)
             raise with_retry_after(error, parse_retry_after(response.headers.get("retry-after")))
         try:
-            doc = json.loads(body)
+            doc = loads_bounded(body)
             value = doc.get("token") or doc.get("access_token")
             ttl = doc.get("expires_in", DEFAULT_TOKEN_TTL_S)
         except (ValueError, AttributeError):

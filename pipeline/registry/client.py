@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.base.digest import Digest, parse_digest
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import AuthError, BadDigest, DigestMismatch, RegistryError
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import MANIFEST_MAX_BYTES
@@ -333,7 +333,7 @@ def _header_digest(value: str, method: str, url: str) -> Digest:
 def _registry_diagnostic(body: bytes) -> tuple[str | None, str]:
     """The first (code, message) of a distribution-spec errors body, if there is one."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = loads_bounded(body)
         first = doc["errors"][0]
         code, message = first.get("code"), first.get("message", "")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):

@@ -301,6 +301,11 @@ def parse_manifest(text: str, path: Path, *,
     c = _Checker(path, text)
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table; no real
+        # manifest nests more than three levels.
+        raise ManifestError("arrays or inline tables are nested too deeply to parse; a"
+                            " manifest nests at most a few levels", path=str(path)) from None
     except tomllib.TOMLDecodeError as err:
         message = str(err)
         found = re.search(r"\(at line (\d+), column \d+\)", message)
