@@ -34,7 +34,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.base.digest import Digest, parse_digest
-from pipeline.base.jsontext import loads_bounded
+from pipeline.base.jsontext import escape_text, loads_bounded
 from pipeline.errors import AuthError, BadDigest, DigestMismatch, RegistryError
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import MANIFEST_MAX_BYTES
@@ -291,7 +291,8 @@ class RegistryClient:
             except RegistryError:
                 body = b""
         code, detail = _registry_diagnostic(body)
-        said = f"{status} {response.reason_phrase}" + (f" ({code}: {detail})" if code else "")
+        said = f"{status} {escape_text(response.reason_phrase, 60)}" + (
+            f" ({code}: {detail})" if code else "")
         registry = url.split("/", 3)[2]
         final = response.request.url
         if final.netloc.decode("ascii") != registry:
@@ -355,4 +356,5 @@ def _registry_diagnostic(body: bytes) -> tuple[str | None, str]:
     if not isinstance(code, str):
         return None, ""
     text = message if isinstance(message, str) else ""
-    return code[:64], text[:300].replace("\n", " ")
+    # Printed on the user's terminal: no ESC, BEL or newline from a registry.
+    return escape_text(code, 64), escape_text(text, 300)
