@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "JsonTooDeep", "json_depth", "loads_bounded", "escape_text"]
+__all__ = ["MAX_JSON_DEPTH", "JsonTooDeep", "json_depth", "loads_bounded"]
 
 # Real documents nest 5-8 levels; Python's parser dies near 1,000. 64 leaves
 # room for any annotation-heavy document and none for a bomb.
@@ -60,15 +60,3 @@ def loads_bounded(text: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, **optio
     if depth > max_depth:
         raise JsonTooDeep(depth, max_depth)
     return json.loads(text, **options)
-
-
-def escape_text(text: str, limit: int = 300) -> str:
-    """Text from outside made safe for one terminal line: control characters escaped, cut.
-
-    ESC, BEL, CR, newlines and the C1 controls would let a registry or an
-    image rewrite the terminal or split a ``FAILED`` line; they become
-    ``\\x1b``-style escapes. At most ``limit`` characters are kept.
-    """
-    out = "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape")
-                  .decode("ascii") for ch in text[:limit])
-    return out + ("..." if len(text) > limit else "")

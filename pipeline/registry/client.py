@@ -34,7 +34,8 @@ import structlog
 
 from pipeline import __version__
 from pipeline.base.digest import Digest, parse_digest
-from pipeline.base.jsontext import escape_text, loads_bounded
+from pipeline.base.escape import escape_text
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import AuthError, BadDigest, DigestMismatch, RegistryError
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import MANIFEST_MAX_BYTES

@@ -29,6 +29,8 @@ import structlog
 from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from pipeline.base.escape import escape_text
+
 __all__ = ["PipelineReporter"]
 
 log = structlog.get_logger("pipeline.run")
@@ -90,7 +92,8 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
         images = _images(task)
         who = f" ({', '.join(images)})" if images else ""
         if isinstance(fail, TaskFailed):
-            self.write(f"FAILED {task.name}{who}: {fail.message}\n")
+            # The message may quote a registry or an image: one line, no raw controls.
+            self.write(f"FAILED {task.name}{who}: {escape_text(fail.message, 4000)}\n")
             log.error("task.failed", task=task.name, images=images, error=fail.message)
         else:
             # Not a PipelineError: a bug, or doit itself failing; keep the traceback.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.base.escape import escape_text
 from pipeline.base.jsontext import (
     MAX_JSON_DEPTH,
     JsonTooDeep,
-    escape_text,
     json_depth,
     loads_bounded,
 )
