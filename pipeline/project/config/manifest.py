@@ -26,6 +26,7 @@ from pipeline.errors import BadPlatform, ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import ImageRef, parse_reference
+from pipeline.project.config.directories import overlap
 from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
 from pipeline.project.config.source import SourceLines
 
@@ -215,9 +216,9 @@ def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise c.fail(f"`jobs` must be an integer from 1 to {MAX_JOBS}, got {_kind(jobs)}",
                      "settings", "jobs")
-    if dirs["output_dir"] == dirs["cache_dir"]:
-        raise c.fail("`output_dir` and `cache_dir` must be different directories, both are "
-                     f"{str(dirs['cache_dir'])!r}", "settings", "cache_dir")
+    reason = overlap(dirs["output_dir"], dirs["cache_dir"], base)
+    if reason is not None:
+        raise c.fail(reason[1], "settings", reason[0])
     return Settings(platform=platform, jobs=jobs, **dirs)
 
 
