@@ -55,6 +55,7 @@ from pipeline.base.log import choose_level, choose_mode, configure_logging
 from pipeline.base.terminal import Terminal
 from pipeline.errors import PipelineError
 from pipeline.project.config import load_manifest
+from pipeline.project.config.directories import prepare_directory
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
 from pipeline.tasks.cmdline import check_requested, check_vars, install_interrupt_hook, parse_switch
@@ -144,12 +145,14 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
         ctx.log_mode, ctx.log_level = mode, level
+        # A lock file that does not parse stops the run here, before any step.
+        entries = read_lock(ctx.lock_path)
         if _command_line_vars() is not None:  # run by doit: its argv names the tasks
-            entries = read_lock(ctx.lock_path)
             check_requested(sys.argv, [spec.name for spec in ctx.manifest.images],
                             [spec.name for spec in ctx.manifest.images
                              if current_entry(spec, entries) is not None])
-        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        prepare_directory(ctx.cache.root, "cache_dir", ctx.manifest.path)
+        prepare_directory(ctx.output_dir, "output_dir", ctx.manifest.path)
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)

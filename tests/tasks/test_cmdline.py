@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,60 @@ def test_typos_are_one_error_line_and_exit_3(tmp_path: Path, slow_registry: Host
     run = run_doit(project(tmp_path, slow_registry.host), *args, env=env, audit=True)
     assert (run.returncode, run.stdout, run.stderr) == (3, "", line + "\n")
     assert run.connects == [] and slow_registry.heads == []
+
+
+def _output_is_a_file(p: Path) -> None:
+    (p / "out").write_text("not a directory")
+
+
+def _output_cannot_be_created(p: Path) -> None:
+    (p / "ro").mkdir(mode=0o500)
+    with open(p / "images.toml", "a") as f:
+        f.write('[settings]\noutput_dir = "ro/out"\n')
+
+
+def _cache_is_a_file(p: Path) -> None:
+    (p / ".cache").write_text("not a directory")
+
+
+def _lock_not_json(p: Path) -> None:
+    (p / "images.lock.json").write_text("{ this is not json")
+
+
+def _lock_deeply_nested(p: Path) -> None:
+    (p / "images.lock.json").write_text('{"lockfile_version": 1, "images": ' + "[" * 100_000)
+
+
+LOCAL = [
+    pytest.param(_output_is_a_file, "ERROR: {p}/images.toml: `output_dir` '{p}/out' exists and"
+                 " is not a directory; move it away or set `output_dir` elsewhere",
+                 id="output-dir-is-a-file"),
+    pytest.param(_output_cannot_be_created, "ERROR: {p}/images.toml: `output_dir` '{p}/ro/out'"
+                 " cannot be created or written (Permission denied); fix its permissions or"
+                 " set `output_dir` elsewhere", id="output-dir-not-creatable"),
+    pytest.param(_cache_is_a_file, "ERROR: {p}/images.toml: `cache_dir` '{p}/.cache' exists and"
+                 " is not a directory; move it away or set `cache_dir` elsewhere",
+                 id="cache-dir-is-a-file"),
+    pytest.param(_lock_not_json, "ERROR: {p}/images.lock.json: not valid JSON (Expecting"
+                 " property name enclosed in double quotes: line 1 column 3 (char 2)); fix it by"
+                 " hand or delete it and run `doit` to resolve again", id="lock-not-json"),
+    pytest.param(_lock_deeply_nested, "ERROR: {p}/images.lock.json: nested more than 64 levels"
+                 " deep (at least 65); fix it by hand or delete it and run `doit` to resolve"
+                 " again", id="lock-deeply-nested"),
+]
+
+
+@pytest.mark.parametrize("spoil, line", LOCAL)
+def test_unusable_local_state_is_one_line_and_exit_3(
+        tmp_path: Path, slow_registry: HostileServer, spoil: Callable[[Path], None],
+        line: str) -> None:
+    if os.geteuid() == 0 and "Permission denied" in line:
+        pytest.skip("root writes into a 0500 directory")
+    p = project(tmp_path, slow_registry.host)
+    spoil(p)
+    run = run_doit(p, audit=True, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (3, "", line.format(p=p) + "\n")
+    assert slow_registry.heads == []
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, slow_registry: HostileServer) -> None:

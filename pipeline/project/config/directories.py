@@ -1,4 +1,4 @@
-"""Where a manifest may put its outputs and its cache: apart, and away from the project.
+"""Where a manifest may put its outputs and its cache: apart, away from the project, usable.
 
 gc sweeps the stores under ``cache_dir`` and a build replaces files in
 ``output_dir``; if one directory holds the other, or the cache holds the
@@ -8,9 +8,12 @@ manifest loads, before anything runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["overlap"]
+from pipeline.errors import ManifestError
+
+__all__ = ["overlap", "prepare_directory"]
 
 
 def overlap(output: Path, cache: Path, project: Path) -> tuple[str, str] | None:
@@ -33,3 +36,19 @@ def overlap(output: Path, cache: Path, project: Path) -> tuple[str, str] | None:
                          " them separate directories (gc and builds would remove each"
                          " other's files)")
     return None
+
+
+def prepare_directory(path: Path, key: str, manifest: Path) -> None:
+    """Create ``path`` (and its parents) or say in one line why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(path))
+    except FileExistsError:
+        raise ManifestError(f"`{key}` {str(path)!r} exists and is not a directory; move it"
+                            f" away or set `{key}` elsewhere", path=str(manifest),
+                            key=key) from None
+    except OSError as err:
+        raise ManifestError(f"`{key}` {str(path)!r} cannot be created or written"
+                            f" ({err.strerror or err}); fix its permissions or set `{key}`"
+                            " elsewhere", path=str(manifest), key=key) from None
