@@ -54,6 +54,7 @@ from pipeline.ext4.tools import (
     tool_versions,
     version_tuple,
 )
+from pipeline.ext4.treelimits import check_tree
 from pipeline.flat.image import (
     ENTRIES_NAME,
     HEADER_NAME,
@@ -158,6 +159,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
         clock[0] = now
 
     entries = read_flat_entries(flat_dir)
+    check_tree(entries)  # before any work: mkfs.ext4 cannot take every tree
     if version_tuple(versions["mkfs.ext4"]) == BAD_BIG_FILES and \
             any(e.type is FileType.REGULAR and e.size > TWO_GIB for e in entries):
         raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
