@@ -211,7 +211,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+# Waiting out a deadline takes a second or two per try: kept out of the fast loop.
+TIMED = {"manifest-trickle", "error-body-trickle", "blob-below-rate-floor"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.id in TIMED else []) for c in CASES])
 def test_hostile_registry(server: HostileServer, case: Case) -> None:
     for path, script in case.scripts:
         if script.headers and b"{host}" in b"".join(script.headers):
