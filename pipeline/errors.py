@@ -12,6 +12,7 @@ Hierarchy::
     ├── BadImage                   a manifest, index or config is malformed or refused
     ├── RegistryError              the registry refused or failed a request
     │   └── AuthError              credentials missing, rejected or unobtainable
+    ├── LocalSourceError           an OCI layout or image archive is missing, malformed or unsafe
     ├── DigestMismatch             bytes do not hash to what was promised
     ├── LayerError                 a layer cannot be unpacked (corrupt, truncated)
     │   ├── UnknownMediaType       not a layer media type we read
@@ -64,6 +65,7 @@ __all__ = [
     "Ext4Error",
     "LayerError",
     "LimitExceeded",
+    "LocalSourceError",
     "LockError",
     "MalformedWhiteout",
     "ManifestError",
@@ -170,6 +172,11 @@ class PlatformNotFound(PipelineError):
 
 class BadImage(PipelineError):
     """A manifest, index or image config is malformed, oversized or not an image."""
+
+
+class LocalSourceError(PipelineError):
+    """A local image source (``oci:``, ``oci-archive:``, ``docker-archive:``) cannot be read:
+    missing, malformed, ambiguous, or naming something outside itself."""
 
 
 class RegistryError(PipelineError):

@@ -18,7 +18,7 @@ MAX_MODULE_LINES = 400
 # Lower stages first: a module may import only from its own stage or a lower one.
 # `errors` sits under everything; registry and layers are siblings that never
 # import each other (the overlap tee is a protocol, not a registry import).
-STAGE_RANK = {"errors": 0, "base": 1, "oci": 2, "registry": 3, "layers": 3, "flat": 4,
+STAGE_RANK = {"errors": 0, "base": 1, "oci": 2, "registry": 3, "layers": 3, "local": 3, "flat": 4,
               "ext4": 5, "project": 6, "tasks": 7}
 
 

@@ -13,6 +13,9 @@ Two fields serve the pipeline itself:
 - ``ext4_key``: a digest of what decides the ext4 bytes alone (layer chain,
   options, tool versions): when only the reference text changed, the image
   is kept and only this record is rewritten;
+- ``runtime``: the image's runtime config (entrypoint, cmd, env,
+  working_dir, user and the uid/gid it resolves to, exposed ports, labels,
+  stop signal), for whoever boots the image;
 - ``derived_from``: the base image key when the image was derived from a
   cached base (``ext4derive``), else null; informative only (how the bytes
   were made is decided by the layers, so ``ext4_key`` already covers it);
@@ -81,6 +84,8 @@ class BuildRecord:
     derived_from: str | None = None
     """Key of the cached base image (``<cache_dir>/base/<key>``) the image was derived
     from, or None for a full build."""
+    runtime: Mapping[str, Any] | None = None
+    """What the container would have run (``oci.runtime.RuntimeConfig.to_json``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,7 @@ class BuildRecord:
             "ext4_stamp": list(self.ext4_stamp),
             "built_at": self.built_at,
             "derived_from": self.derived_from,
+            "runtime": None if self.runtime is None else dict(self.runtime),
         }
 
 

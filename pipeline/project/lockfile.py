@@ -12,6 +12,10 @@ image whose reference has not changed. Shape::
       }
     }
 
+An image from a local layout or archive has, in its ``resolved`` object,
+``source`` (kind, path as written, identity) instead of ``registry`` and
+``repository``.
+
 It is written atomically (temporary file, fsync, rename), only when its
 content changes, with sorted keys and a fixed indent so that it diffs well.
 Resolve tasks run in parallel threads: every read-modify-write goes through

@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -51,6 +52,12 @@ __all__ = ["BlobCache", "BlobTee", "Progress", "READ_CHUNK_BYTES"]
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+
+class Readable(Protocol):
+    """What a local blob is copied from: ``read(n)`` until it returns nothing."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class BlobTee(Protocol):
@@ -118,6 +125,51 @@ class BlobCache:
                 return final
             self._remove_partials(d)
             self._download(client, registry, repository, d, size, final, progress, tee)
+        return final
+
+    def ingest(self, digest: Digest | str, size: int,
+               opener: Callable[[], AbstractContextManager[Readable]], *, what: str,
+               progress: Progress | None = None, tee: BlobTee | None = None) -> Path:
+        """The verified blob's path, copying it from ``opener()`` (a local file) if not here.
+
+        The same rules as a download: hashed and counted while copied, renamed
+        into place only when digest and size match, ``tee`` fed on the way.
+        """
+        d, size = _as_digest(digest), _check_size(size)
+        final = self.path(d)
+        if self._present(final, size):
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(d, blocking=True):
+            if self._present(final, size):
+                return final
+            self._remove_partials(d)
+            tmp = final.parent / f".{d.hex}.{secrets.token_hex(6)}{_PARTIAL}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                with os.fdopen(fd, "wb") as out, opener() as source:
+                    hasher = VerifyingHasher(d, size=size, what=f"blob {d} from {what}")
+                    written = 0
+                    while chunk := source.read(READ_CHUNK_BYTES):
+                        hasher.update(chunk)  # raises DigestMismatch past the declared size
+                        out.write(chunk)
+                        if tee is not None:
+                            tee.feed(written, chunk)
+                        written += len(chunk)
+                        if progress is not None:
+                            progress(written, size)
+                    hasher.verify()
+                    if tee is not None:
+                        tee.verified()
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.rename(tmp, final)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
+            fsync_dir(final.parent)
+        log.debug("blobcache.ingested", digest=str(d), size=size, source=what)
         return final
 
     def verify(self, digest: Digest | str, size: int) -> Path:

@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from pipeline.base.digest import Digest
-from pipeline.errors import BadImage, DigestMismatch, PlatformNotFound
-from pipeline.oci import mediatypes as mt
+from pipeline.errors import BadImage, DigestMismatch
 from pipeline.oci.documents import (
-    CONFIG_MAX_BYTES,
     Descriptor,
     ImageIndex,
     ImageManifest,
@@ -32,6 +30,7 @@ from pipeline.oci.documents import (
     parse_manifest_document,
     select_manifest,
 )
+from pipeline.oci.pin import check_config_size, pin_image
 from pipeline.oci.platform import Platform
 from pipeline.oci.reference import ImageRef
 
@@ -68,29 +67,14 @@ def resolve_image(client: RegistryClient, ref: ImageRef, platform: Platform,
     else:
         manifest, manifest_digest = document, top.digest
     config_desc = manifest.config
-    if config_desc.size > CONFIG_MAX_BYTES:
-        raise BadImage(f"{where}: image config is {config_desc.size} bytes, more than the"
-                       f" {CONFIG_MAX_BYTES} byte limit")
+    check_config_size(config_desc, where=where)
     path = blobs.fetch(client, ref.registry, ref.repository, config_desc.digest, config_desc.size)
     config = parse_image_config(path.read_bytes(), where=f"{where} config {config_desc.digest}")
-    if chosen is None:
-        # A single-platform image: its config is the only word on its platform.
-        if not platform.matches(config.platform):
-            raise PlatformNotFound(where, str(platform), [str(config.platform)])
-        chosen = config.platform
-    elif (config.platform.os, config.platform.architecture) != (chosen.os, chosen.architecture):
-        raise BadImage(f"{where}: the index lists this manifest as {chosen} but its config says"
-                       f" {config.platform}; refusing an image that contradicts its index")
-    if len(manifest.layers) != len(config.diff_ids):
-        raise BadImage(f"{where}: the manifest has {len(manifest.layers)} layers but the config"
-                       f" lists {len(config.diff_ids)} diff_ids; the image is corrupt")
-    layers = tuple(_check_layer(desc, diff_id, where=where)
-                   for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True))
-    resolved = ResolvedImage(ref, ref.registry, ref.repository, chosen, index_digest,
-                             manifest_digest, BlobRef(config_desc.digest, config_desc.size,
-                                                      config_desc.media_type), layers)
-    log.debug("resolve.done", ref=where, platform=str(chosen), manifest=str(manifest_digest),
-             layers=len(layers))
+    resolved = pin_image(ref, ref.registry, ref.repository, platform, chosen=chosen,
+                         index_digest=index_digest, manifest_digest=manifest_digest,
+                         manifest=manifest, config=config, where=where)
+    log.debug("resolve.done", ref=where, platform=str(resolved.platform),
+              manifest=str(manifest_digest), layers=len(resolved.layers))
     return resolved
 
 
@@ -109,13 +93,3 @@ def _platform_manifest(client: RegistryClient, ref: ImageRef, entry: Descriptor,
                        f" is {document.media_type!r}; refusing the mismatch")
     return document
 
-
-def _check_layer(desc: Descriptor, diff_id: Digest, *, where: str) -> LayerRef:
-    if desc.media_type in mt.NON_DISTRIBUTABLE_TYPES:
-        raise BadImage(f"{where}: layer {desc.digest} is a foreign (non-distributable) layer"
-                       f" ({desc.media_type}) whose bytes live outside the registry; such"
-                       " images (Windows base layers) cannot become a root filesystem")
-    if mt.layer_compression(desc.media_type) is None:
-        raise BadImage(f"{where}: layer {desc.digest} has media type {desc.media_type!r};"
-                       " supported: plain, gzip and zstd tar layers (OCI and Docker types)")
-    return LayerRef(desc.digest, desc.size, desc.media_type, diff_id)

@@ -16,7 +16,9 @@ Task families, one module each (context, plan and steps are shared):
 task                  up to date when                             module
 ====================  ==========================================  ================
 resolve:<image>       the lock entry matches ref and platform     resolve.py
+                      (a local source: and still holds that image)
 fetch-blob:<digest>   the verified blob is unchanged              fetch.py
+                      (copied from a local source, else fetched)
 unpack:<digest>       the layer store is finished                 unpack.py
 flatten:<image>       the flat image of the layer chain exists    flatten.py
 mkfs:<image>          out/<image>.ext4 and .json match the config mkfs.py

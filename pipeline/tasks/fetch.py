@@ -21,17 +21,18 @@ the verified blob as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from doit.tools import config_changed
 
 from pipeline.base.files import file_stamp, remove_path
 from pipeline.base.terminal import format_bytes
-from pipeline.errors import DigestMismatch
+from pipeline.errors import DigestMismatch, LocalSourceError
 from pipeline.layers.limits import Limits
 from pipeline.oci.resolved import LayerRef
 from pipeline.registry.sources import Source
@@ -39,6 +40,10 @@ from pipeline.tasks.context import RunContext
 from pipeline.tasks.plan import LayerPlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 from pipeline.tasks.unpack import DEFAULT_LIMITS, layer_finished
+
+if TYPE_CHECKING:
+    from pipeline.base.terminal import BlobProgress
+    from pipeline.layers.overlap import OverlappedUnpack
 
 __all__ = ["fetch_tasks", "fetch_step", "blob_intact", "fetch_config"]
 
@@ -62,6 +67,30 @@ def _sources(ctx: RunContext, plan: LayerPlan) -> list[Source]:
             if source not in found:
                 found.append(source)
     return found
+
+
+def _from_local(ctx: RunContext, plan: LayerPlan, progress: BlobProgress,
+                tee: OverlappedUnpack | None) -> bool:
+    """Copy the blob from the first local source that has it; False when only registries
+    are left to ask. The last local source's error is the error when there is no registry."""
+    from pipeline.local.source import open_blob
+
+    layer, base = plan.layer, ctx.manifest.path.parent
+    for position, local in enumerate(plan.local):
+        try:
+            ctx.cache.blobs.ingest(layer.digest, layer.size,
+                                   functools.partial(open_blob, local, base, layer.digest,
+                                                     layer.size),
+                                   what=str(local), progress=progress, tee=tee)
+            return True
+        except (LocalSourceError, DigestMismatch) as err:
+            if position == len(plan.local) - 1 and not plan.origins:
+                raise
+            if tee is not None:
+                tee.restart()
+            log.warning("source.fallback", what=f"blob {layer.digest}", source=str(local),
+                        error=str(err))
+    return False
 
 
 def fetch_step(ctx: RunContext, plan: LayerPlan,
@@ -96,11 +125,14 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
            OverlappedUnpack(layer, ctx.cache.layers_root, limits=limits))
     try:
         with tee or contextlib.nullcontext():
-            ctx.registries.first_success(
-                _sources(ctx, plan), f"blob {layer.digest}",
-                lambda client, source: cache.fetch(client, source.registry, source.repository,
-                                                   layer.digest, layer.size, progress=progress,
-                                                   tee=tee))
+            if plan.local and _from_local(ctx, plan, progress, tee):
+                pass
+            else:
+                ctx.registries.first_success(
+                    _sources(ctx, plan), f"blob {layer.digest}",
+                    lambda client, source: cache.fetch(client, source.registry,
+                                                       source.repository, layer.digest,
+                                                       layer.size, progress=progress, tee=tee))
     finally:
         progress.finish()
     seconds = time.monotonic() - started

@@ -20,6 +20,7 @@ from pipeline.base.terminal import format_bytes
 from pipeline.errors import LayerError, PipelineError, ToolError
 from pipeline.ext4.options import Ext4Options
 from pipeline.flat.image import chain_key
+from pipeline.layers.configfile import config_layer_key
 from pipeline.project.gc import Keep, collect
 from pipeline.project.lockfile import read_lock
 from pipeline.tasks.context import RunContext
@@ -45,6 +46,12 @@ def keep_for(ctx: RunContext) -> Keep:
         layers += [layer.digest for layer in resolved.layers]
         chain = [str(layer.digest) for layer in resolved.layers]
         chains.append(chain_key(chain))
+        if spec.config_path is not None:
+            # The config file's layer store sits on top: keep it and the chain with it.
+            extra = config_layer_key(resolved.config.digest, chain, spec.config_path)
+            layers.append(extra)
+            chain = [*chain, str(extra)]
+            chains.append(chain_key(chain))
         try:
             base = _base_of(ctx, chain, spec.ext4)
         except ToolError as err:

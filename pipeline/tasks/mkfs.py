@@ -35,7 +35,7 @@ from doit.tools import config_changed
 from pipeline.base.files import TEMP_PREFIX
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
-from pipeline.flat.image import HEADER_NAME
+from pipeline.flat.image import HEADER_NAME, chain_key
 from pipeline.project.buildrecord import (
     BuildRecord,
     build_key,
@@ -56,6 +56,12 @@ __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_inta
 log = structlog.get_logger(__name__)
 
 _HASH_CHUNK = 1 << 20
+# How the filesystem UUID is seeded: from the diff_id chain, so one image stored
+# compressed (a registry) or not (a docker-archive) gives the same bytes. Part of
+# the ext4 key: images built under the older chain-of-blobs seed are rebuilt once.
+SEED_SCHEME = "diff_ids"
+# What a record holds beyond the build: a record written without these is stale.
+RECORD_FIELDS = ("runtime",)
 
 
 def output_path(ctx: RunContext, name: str) -> Path:
@@ -65,13 +71,14 @@ def output_path(ctx: RunContext, name: str) -> Path:
 def ext4_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
     """What decides the ext4 bytes: the layer chain, the options, the e2fsprogs versions
     (whether the image is derived follows from the chain's layers)."""
-    return {"chain": image.chain_key, "options": image.spec.ext4.to_dict(), "tools": dict(tools)}
+    return {"chain": image.chain_key, "options": image.spec.ext4.to_dict(), "tools": dict(tools),
+            "seed": SEED_SCHEME}
 
 
 def mkfs_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
     """What decides both outputs: the ext4 config plus what the record says about the image."""
     return {**ext4_config(image, tools), "name": image.name, "ref": image.spec.ref_text,
-            "resolved": image.resolved.to_json()}
+            "resolved": image.resolved.to_json(), "record": RECORD_FIELDS}
 
 
 def output_intact(output: Path, record: Path, key: str) -> bool:
@@ -105,28 +112,39 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     if describes(old, output, key):
         note(outcome="already built", output=str(output))
         return
-    if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
-            and _sha256(output) == old.get("sha256")):
-        _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
-               output, old.get("derived_from"))
-        note(outcome="unchanged, record rewritten", output=str(output))
-        return
-    _remove_stale_temporaries(output)
     flat = ctx.cache.flat_root / image.chain_key
     if not (flat / HEADER_NAME).is_file():
         raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
-    # The seed is the chain and options only: the same inputs give the same UUID.
-    seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
+    from pipeline.tasks.runtime import runtime_config
+
+    # The image's own layers' flat image (without the config_path file) holds its passwd.
+    layers_flat = ctx.cache.flat_root / chain_key(image.layer_chain)
+    if not (layers_flat / HEADER_NAME).is_file():
+        raise Ext4Error(f"image {image.name!r}: the flat image {str(layers_flat)!r} of its "
+                        f"layers is missing; run `doit flatten:{image.name}` first")
+    runtime = runtime_config(ctx, image, layers_flat)
+    if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
+            and _sha256(output) == old.get("sha256")):
+        _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
+               output, old.get("derived_from"), runtime)
+        note(outcome="unchanged, record rewritten", output=str(output))
+        return
+    _remove_stale_temporaries(output)
+    # The seed is the content and options only: the same inputs give the same UUID, and
+    # the same layers stored otherwise (a docker-archive keeps them uncompressed, a
+    # registry gzipped) give the same bytes. Content is the chain of diff_ids.
+    content = chain_key([str(layer.diff_id) for layer in image.resolved.layers])
+    seed = build_key({"chain": content, "options": image.spec.ext4.to_dict()})
     from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
-    chain = [str(layer.digest) for layer in image.resolved.layers]
+    chain = list(image.chain)
     # Its Python half holds the GIL: beside another job, a worker process runs it.
     result = ctx.run_job(image_job, ctx.cache, chain, flat, output, image.spec.ext4,
                          seed, dict(tools))
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
-           output, result.derived_from)
+           output, result.derived_from, runtime)
     note(outcome="derived" if result.derived_from else "built", output=str(output),
          size=format_size(result.size), sha256=result.sha256,
          free=format_size(result.free_bytes),
@@ -135,7 +153,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
 
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
            tools: Mapping[str, str], key: str, ext4_key: str, output: Path,
-           derived_from: str | None) -> None:
+           derived_from: str | None, runtime: Mapping[str, Any]) -> None:
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
@@ -143,7 +161,7 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
-        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from))
+        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime))
 
 
 def mkfs_tasks(ctx: RunContext, plan: RunPlan,

@@ -8,7 +8,8 @@ it has been resolved, never from a stale entry.
 
 Blobs and layers are keyed by digest, so two images sharing a base layer
 share one fetch and one unpack; the sources of a blob are every (registry,
-repository) of the images that use it, in manifest order.
+repository) of the images that use it, in manifest order, and every local
+layout or archive that holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.base.digest import Digest
 from pipeline.flat.image import chain_key
+from pipeline.layers.configfile import config_layer_key
+from pipeline.oci.localref import LocalRef
 from pipeline.oci.resolved import LayerRef, ResolvedImage
 from pipeline.project.config import ImageSpec, Manifest
 from pipeline.project.lockfile import LockEntry
@@ -38,9 +42,24 @@ class ImagePlan:
         return self.entry.resolved
 
     @property
-    def chain(self) -> tuple[str, ...]:
-        """Layer digests, oldest first."""
+    def layer_chain(self) -> tuple[str, ...]:
+        """The image's layer digests, oldest first."""
         return tuple(str(layer.digest) for layer in self.resolved.layers)
+
+    @property
+    def config_layer(self) -> Digest | None:
+        """The key of the ``config_path`` file's layer store, when the image has one."""
+        if self.spec.config_path is None:
+            return None
+        return config_layer_key(self.resolved.config.digest, self.layer_chain,
+                                self.spec.config_path)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """What the flat image and the ext4 are made of: the layers, oldest first, then the
+        ``config_path`` file's layer if there is one."""
+        extra = self.config_layer
+        return self.layer_chain + ((str(extra),) if extra is not None else ())
 
     @property
     def chain_key(self) -> str:
@@ -55,6 +74,8 @@ class LayerPlan:
     images: tuple[str, ...]
     origins: tuple[tuple[str, str], ...]
     """(registry, repository) of each image using it, first use first, no repeats."""
+    local: tuple[LocalRef, ...] = ()
+    """The local layouts and archives of the images using it (read before any registry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +97,7 @@ def current_entry(spec: ImageSpec, entries: Mapping[str, LockEntry]) -> LockEntr
 def plan_run(manifest: Manifest, entries: Mapping[str, LockEntry]) -> RunPlan:
     images: list[ImagePlan] = []
     unresolved: list[str] = []
-    layers: dict[str, tuple[LayerRef, list[str], list[tuple[str, str]]]] = {}
+    layers: dict[str, tuple[LayerRef, list[str], list[tuple[str, str]], list[LocalRef]]] = {}
     for spec in manifest.images:
         entry = current_entry(spec, entries)
         if entry is None:
@@ -84,15 +105,19 @@ def plan_run(manifest: Manifest, entries: Mapping[str, LockEntry]) -> RunPlan:
             continue
         images.append(ImagePlan(spec, entry))
         resolved = entry.resolved
+        local = resolved.local
         origin = (resolved.registry, resolved.repository)
         for layer in resolved.layers:
-            found = layers.setdefault(str(layer.digest), (layer, [], []))
+            found = layers.setdefault(str(layer.digest), (layer, [], [], []))
             if spec.name not in found[1]:
                 found[1].append(spec.name)
-            if origin not in found[2]:
+            if local is not None:
+                if local not in found[3]:
+                    found[3].append(local)
+            elif origin not in found[2]:
                 found[2].append(origin)
     return RunPlan(
         images=tuple(images),
-        layers=tuple(LayerPlan(layer, tuple(names), tuple(origins))
-                     for layer, names, origins in layers.values()),
+        layers=tuple(LayerPlan(layer, tuple(names), tuple(origins), tuple(local))
+                     for layer, names, origins, local in layers.values()),
         unresolved=tuple(unresolved))

@@ -20,6 +20,13 @@ error, checked when the tasks load (``check_frozen``).
 Mirrors are tried first, in order, then the registry; the lock always
 records the upstream registry, so a lock made through a CI mirror works on
 a laptop and back.
+
+A local source (``oci:``, ``oci-archive:``, ``docker-archive:``) is read
+instead of a registry (``local.source``). Its lock entry also records the
+source's identity; ``resolve:<image>`` is up to date only while the layout
+or archive still names that identity (``probe_local`` reads index.json or
+manifest.json and the tar headers, no layer), so a rebuilt archive is
+resolved again on the next run, and ``doit update`` keeps an unchanged one.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pipeline.errors import LockError, PipelineError
+from pipeline.oci.localref import LocalRef
 from pipeline.oci.resolved import ResolvedImage
 from pipeline.project.config import ImageSpec
 from pipeline.project.lockfile import LockEntry, read_lock, update_lock
@@ -46,7 +54,8 @@ from pipeline.tasks.plan import current_entry
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["resolve_tasks", "update_task", "resolve_spec", "resolve_step", "update_step",
-           "lock_is_current", "check_frozen", "resolve_config", "still_locked"]
+           "lock_is_current", "check_frozen", "resolve_config", "still_locked",
+           "local_unchanged"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,18 +65,50 @@ def resolve_config(spec: ImageSpec) -> dict[str, Any]:
     return {"ref": spec.ref_text, "platform": str(spec.platform)}
 
 
-def lock_is_current(lock_path: Path, name: str, ref: str, platform: str) -> bool:
-    """doit uptodate: the lock's entry for ``name`` was resolved from ``ref`` and ``platform``."""
+def lock_is_current(lock_path: Path, name: str, ref: str, platform: str,
+                    base: Path | None = None) -> bool:
+    """doit uptodate: the lock's entry for ``name`` was resolved from ``ref`` and ``platform``
+    (and, for a local source under ``base``, the source still holds that image)."""
     entry = read_lock(lock_path).get(name)
-    return entry is not None and entry.matches(ref, platform)
+    if entry is None or not entry.matches(ref, platform):
+        return False
+    return base is None or local_unchanged(entry.resolved, base)
+
+
+def local_unchanged(resolved: ResolvedImage, base: Path) -> bool:
+    """True for a registry entry, or a local one whose source still has its identity."""
+    local = resolved.local
+    if local is None:
+        return True
+    from pipeline.local.source import probe_local
+
+    try:
+        return probe_local(local, base) == resolved.identity
+    except PipelineError as err:  # the resolve step says it properly
+        log.debug("resolve.probe_failed", ref=str(local), error=str(err))
+        return False
+
+
+def _resolve_local(ctx: RunContext, spec: ImageSpec, ref: LocalRef) -> ResolvedImage:
+    from pipeline.local.source import open_blob, resolve_local
+
+    base = ctx.manifest.path.parent
+    resolved = resolve_local(ref, base, spec.platform)
+    config = resolved.config
+    # The config goes to the blob cache as a registry's does: mkfs reads it there.
+    ctx.cache.blobs.ingest(config.digest, config.size,
+                           lambda: open_blob(ref, base, config.digest, config.size),
+                           what=str(ref))
+    return resolved
 
 
 def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     """Resolve one image through its mirrors, then its registry; record the upstream."""
+    ref = spec.ref
+    if isinstance(ref, LocalRef):
+        return _resolve_local(ctx, spec, ref)
     # Imported here: only a run that resolves pays for the registry side.
     from pipeline.registry.resolve import resolve_image
-
-    ref = spec.ref
 
     def attempt(client: RegistryClient, source: Source) -> ResolvedImage:
         return resolve_image(client, source.ask_for(ref), spec.platform, ctx.cache.blobs)
@@ -91,10 +132,13 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
     """
     if entry is None or not entry.matches(spec.ref_text, str(spec.platform)):
         return None
+    ref = spec.ref
+    if isinstance(ref, LocalRef):
+        base = ctx.manifest.path.parent
+        return entry.resolved if local_unchanged(entry.resolved, base) else None
     from pipeline.registry.resolve import head_digest
 
     pinned = entry.resolved.index_digest or entry.resolved.manifest_digest
-    ref = spec.ref
     if ref.digest is not None:  # a digest reference cannot move
         return entry.resolved if ref.digest == pinned else None
 
@@ -180,10 +224,15 @@ def resolve_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
             "doc": f"resolve {spec.ref_text} for {spec.platform} into {ctx.lock_path.name}",
             "actions": [action(resolve_step, ctx, spec, name=name, images=[spec.name])],
             "uptodate": [(lock_is_current, [ctx.lock_path, spec.name, config["ref"],
-                                            config["platform"]], {})],
+                                            config["platform"], _local_base(ctx, spec)], {})],
             "io": IO,
             "meta": {"images": [spec.name]},
         }
+
+
+def _local_base(ctx: RunContext, spec: ImageSpec) -> Path | None:
+    """Where a local source's relative path starts (None for a registry image)."""
+    return ctx.manifest.path.parent if isinstance(spec.ref, LocalRef) else None
 
 
 def update_task(ctx: RunContext) -> dict[str, Any]:
@@ -206,11 +255,15 @@ def check_frozen(ctx: RunContext) -> None:
         raise LockError(f"{ctx.lock_path}: frozen mode: the lock file is missing; run `doit` "
                         "without frozen mode and commit it")
     for spec in ctx.manifest.images:
-        if current_entry(spec, entries) is not None:
+        current = current_entry(spec, entries)
+        if current is not None and local_unchanged(current.resolved, ctx.manifest.path.parent):
             continue
         found = entries.get(spec.name)
         if found is None:
             detail = "has no entry"
+        elif current is not None:
+            detail = (f"is stale: {spec.ref_text!r} no longer holds the locked image "
+                      f"{found.resolved.identity} (or cannot be read)")
         else:
             detail = (f"is stale: locked {found.ref!r} for {found.platform}, the manifest "
                       f"says {spec.ref_text!r} for {spec.platform}")

@@ -223,7 +223,8 @@ def bad_manifest_cases() -> list:  # type: ignore[type-arg]
         pytest.param(good + 'size = "1GiB\n', ":3: invalid TOML: Illegal character '\\n'",
                      id="syntax-error"),
         pytest.param(good + 'szie = "1GiB"\n', ":3: image 'a': unknown key 'szie' (did you "
-                     "mean 'size'?); allowed: derive, features, headroom, inode_size, journal, "
+                     "mean 'size'?); allowed: config_path, derive, features, headroom, "
+                     "inode_size, journal, "
                      "label, platform, ref, reserved_percent, size", id="unknown-key"),
         pytest.param(good + 'size = "lots"\n', ":3: image 'a': bad `size`: invalid size "
                      "'lots': expected a number with an optional unit B, K, KiB, kB, M, MiB, "

@@ -347,7 +347,8 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
     with pytest.raises(InvalidDodoFile) as exc:
         load_pipeline(tmp_path / "images.toml")
     assert str(exc.value) == (f"{tmp_path}/images.toml:3: image 'a': unknown key 'sise' (did "
-                              "you mean 'size'?); allowed: derive, features, headroom, inode_size, "
+                              "you mean 'size'?); allowed: config_path, derive, features, "
+                              "headroom, inode_size, "
                               "journal, label, platform, ref, reserved_percent, size")
     structlog.configure(**structlog_config)
 

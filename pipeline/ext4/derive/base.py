@@ -56,7 +56,9 @@ __all__ = ["BaseImage", "base_key", "base_options", "ensure_base", "spare_inodes
 
 log = structlog.get_logger(__name__)
 
-BASE_FORMAT = 1
+# 2: the base's UUID and hash seed come from its layers' content (diff_ids), not
+# their blob digests, so a base of the same layers stored otherwise is the same bytes.
+BASE_FORMAT = 2
 IMAGE_NAME = "base.ext4"
 _MAP_NAME = "inodes.json"
 _MARKER_NAME = "base.json"
@@ -141,9 +143,9 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
-                options: Ext4Options) -> tuple[Path, BaseImage]:
+                options: Ext4Options, *, seed: str | None = None) -> tuple[Path, BaseImage]:
     """The base chain's flat image (``flat()`` finds or makes it) and its base image under
-    ``key``, built unless cached.
+    ``key``, built unless cached; ``seed`` (default: the key) seeds its UUID and hash seed.
 
     ``flat`` runs under the key's lock too: parallel builds of a batch would
     otherwise all flatten the same base chain at once, each for nothing but
@@ -160,7 +162,7 @@ def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
         tmp = temp_path(final)
         os.mkdir(tmp, 0o755)
         try:
-            _build(flat_dir, tmp, key, options, entries_sha256)
+            _build(flat_dir, tmp, key, options, entries_sha256, seed or f"base {key}")
             remove_path(final)    # stale: built from other entries (we hold its lock)
             publish_dir(tmp, final)
         except BaseException:
@@ -170,11 +172,11 @@ def ensure_base(flat: Callable[[], Path], base_root: Path, key: str,
 
 
 def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
-           entries_sha256: str) -> None:
+           entries_sha256: str, seed: str) -> None:
     entries = read_flat_entries(flat_dir)
     usage = measure_usage(entries, options)
     result = build_ext4(flat_dir, dest / IMAGE_NAME, base_options(options),
-                        seed=f"base {key}", min_inodes=usage.inodes
+                        seed=seed, min_inodes=usage.inodes
                         + spare_inodes(usage.tree_inodes), hash_image=False)
     # build_ext4 proved the map against every directory listing; what derived
     # builds add on top is that nothing else holds an inode (their allocator

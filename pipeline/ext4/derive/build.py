@@ -177,9 +177,12 @@ def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: S
         from pipeline.layers.store import LayerStore
 
         stores = [LayerStore.open(layers_root, digest) for digest in plan.base_chain]
+        # Seeded by content (the diff_ids), like a full build: the same layers stored
+        # compressed or not (registry, docker-archive) give the same base bytes.
+        content = base_key(chain_key([store.diff_id for store in stores]), options, tools)
         try:
             flat_base, base = ensure_base(lambda: flatten_image(stores, flat_root), base_root,
-                                          plan.base_key, options)
+                                          plan.base_key, options, seed=f"base {content}")
         except DeriveRefused as refused:
             log.info("ext4.derive_refused", output=str(output), reason=str(refused))
         else:

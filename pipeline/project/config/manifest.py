@@ -24,8 +24,9 @@ from typing import Any
 
 from pipeline.errors import BadPlatform, ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
+from pipeline.layers.configfile import check_config_path
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
-from pipeline.oci.reference import ImageRef, parse_reference
+from pipeline.oci.resolved import ImageSource, parse_source
 from pipeline.project.config.directories import overlap
 from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
 from pipeline.project.config.source import SourceLines
@@ -57,7 +58,7 @@ REGISTRY_KEYS = ("insecure", "mirrors")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
 EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
-IMAGE_KEYS = tuple(sorted(("platform", "ref") + EXT4_KEYS))
+IMAGE_KEYS = tuple(sorted(("config_path", "platform", "ref") + EXT4_KEYS))
 # The TOML type each ext4 key must have, and how to say it.
 _EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "derive": ((bool,), "true or false"),
@@ -97,12 +98,15 @@ class ImageSpec:
     """One ``[images.<name>]`` table, validated."""
 
     name: str
-    ref: ImageRef
+    ref: ImageSource
+    """A registry reference, or a local layout or archive (``oci:``, ``oci-archive:``...)."""
     ref_text: str
     """The reference exactly as written: what the lock file is matched against."""
     platform: Platform
     ext4: Ext4Options
     line: int | None = None
+    config_path: str | None = None
+    """Where the runtime config is also written into the image (absolute), if anywhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,13 +262,17 @@ def _image(c: _Checker, name: str, raw: object, settings: Settings) -> ImageSpec
                      "images", name, image=name)
     where = ("images", name)
     ref_text = c.string(table["ref"], *where, "ref", image=name)
-    ref = c.parsed(parse_reference, ref_text, *where, "ref", image=name)
+    ref = c.parsed(parse_source, ref_text, *where, "ref", image=name)
     platform = settings.platform
     if "platform" in table:
         platform = c.parsed(_platform, table["platform"], *where, "platform", image=name)
     ext4 = _ext4_options(c, table, name)
+    config_path = None
+    if "config_path" in table:
+        config_path = c.parsed(check_config_path, table["config_path"], *where, "config_path",
+                               image=name)
     return ImageSpec(name=name, ref=ref, ref_text=ref_text, platform=platform, ext4=ext4,
-                     line=c.lines.line(*where))
+                     line=c.lines.line(*where), config_path=config_path)
 
 
 def _ext4_options(c: _Checker, table: dict[str, Any], name: str) -> Ext4Options:
