@@ -23,6 +23,7 @@ tree against them), nothing printed by debugfs or e2fsck.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -53,6 +54,7 @@ from pipeline.ext4.tools import (
     tool_versions,
     version_tuple,
 )
+from pipeline.ext4.treelimits import check_tree
 from pipeline.flat.image import (
     ENTRIES_NAME,
     HEADER_NAME,
@@ -157,6 +159,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
         clock[0] = now
 
     entries = read_flat_entries(flat_dir)
+    check_tree(entries)  # before any work: mkfs.ext4 cannot take every tree
     if version_tuple(versions["mkfs.ext4"]) == BAD_BIG_FILES and \
             any(e.type is FileType.REGULAR and e.size > TWO_GIB for e in entries):
         raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
@@ -168,7 +171,15 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     lap("plan")
 
     fs_uuid, hash_seed = derive_uuids(seed)
-    os.ftruncate(fd, plan.size)
+    try:
+        os.ftruncate(fd, plan.size)
+    except OSError as err:
+        if err.errno not in (errno.EFBIG, errno.EINVAL):
+            raise
+        raise Ext4Error(f"the filesystem holding {str(image.parent)!r} cannot hold a"
+                        f" {format_size(plan.size)} file ({err.strerror}); choose a smaller"
+                        " `size` or an output_dir on a filesystem that allows larger files"
+                        ) from None
     # The inode prediction is pure Python on the entries: it runs while mkfs works.
     prediction = _mkfs(flat_dir / ROOTFS_NAME, image, scratch, options, plan.layout.blocks,
                        plan.layout.inodes, plan.layout.journal_blocks, fs_uuid, hash_seed,
@@ -254,6 +265,17 @@ def read_flat_entries(flat_dir: Path) -> list[FlatEntry]:
 _T = TypeVar("_T")
 
 
+def host_full(image: Path, size: int) -> str:
+    """The message for a full output filesystem: where, how much is needed and free."""
+    try:
+        st = os.statvfs(image.parent)
+        free = f"{format_size(st.f_bavail * st.f_frsize)} is free there"
+    except OSError:
+        free = "its free space is unknown"
+    return (f"the output filesystem holding {str(image.parent)!r} is full: the image needs up"
+            f" to {format_size(size)} and {free}; free some space or set output_dir elsewhere")
+
+
 def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, blocks: int,
           inodes: int, journal_blocks: int, fs_uuid: str, hash_seed: str, *,
           while_running: Callable[[], _T]) -> _T:
@@ -290,7 +312,9 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
         out.seek(0)
         stderr = out.read().decode("utf-8", "backslashreplace")
     if returncode != 0:
-        if "Could not allocate" in stderr or "No space left" in stderr:
+        if "No space left on device" in stderr:
+            raise Ext4Error(host_full(image, blocks * BLOCK_SIZE))
+        if "Could not allocate" in stderr:
             raise Ext4Error(f"mkfs.ext4 ran out of space in {format_size(blocks * BLOCK_SIZE)} "
                             f"while copying the tree; raise `size` or use \"auto\"")
         raise ToolError("mkfs.ext4", f"building {image.name} from {staging} failed",

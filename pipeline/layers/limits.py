@@ -23,5 +23,9 @@ class Limits:
     """One PAX or GNU long-name header's data, read into memory whole."""
     max_path_bytes: int = 4096
     """A normalized path or hard-link target (Linux PATH_MAX)."""
+    max_depth: int = 128
+    """Components of a normalized path: mkfs.ext4 1.47.0 crashes (heap corruption) on
+    trees ~200 deep with paths past 2 KiB; 128 levels with 4 KiB paths build. Real
+    images stay under ~40."""
     max_component_bytes: int = 255
     """One path component (NAME_MAX on ext4 and the staging filesystem)."""

@@ -180,6 +180,10 @@ def split(raw: bytes, r: HeaderContext, member: bytes, *, what: str) -> list[byt
                                 f" Limits.max_component_bytes = {r.limits.max_component_bytes}",
                                 member=member.decode("utf-8", "surrogateescape")[:200])
         parts.append(part)
+    if len(parts) > r.limits.max_depth:
+        raise LimitExceeded(r.layer, f"{what} is {len(parts)} components deep, more than"
+                            f" Limits.max_depth = {r.limits.max_depth} (deeper trees crash"
+                            " mkfs.ext4)", member=member.decode("utf-8", "surrogateescape")[:200])
     if sum(map(len, parts)) + len(parts) > r.limits.max_path_bytes:
         raise LimitExceeded(r.layer, f"{what} is longer than Limits.max_path_bytes ="
                             f" {r.limits.max_path_bytes}",

@@ -21,13 +21,13 @@ Attestation manifests in an index (platform ``unknown/unknown`` or annotation
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.base.digest import Digest, parse_digest
+from pipeline.base.jsontext import JsonTooDeep, loads_bounded
 from pipeline.errors import BadDigest, BadImage, PlatformNotFound
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.platform import Platform, best_match
@@ -112,7 +112,9 @@ def _load_object(body: bytes, *, where: str, what: str, limit: int) -> dict[str,
         return result
 
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates)
+        doc = loads_bounded(body.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except JsonTooDeep as err:
+        raise BadImage(f"{where}: {what} is {err}; refusing it") from None
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError alike
         raise BadImage(f"{where}: {what} is not valid UTF-8 JSON ({err})") from None
     if not isinstance(doc, dict):

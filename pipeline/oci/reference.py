@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, replace
 
 from pipeline.base.digest import Digest, parse_digest
@@ -46,6 +47,9 @@ __all__ = [
     "split_host_port",
     "is_loopback_host",
     "is_link_local_host",
+    "is_forbidden_address",
+    "host_address",
+    "METADATA_ADDRESSES",
 ]
 
 DOCKER_HUB = "docker.io"
@@ -269,6 +273,16 @@ def split_host_port(registry: str) -> tuple[str, int | None]:
     return host, (int(port) if port and port.isdigit() else None)
 
 
+# What inet_aton accepts: one to four parts, each decimal, octal or 0x-hex.
+_IPV4_SPELLING = re.compile(r"(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+)){0,3}")
+# 0.0.0.0/8 is "this network": Linux connects 0.x.y.z to the local host.
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+# Metadata services outside link-local space: AWS's IPv6 endpoint (a ULA)
+# and Alibaba Cloud's (shared address space).
+METADATA_ADDRESSES = frozenset({ipaddress.ip_address("fd00:ec2::254"),
+                                ipaddress.ip_address("100.100.100.200")})
+
+
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host.strip("[]"))
@@ -284,11 +298,43 @@ def is_loopback_host(host: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
-def is_link_local_host(host: str) -> bool:
-    """True for link-local or unspecified IP literals (169.254.0.0/16, fe80::/10, 0.0.0.0).
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a resolver makes of an IP literal in any spelling, or None for a name.
 
-    Cloud metadata services live at link-local addresses; nothing a registry
-    says may send us there.
+    ``inet_aton`` (what getaddrinfo uses for IPv4 literals) also reads
+    decimal (``2852039166``), hex (``0xa9fea9fe``), octal and short forms
+    (``169.254.43518``, ``0``); all of them must reach the same verdict as
+    the dotted quad. An IPv4-mapped or -compatible IPv6 address counts as
+    the IPv4 address it carries.
     """
-    ip = _ip(host)
-    return ip is not None and (ip.is_link_local or ip.is_unspecified)
+    bare = host.strip("[]")
+    ip = _ip(bare)
+    if ip is None and bare and _IPV4_SPELLING.fullmatch(bare):
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+                                   if int(ip) >> 32 == 0 and int(ip) > 1 else None)
+        return inner or ip
+    return ip
+
+
+def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Link-local, unspecified ("this network", 0.0.0.0/8) or a known metadata address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_link_local or ip.is_unspecified or ip in METADATA_ADDRESSES
+            or (isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK))
+
+
+def is_link_local_host(host: str) -> bool:
+    """True for link-local, unspecified or metadata IP literals, however spelled.
+
+    Cloud metadata services live at link-local addresses (and a few others,
+    ``METADATA_ADDRESSES``); nothing a registry says may send us there. A
+    name is decided after resolution (``registry.addresses``).
+    """
+    ip = host_address(host)
+    return ip is not None and is_forbidden_address(ip)

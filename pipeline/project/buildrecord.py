@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base.files import Stamp, file_stamp, stamp_matches, write_atomic
+from pipeline.base.jsontext import loads_bounded
 
 __all__ = ["RECORD_VERSION", "BuildRecord", "build_key", "describes", "file_stamp", "now_utc",
            "read_record", "record_path_for", "write_record"]
@@ -129,7 +130,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             raw = f.read(RECORD_MAX_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= RECORD_MAX_BYTES else None
+        data = loads_bounded(raw) if len(raw) <= RECORD_MAX_BYTES else None
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("record_version") != RECORD_VERSION:

@@ -11,8 +11,10 @@ under ``<cache_dir>``:
   is not kept, with the ``.lock-<key>`` files and ``.tmp-*`` directories
   there (no run holds the cache, so no builder holds a lock);
 
-and every other entry in those directories, which can only be a leftover of
-an interrupted run (temporary names). The caller decides what is kept (the
+and the leftovers of interrupted runs there (``.tmp-*``, ``.lock-*``,
+``.<hex>.*.partial``, ``.<hex>.lock``). A name of any other shape is not
+ours (a user's file, or a directory that should never have been the cache):
+it is kept and logged (``gc.foreign_entry``), never removed. The caller decides what is kept (the
 lock entries of the images in the manifest) and guarantees that no build is
 writing to the cache meanwhile (the run lock keeps other processes out; the
 gc task takes the cache exclusively from the other tasks of its own run).
@@ -25,6 +27,7 @@ touched (the doit database and the run lock live beside them).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import structlog
 
-from pipeline.base.digest import Digest
+from pipeline.base.digest import HEX_LENGTHS, Digest
 from pipeline.base.files import remove_path
 from pipeline.project.cache import BASE, BLOBS, FLAT, LAYERS, CacheLayout
 
@@ -40,6 +43,20 @@ __all__ = ["Keep", "GcResult", "plan", "collect", "kind_of"]
 
 log = structlog.get_logger(__name__)
 
+# What the pipeline names things in its stores: a content key (hex of a
+# registered digest length), or a temporary or lock name made from one.
+_KEY = r"(?:[0-9a-f]{64}|[0-9a-f]{128})"
+_STORE_NAME = re.compile(rf"{_KEY}|\.tmp-.+|\.lock-{_KEY}")
+_NOTHING = re.compile(r"(?!)")
+_BLOB_NAME = re.compile(rf"{_KEY}|\.{_KEY}(?:\.[0-9a-f]+)?\.partial|\.{_KEY}\.lock|\.tmp-.+")
+
+
+def _ours(name: str, shape: re.Pattern[str], where: Path) -> bool:
+    if shape.fullmatch(name):
+        return True
+    log.warning("gc.foreign_entry", path=str(where / name),
+                reason="not a name the pipeline creates; left alone")
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +110,13 @@ def plan(cache: CacheLayout, keep: Keep) -> tuple[list[Path], int]:
     kept = 0
     blob_names = {(d.algorithm, d.hex) for d in keep.blobs}
     for alg_entry in _entries(cache_dir / BLOBS):
-        if not alg_entry.is_dir(follow_symlinks=False):
-            doomed.append(Path(alg_entry.path))
+        if alg_entry.name not in HEX_LENGTHS or not alg_entry.is_dir(follow_symlinks=False):
+            _ours(alg_entry.name, _NOTHING, cache_dir / BLOBS)
             continue
         for entry in _entries(Path(alg_entry.path)):
             if (alg_entry.name, entry.name) in blob_names and entry.is_file(follow_symlinks=False):
                 kept += 1
-            else:
+            elif _ours(entry.name, _BLOB_NAME, Path(alg_entry.path)):
                 doomed.append(Path(entry.path))
     roots: list[tuple[str, set[str]]] = [(LAYERS, {d.hex for d in keep.layers}),
                                          (FLAT, set(keep.chains))]
@@ -109,7 +126,7 @@ def plan(cache: CacheLayout, keep: Keep) -> tuple[list[Path], int]:
         for entry in _entries(cache_dir / root):
             if entry.name in names and entry.is_dir(follow_symlinks=False):
                 kept += 1
-            else:
+            elif _ours(entry.name, _STORE_NAME, cache_dir / root):
                 doomed.append(Path(entry.path))
     return sorted(doomed), kept
 

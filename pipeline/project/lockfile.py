@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base.files import write_atomic
+from pipeline.base.jsontext import JsonTooDeep, loads_bounded
 from pipeline.errors import LockError, PipelineError
 from pipeline.oci.resolved import ResolvedImage
 
@@ -85,7 +86,9 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 def _parse(path: Path, text: str) -> dict[str, LockEntry]:
     fix = "fix it by hand or delete it and run `doit` to resolve again"
     try:
-        data = json.loads(text)
+        data = loads_bounded(text)
+    except JsonTooDeep as err:
+        raise LockError(f"{path}: {err}; {fix}") from None
     except ValueError as err:
         raise LockError(f"{path}: not valid JSON ({err}); {fix}") from None
     if not isinstance(data, dict) or data.get("lockfile_version") != LOCK_VERSION:

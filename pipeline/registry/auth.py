@@ -31,7 +31,6 @@ called without auth) and read here. Only synchronous clients are supported.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -41,8 +40,10 @@ from urllib.parse import urlencode
 import httpx
 import structlog
 
-from pipeline.errors import AuthError
+from pipeline.base.jsontext import loads_bounded
+from pipeline.errors import AuthError, RegistryError
 from pipeline.oci.reference import is_link_local_host, is_loopback_host
+from pipeline.registry.bodies import DEFAULT_DEADLINES, Deadlines, read_capped
 from pipeline.registry.credentials import Credential, CredentialSource
 from pipeline.registry.retry import TEMPORARY_STATUSES, parse_retry_after, with_retry_after
 
@@ -179,8 +180,10 @@ class RegistryAuth(httpx.Auth):
     """Thread-safe auth flow shared by every request of one RegistryClient."""
 
     def __init__(self, credentials: CredentialSource, *, send: Sender,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
         self._credentials = credentials
+        self._deadlines = deadlines
         self._send = send
         self._clock = clock
         self._lock = threading.Lock()
@@ -290,6 +293,19 @@ class RegistryAuth(httpx.Auth):
                 request.headers["Authorization"] = _basic(cred)
         return self._exchange(request, realm, registry, anonymous=cred is None)
 
+    def _read_token_body(self, response: httpx.Response, request: httpx.Request,
+                         where: str) -> bytes:
+        try:
+            return read_capped(response.iter_raw(), response.headers.get("content-encoding", ""),
+                               TOKEN_MAX_BYTES, method=request.method, url=where,
+                               what="token answer", host=request.url.netloc.decode(
+                                   "ascii", "replace"), deadlines=self._deadlines)
+        except RegistryError as err:
+            raise AuthError(f"{where}: {err}".replace(f"{request.method} {where}: ", ""),
+                            temporary=err.temporary) from None
+        except httpx.TransportError as err:
+            raise AuthError(f"{where}: {type(err).__name__}: {err}", temporary=True) from None
+
     def _exchange(self, request: httpx.Request, realm: httpx.URL, registry: str, *,
                   anonymous: bool) -> _Token:
         where = f"token server {realm.copy_with(query=None)}"
@@ -298,7 +314,7 @@ class RegistryAuth(httpx.Auth):
         except httpx.TransportError as err:
             raise AuthError(f"{where}: {type(err).__name__}: {err}", temporary=True) from None
         try:
-            body = _read_capped(response, TOKEN_MAX_BYTES, where)
+            body = self._read_token_body(response, request, where)
         finally:
             response.close()
         status = response.status_code
@@ -315,7 +331,7 @@ class RegistryAuth(httpx.Auth):
                               status=status, temporary=temporary)
             raise with_retry_after(error, parse_retry_after(response.headers.get("retry-after")))
         try:
-            doc = json.loads(body)
+            doc = loads_bounded(body)
             value = doc.get("token") or doc.get("access_token")
             ttl = doc.get("expires_in", DEFAULT_TOKEN_TTL_S)
         except (ValueError, AttributeError):
@@ -353,17 +369,3 @@ def realm_policy(realm_text: str, url: httpx.URL, registry: str) -> tuple[httpx.
         raise AuthError(f"{registry} is served over HTTPS but points its token realm at plain"
                         f" HTTP ({realm.host}); refusing the downgrade")
     return realm, False
-
-
-def _read_capped(response: httpx.Response, limit: int, where: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise AuthError(f"{where}: response is larger than {limit} bytes")
-            chunks.append(chunk)
-    except httpx.TransportError as err:
-        raise AuthError(f"{where}: {type(err).__name__}: {err}", temporary=True) from None
-    return b"".join(chunks)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -348,16 +349,20 @@ class _Transfer:
                                 " bytes", temporary=True)
 
 
+_CONTENT_RANGE = re.compile(r"[Bb][Yy][Tt][Ee][Ss] ([0-9]{1,18})-([0-9]{1,18})/(\*|[0-9]{1,18})")
+
+
 def _range_ok(content_range: str | None, offset: int, size: int) -> bool:
     """``bytes <offset>-<size-1>/<size or *>`` and nothing else (RFC 9110 section 14.4)."""
     if not content_range:
         return False
-    unit, _, spec = content_range.strip().partition(" ")
-    span, _, total = spec.partition("/")
-    first, _, last = span.partition("-")
-    return (unit.lower() == "bytes" and first.isdigit() and last.isdigit()
-            and int(first) == offset and int(last) == size - 1
-            and (total == "*" or (total.isdigit() and int(total) == size)))
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+    found = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if found is None:
+        return False
+    first, last, total = found.groups()
+    return (int(first) == offset and int(last) == size - 1
+            and (total == "*" or int(total) == size))
 
 
 

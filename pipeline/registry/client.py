@@ -9,9 +9,10 @@ What it refuses to trust:
   ``::1``, ``localhost``) or the user listed it in ``insecure_hosts``;
 - the manifest bytes: read up to ``MANIFEST_MAX_BYTES``, hashed, checked
   against the digest they were asked for and against ``Docker-Content-Digest``;
-- redirects: followed (blob storage lives elsewhere) but never to a
-  link-local address, and httpx drops ``Authorization`` when one leaves the
-  registry's origin;
+- redirects, token realms and mirrors: followed (blob storage lives
+  elsewhere) but never to a link-local, unspecified or metadata address,
+  decided on the resolved address (``registry.addresses``); httpx drops
+  ``Authorization`` when one leaves the registry's origin;
 - names: registry, repository, tag and digest are validated before they are
   put into a URL.
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,24 +34,28 @@ import structlog
 
 from pipeline import __version__
 from pipeline.base.digest import Digest, parse_digest
+from pipeline.base.escape import escape_text
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import AuthError, BadDigest, DigestMismatch, RegistryError
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import MANIFEST_MAX_BYTES
 from pipeline.oci.reference import (
     api_host_for,
-    is_link_local_host,
     is_loopback_host,
     split_host_port,
     validate_registry,
     validate_repository,
     validate_tag,
 )
+from pipeline.registry.addresses import Resolver, check_destination
 from pipeline.registry.auth import RegistryAuth
+from pipeline.registry.bodies import DEFAULT_DEADLINES, Deadlines, RateFloor, read_capped
 from pipeline.registry.credentials import LOGIN_HINT, CredentialSource, load_credentials
 from pipeline.registry.retry import (
     DEFAULT_RETRY,
     TEMPORARY_STATUSES,
     RetryPolicy,
+    header_int,
     parse_retry_after,
     with_retry_after,
 )
@@ -93,8 +98,11 @@ class ManifestHead:
 class BlobStream:
     """An open blob response: ``status`` 200 (whole blob) or 206 (from an offset)."""
 
-    def __init__(self, response: httpx.Response, *, method: str, url: str) -> None:
+    def __init__(self, response: httpx.Response, *, method: str, url: str,
+                 deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
         self._response = response
+        self._floor = RateFloor(deadlines, method=method, url=url, host=response.url.netloc
+                                .decode("ascii", "replace"))
         self._method, self._url = method, url
         self.status = response.status_code
         self.content_range = response.headers.get("content-range")
@@ -103,10 +111,16 @@ class BlobStream:
         self.received = 0
 
     def chunks(self) -> Iterator[bytes]:
-        """The body as it arrives; a dropped connection becomes a temporary RegistryError."""
+        """The body as sent; a dropped connection or a stall becomes a temporary RegistryError.
+
+        Never decoded: the digest covers the bytes as stored, and a blob sent
+        with a Content-Encoding anyway is verified as sent (and so refused
+        unless the encoding was a label on the stored bytes).
+        """
         try:
-            for chunk in self._response.iter_bytes():
+            for chunk in self._response.iter_raw():
                 self.received += len(chunk)
+                self._floor.add(len(chunk))
                 yield chunk
         except httpx.TransportError as err:
             raise RegistryError(f"connection lost after {self.received} bytes of the body"
@@ -122,18 +136,24 @@ class RegistryClient:
                  retry: RetryPolicy = DEFAULT_RETRY,
                  transport: httpx.BaseTransport | None = None,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 user_agent: str = USER_AGENT) -> None:
+                 user_agent: str = USER_AGENT,
+                 resolve: Resolver = socket.getaddrinfo,
+                 deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
         """``credentials=None`` reads Docker's config.json ($DOCKER_CONFIG or ~/.docker)."""
         self.retry = retry
+        self.deadlines = deadlines
         self.insecure_hosts = frozenset(insecure_hosts)
         self._http = httpx.Client(
             transport=transport, timeout=timeout, follow_redirects=True,
-            max_redirects=MAX_REDIRECTS, headers={"User-Agent": user_agent},
-            event_hooks={"request": [_refuse_link_local]})
+            max_redirects=MAX_REDIRECTS,
+            # Nothing we read needs compressing, and an encoded body is one
+            # more thing to bound: ask for every body as stored.
+            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
+            event_hooks={"request": [_destination_guard(resolve)]})
         self._auth = RegistryAuth(
             load_credentials() if credentials is None else credentials,
             send=lambda request: self._http.send(request, auth=None, follow_redirects=False,
-                                                 stream=True))
+                                                 stream=True), deadlines=deadlines)
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -182,17 +202,18 @@ class RegistryClient:
                 return ManifestHead(
                     _header_digest(header, "HEAD", url) if header else None,
                     mt.base_type(response.headers.get("content-type")),
-                    int(length) if length and length.isdigit() else None)
+                    header_int(length))
 
         return self.retry.run(once)
 
     def _get_manifest_once(self, url: str, reference: str | Digest) -> ManifestResponse:
         with self._open("GET", url, {"Accept": mt.MANIFEST_ACCEPT}) as response:
             length = response.headers.get("content-length")
-            if length and length.isdigit() and int(length) > MANIFEST_MAX_BYTES:
+            declared = header_int(length)
+            if declared is not None and declared > MANIFEST_MAX_BYTES:
                 raise RegistryError(f"manifest is {length} bytes, more than the"
                                     f" {MANIFEST_MAX_BYTES} byte limit", method="GET", url=url)
-            body = _read_body(response, MANIFEST_MAX_BYTES, "GET", url, what="manifest")
+            body = self._read_body(response, MANIFEST_MAX_BYTES, "GET", url, what="manifest")
             header = response.headers.get("docker-content-digest")
             content_type = mt.base_type(response.headers.get("content-type"))
         pinned = reference if isinstance(reference, Digest) else (
@@ -227,7 +248,7 @@ class RegistryClient:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         with self._open("GET", url, headers) as response:
-            yield BlobStream(response, method="GET", url=url)
+            yield BlobStream(response, method="GET", url=url, deadlines=self.deadlines)
 
     # Plumbing ---------------------------------------------------------------
 
@@ -249,17 +270,30 @@ class RegistryClient:
         finally:
             response.close()
 
+    def _read_body(self, response: httpx.Response, limit: int, method: str, url: str, *,
+                   what: str, truncate: bool = False) -> bytes:
+        try:
+            return read_capped(response.iter_raw(), response.headers.get("content-encoding", ""),
+                               limit, method=method, url=url, what=what,
+                               host=response.url.netloc.decode("ascii", "replace"),
+                               deadlines=self.deadlines, truncate=truncate)
+        except httpx.TransportError as err:
+            raise RegistryError(f"connection lost while reading the {what}"
+                                f" ({type(err).__name__})", method=method, url=url,
+                                temporary=True) from None
+
     def _error(self, response: httpx.Response, method: str, url: str) -> RegistryError:
         status = response.status_code
         body = b""
         if method != "HEAD":
             try:
-                body = _read_body(response, ERROR_BODY_MAX_BYTES, method, url, what="error body",
-                                  truncate=True)
+                body = self._read_body(response, ERROR_BODY_MAX_BYTES, method, url,
+                                       what="error body", truncate=True)
             except RegistryError:
                 body = b""
         code, detail = _registry_diagnostic(body)
-        said = f"{status} {response.reason_phrase}" + (f" ({code}: {detail})" if code else "")
+        said = f"{status} {escape_text(response.reason_phrase, 60)}" + (
+            f" ({code}: {detail})" if code else "")
         registry = url.split("/", 3)[2]
         final = response.request.url
         if final.netloc.decode("ascii") != registry:
@@ -294,32 +328,14 @@ def _registry_name(api_host: str) -> str:
     return "docker.io" if api_host == api_host_for("docker.io") else api_host
 
 
-def _refuse_link_local(request: httpx.Request) -> None:
-    """Event hook on every request, redirects included: never touch link-local addresses."""
-    if is_link_local_host(request.url.host):
-        raise RegistryError("refusing a request to a link-local or unspecified address"
-                            " (a redirect from the registry?)", method=request.method,
-                            url=str(request.url.copy_with(query=None)))
+def _destination_guard(resolve: Resolver) -> Callable[[httpx.Request], None]:
+    """Event hook on every request, redirects and token requests included."""
 
+    def hook(request: httpx.Request) -> None:
+        check_destination(request.url.host, method=request.method,
+                          url=str(request.url.copy_with(query=None)), resolve=resolve)
 
-def _read_body(response: httpx.Response, limit: int, method: str, url: str, *, what: str,
-               truncate: bool = False) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                if truncate:
-                    chunks.append(chunk[: limit - (total - len(chunk))])
-                    break
-                raise RegistryError(f"{what} is larger than the {limit} byte limit",
-                                    method=method, url=url)
-            chunks.append(chunk)
-    except httpx.TransportError as err:
-        raise RegistryError(f"connection lost while reading the {what} ({type(err).__name__})",
-                            method=method, url=url, temporary=True) from None
-    return b"".join(chunks)
+    return hook
 
 
 def _header_digest(value: str, method: str, url: str) -> Digest:
@@ -333,7 +349,7 @@ def _header_digest(value: str, method: str, url: str) -> Digest:
 def _registry_diagnostic(body: bytes) -> tuple[str | None, str]:
     """The first (code, message) of a distribution-spec errors body, if there is one."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = loads_bounded(body)
         first = doc["errors"][0]
         code, message = first.get("code"), first.get("message", "")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -341,4 +357,5 @@ def _registry_diagnostic(body: bytes) -> tuple[str | None, str]:
     if not isinstance(code, str):
         return None, ""
     text = message if isinstance(message, str) else ""
-    return code[:64], text[:300].replace("\n", " ")
+    # Printed on the user's terminal: no ESC, BEL or newline from a registry.
+    return escape_text(code, 64), escape_text(text, 300)

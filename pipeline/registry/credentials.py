@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import subprocess
 import threading
@@ -38,6 +37,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import AuthError
 from pipeline.oci.reference import DOCKER_HUB_ALIASES
 
@@ -141,7 +141,7 @@ class DockerConfig:
         except OSError as err:
             raise AuthError(f"{path}: cannot read registry credentials ({err.strerror})") from None
         try:
-            data = json.loads(text)
+            data = loads_bounded(text)
         except ValueError as err:
             raise AuthError(f"{path}: not valid JSON ({err}); fix or remove it") from None
         if not isinstance(data, dict):
@@ -228,7 +228,7 @@ class DockerConfig:
             raise AuthError(f"credential helper {program} failed for {server} (exit status"
                             f" {done.returncode}): {_safe_tail(stdout, done.stderr)}")
         try:
-            answer = json.loads(stdout)
+            answer = loads_bounded(stdout)
             username, secret = answer.get("Username", ""), answer.get("Secret", "")
         except (ValueError, AttributeError):
             raise AuthError(f"credential helper {program} answered for {server} with something"

@@ -16,6 +16,7 @@ a build.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import structlog
 
 from pipeline.errors import RegistryError
 
-__all__ = ["RetryPolicy", "DEFAULT_RETRY", "MAX_RETRY_AFTER_S", "TEMPORARY_STATUSES",
+__all__ = ["header_int", "RetryPolicy", "DEFAULT_RETRY", "MAX_RETRY_AFTER_S", "TEMPORARY_STATUSES",
            "parse_retry_after", "retry_after_of", "with_retry_after"]
 
 log = structlog.get_logger(__name__)
@@ -40,16 +41,35 @@ MAX_RETRY_AFTER_S = 60.0
 TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+# An HTTP integer header (Content-Length, Retry-After seconds): ASCII digits
+# only (str.isdigit also says yes to "²" and "٣"), at most 18 of them.
+_HEADER_INT = re.compile(r"[0-9]{1,18}")
+
+
+def header_int(value: str | None) -> int | None:
+    """A non-negative integer header value, or None when absent or not plain digits."""
+    if value is None or not _HEADER_INT.fullmatch(value.strip()):
+        return None
+    return int(value.strip())
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value, or None if absent or unreadable."""
+    """Seconds to wait from a Retry-After value, or None if absent or unreadable.
+
+    Nonsense (non-ASCII digits, dates past year 9999, 40-digit numbers) counts
+    as absent: the usual backoff applies.
+    """
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = header_int(value)
+    if seconds is not None:
+        return float(seconds)
+    if not value.isascii() or len(value) > 64:
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT
         when = when.replace(tzinfo=timezone.utc)

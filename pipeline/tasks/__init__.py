@@ -63,16 +63,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from doit import get_var
+from doit import doit_cmd, get_var
 from doit.exceptions import InvalidDodoFile
 
 from pipeline.base.log import choose_level, choose_mode, configure_logging
 from pipeline.base.terminal import Terminal
 from pipeline.errors import PipelineError
 from pipeline.project.config import load_manifest
+from pipeline.project.config.directories import prepare_directory
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
 from pipeline.project.sharing import register_manifest
+from pipeline.tasks.cmdline import check_requested, check_vars, install_interrupt_hook, parse_switch
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
@@ -80,7 +82,7 @@ from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
-from pipeline.tasks.plan import RunPlan, plan_run
+from pipeline.tasks.plan import RunPlan, current_entry, plan_run
 from pipeline.tasks.prune import prune_tasks
 from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
@@ -94,7 +96,6 @@ DEFAULT_MANIFEST = "images.toml"
 MANIFEST_VAR = "ROOTFS_MANIFEST"
 FROZEN_VAR = "ROOTFS_FROZEN"
 DB_NAME = "doit.db"
-_TRUE = ("1", "true", "yes", "on")
 
 log = structlog.get_logger("pipeline.run")
 
@@ -112,7 +113,9 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
     env = dict(os.environ) if environ is None else environ
     path = manifest or _setting("manifest", MANIFEST_VAR, env) or DEFAULT_MANIFEST
     if frozen is None:
-        frozen = (_setting("frozen", FROZEN_VAR, env) or "").lower() in _TRUE
+        explicit = get_var("frozen")
+        frozen = parse_switch("frozen", explicit) if explicit not in (None, "") else (
+            parse_switch(FROZEN_VAR, env.get(FROZEN_VAR)))
     loaded = load_manifest(Path(path), environ=env)
     return RunContext(manifest=loaded, terminal=terminal or Terminal(sys.stderr), frozen=frozen)
 
@@ -145,6 +148,14 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def _command_line_vars() -> dict[str, str] | None:
+    """doit's ``name=value`` arguments, None when doit did not parse a command line."""
+    # doit keeps them in a module global that get_var reads; there is no
+    # public way to list them, and a typo must not pass silently.
+    found = getattr(doit_cmd, "_CMDLINE_VARS", None)
+    return dict(found) if isinstance(found, dict) else None
+
+
 # A plain run whose stamp matches creates only the (empty) family groups.
 _NOTHING = RunPlan(images=(), layers=(), unresolved=())
 
@@ -158,14 +169,23 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
     """
     skipped: NoopStamp | None = None
     plain = False
+    install_interrupt_hook()
     try:
+        check_vars(_command_line_vars() or {})
         terminal = Terminal(sys.stderr)
         mode = choose_mode(get_var("log"), os.environ, sys.stderr)
         level = choose_level(get_var("log_level"), os.environ)
         configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
         ctx.log_mode, ctx.log_level = mode, level
-        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        # A lock file that does not parse stops the run here, before any step.
+        entries = read_lock(ctx.lock_path)
+        if _command_line_vars() is not None:  # run by doit: its argv names the tasks
+            check_requested(sys.argv, [spec.name for spec in ctx.manifest.images],
+                            [spec.name for spec in ctx.manifest.images
+                             if current_entry(spec, entries) is not None])
+        prepare_directory(ctx.cache.root, "cache_dir", ctx.manifest.path)
+        prepare_directory(ctx.output_dir, "output_dir", ctx.manifest.path)
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)

@@ -39,6 +39,7 @@ import structlog
 from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from pipeline.base.escape import escape_text
 from pipeline.base.terminal import Terminal
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import finished_notes
@@ -173,7 +174,8 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
         images = _images(task)
         who = f" ({', '.join(images)})" if images else ""
         if isinstance(fail, TaskFailed):
-            self.write(f"FAILED {task.name}{who}: {fail.message}\n")
+            # The message may quote a registry or an image: one line, no raw controls.
+            self.write(f"FAILED {task.name}{who}: {escape_text(fail.message, 4000)}\n")
             log.error("task.failed", task=task.name, images=images, error=fail.message)
         else:
             # Not a PipelineError: a bug, or doit itself failing; keep the traceback.

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from pipeline.base.files import write_atomic
+from pipeline.base.jsontext import loads_bounded
 
 __all__ = ["cached_tool_versions", "TOOLS_FILE"]
 
@@ -56,7 +57,7 @@ def _modules() -> list[list[int] | None]:
 
 def _remembered(file: Path) -> dict[str, str] | None:
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = loads_bounded(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if (not isinstance(data, dict) or data.get("format") != _FORMAT

@@ -63,6 +63,10 @@ def pool_size(jobs: int) -> int:
 
 
 def _init_worker(parent: int, log_mode: str, log_level: str) -> None:
+    # Ctrl-C reaches the whole process group: the run decides what it means
+    # (one line, exit 130) and its workers die with it; a worker of its own
+    # would print a KeyboardInterrupt traceback per process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(parent)
     from pipeline.base.log import configure_logging
     from pipeline.base.terminal import Terminal

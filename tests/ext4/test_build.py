@@ -1001,3 +1001,26 @@ def test_sparse_sha256_is_the_sha256_of_every_byte(tmp_path: Path,
                 out.write(os.urandom(size))
         out.truncate()
     assert sha256_sparse(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_size_beyond_the_host_filesystem_is_one_clear_error(tmp_path: Path) -> None:
+    huge = 64 * 1024 * MiB * 1024  # 64 TiB: ext4 hosts stop at 16 TiB per file
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as handle:
+        try:
+            os.ftruncate(handle.fileno(), huge)
+        except OSError:
+            pass
+        else:
+            pytest.skip("this temporary filesystem holds 64 TiB files (not ext4)")
+    probe.unlink()
+    flat = make_flat(tmp_path / "flat", [f("a", b"x")])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Ext4Error) as err:
+        build_ext4(flat, out / "img.ext4", Ext4Options(size=huge), seed="s")
+    assert str(err.value) == (
+        f"the filesystem holding {str(out)!r} cannot hold a 64 TiB (70368744177664 bytes) file"
+        " (File too large); choose a smaller `size` or an output_dir on a filesystem that"
+        " allows larger files")
+    assert list(out.iterdir()) == []

@@ -173,7 +173,16 @@ def test_split_host_port(registry: str, host: str, port: int | None) -> None:
     ("127.9.8.7", True, False), ("::1", True, False), ("[::1]", True, False),
     ("169.254.169.254", False, True), ("fe80::1", False, True), ("0.0.0.0", False, True),
     ("10.0.0.1", False, False), ("example.com", False, False), ("localhost.evil.com", False, False),
-])
+    # Every spelling getaddrinfo accepts for the metadata address, and "this network".
+    ("2852039166", False, True), ("0xa9fea9fe", False, True), ("0XA9FEA9FE", False, True),
+    ("169.254.43518", False, True), ("169.16689662", False, True),
+    ("0251.0376.0251.0376", False, True),
+    ("[::ffff:169.254.169.254]", False, True), ("::ffff:a9fe:a9fe", False, True),
+    ("::169.254.169.254", False, True), ("0", False, True), ("0.1.2.3", False, True),
+    ("::", False, True), ("fd00:ec2::254", False, True), ("100.100.100.200", False, True),
+    ("2130706433", False, False), ("10.1", False, False), ("1.2.3.4.5", False, False),
+    ("0x", False, False), ("08", False, False),
+], ids=lambda v: str(v) if isinstance(v, str) else "")
 def test_host_classes(host: str, loopback: bool, link_local: bool) -> None:
     assert is_loopback_host(host) is loopback
     assert is_link_local_host(host) is link_local

@@ -225,6 +225,26 @@ BAD = [
     pytest.param('[settings]\njobs = true\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: `jobs` must be an integer from 1 to 64, got boolean True",
                  id="jobs-bool"),
+    pytest.param('[settings]\ncache_dir = "out/cache"\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `cache_dir` '/proj/out/cache' is inside `output_dir`"
+                 " '/proj/out'; give them separate directories (gc and builds would remove"
+                 " each other's files)", id="cache-inside-output"),
+    pytest.param('[settings]\noutput_dir = ".cache/out"\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `output_dir` '/proj/.cache/out' is inside `cache_dir`"
+                 " '/proj/.cache'; give them separate directories (gc and builds would remove"
+                 " each other's files)", id="output-inside-cache"),
+    pytest.param('[settings]\ncache_dir = "."\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `cache_dir` '/proj' holds the manifest's own directory"
+                 " '/proj', which gc would sweep; use a dedicated directory such as \".cache\"",
+                 id="cache-is-the-project"),
+    pytest.param('[settings]\ncache_dir = ".."\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `cache_dir` '/' holds the manifest's own directory"
+                 " '/proj', which gc would sweep; use a dedicated directory such as \".cache\"",
+                 id="cache-above-the-project"),
+    pytest.param('[settings]\noutput_dir = "."\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `output_dir` is the manifest's own directory '/proj'; an"
+                 " image's files could replace images.toml or its lock: use a directory such as"
+                 " \"out\"", id="output-is-the-project"),
     pytest.param('[settings]\ncache_dir = "out"\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: `output_dir` and `cache_dir` must be different "
                  "directories, both are '/proj/out'", id="same-dirs"),

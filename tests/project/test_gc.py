@@ -121,3 +121,18 @@ def test_base_images_are_kept_by_key(tmp_path: Path) -> None:
                                         f".lock-{'b' * 64}"}
     # Keys that could not be worked out (no tool versions): every base stays.
     assert plan(CacheLayout(cache), Keep.of(bases=None)) == ([], 0)
+
+
+@pytest.mark.parametrize("relative", [
+    "base/notes.txt", "base/ext4", "layers/README", "flat/my-rootfs", "blobs/md5",
+    "blobs/sha256/holiday.jpg", "blobs/sha256/" + "A" * 64, "layers/" + "a" * 63,
+], ids=["project-base-dir-file", "project-subdir", "readme", "user-dir", "unknown-algorithm",
+        "file-among-blobs", "uppercase-hex", "short-hex"])
+def test_gc_never_removes_a_name_it_does_not_create(tmp_path: Path, relative: str) -> None:
+    cache = tmp_path / "cache"
+    foreign = cache / relative
+    foreign.parent.mkdir(parents=True, exist_ok=True)
+    foreign.write_text("the user's")
+    assert plan(CacheLayout(cache), KEEP) == ([], 0)
+    collect(CacheLayout(cache), Keep.of())
+    assert foreign.read_text() == "the user's"

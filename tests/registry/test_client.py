@@ -186,8 +186,9 @@ def test_redirect_to_link_local_is_refused(client: RegistryClient, proxy: FaultP
     with pytest.raises(RegistryError) as info:
         client.get_manifest(proxy.host, repo, "v1")
     assert str(info.value) == ("GET http://169.254.169.254/latest/meta-data: refusing a request"
-                               " to a link-local or unspecified address (a redirect from the"
-                               " registry?)")
+                               " to 169.254.169.254, a link-local, unspecified or cloud metadata"
+                               " address (a redirect, token realm or mirror pointing there); fix"
+                               " the registry or mirror setting, or report the registry")
 
 
 def test_blob_redirect_to_other_origin_is_followed(client: RegistryClient, proxy: FaultProxy,

@@ -301,6 +301,15 @@ def test_reporter_one_line_per_failure_and_a_summary() -> None:
         "tasks: 1 ran, 1 up to date, 1 failed, 1 not run because a dependency failed\n")
 
 
+def test_reporter_failed_line_escapes_what_a_registry_said() -> None:
+    out = io.StringIO()
+    reporter = PipelineReporter(out, {})
+    reporter.add_failure(FakeTask("resolve:a", ["a"]), TaskFailed(
+        "GET http://r/v2/a/manifests/1: 400 \x1b[2J\x07\nFAILED mkfs:b (b): forged"))
+    assert out.getvalue() == ("FAILED resolve:a (a): GET http://r/v2/a/manifests/1: 400"
+                              " \\x1b[2J\\x07\\nFAILED mkfs:b (b): forged\n")
+
+
 def test_reporter_keeps_the_traceback_of_a_bug() -> None:
     out = io.StringIO()
     reporter = PipelineReporter(out, {})

@@ -28,6 +28,7 @@ from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import ImageRef
 from pipeline.oci.resolved import ImageSource, parse_source
 from pipeline.project.config.checker import Checker, kind_of
+from pipeline.project.config.directories import overlap
 from pipeline.project.config.environment import (
     check_host,
     parse_insecure_env,
@@ -176,9 +177,9 @@ def _settings(c: Checker, raw: dict[str, Any], base: Path) -> Settings:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise c.fail(f"`jobs` must be an integer from 1 to {MAX_JOBS}, got {kind_of(jobs)}",
                      "settings", "jobs")
-    if dirs["output_dir"] == dirs["cache_dir"]:
-        raise c.fail("`output_dir` and `cache_dir` must be different directories, both are "
-                     f"{str(dirs['cache_dir'])!r}", "settings", "cache_dir")
+    reason = overlap(dirs["output_dir"], dirs["cache_dir"], base)
+    if reason is not None:
+        raise c.fail(reason[1], "settings", reason[0])
     return Settings(platform=platform, jobs=jobs, **dirs)
 
 
@@ -271,6 +272,11 @@ def parse_manifest(text: str, path: Path, *,
     c = Checker(path, text)
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table; no real
+        # manifest nests more than three levels.
+        raise ManifestError("arrays or inline tables are nested too deeply to parse; a"
+                            " manifest nests at most a few levels", path=str(path)) from None
     except tomllib.TOMLDecodeError as err:
         message = str(err)
         found = re.search(r"\(at line (\d+), column \d+\)", message)
