@@ -1,0 +1,134 @@
+"""File contents: which blocks hold data, and copying them into the image.
+
+``probe`` opens a regular file's content (a layer store's numbered file),
+checks that its size is the one its entry declares, and lists its data
+segments in whole 4 KiB blocks: with SEEK_DATA/SEEK_HOLE when the file has
+fewer blocks on disk than its size (a sparse file), else the whole file in
+one segment. A hole of the source stays a hole of the image (no extent, no
+block); layer stores are written densely, so images built from them do not
+depend on the host filesystem.
+
+``copy_segments`` moves the bytes with ``os.copy_file_range`` (in the
+kernel, reflinked where the filesystem can) in chunks of at most 64 MiB,
+falling back to ``pread``/``pwrite`` through one reused 1 MiB buffer where
+the kernel refuses; a file is never held in memory whole.
+
+Trusts nothing about the content file but its bytes: a size that disagrees
+with the entry, or a file that shrinks while copied, is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.ext4.native.errors import BadTree
+from pipeline.ext4.native.geometry import BLOCK_SIZE
+
+__all__ = ["Segment", "Content", "probe", "copy_segments", "write_at"]
+
+_COPY_CHUNK = 64 << 20
+_BUFFER = 1 << 20
+_SECTOR = 512
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+Segment = tuple[int, int]
+"""(first block, number of blocks) of file data; everything else is a hole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    path: Path
+    segments: tuple[Segment, ...]
+
+    @property
+    def blocks(self) -> int:
+        return sum(n for _, n in self.segments)
+
+
+def probe(entry_path: str, source: Path, size: int) -> Content:
+    """The data segments of ``source``, which must be a regular file of ``size`` bytes."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as err:
+        raise BadTree(entry_path, f"its content {str(source)!r} cannot be opened "
+                                  f"({err.strerror})") from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            raise BadTree(entry_path, f"its content {str(source)!r} holds {st.st_size} "
+                                      f"bytes, the entry declares {size}")
+        total = -(-size // BLOCK_SIZE)
+        if st.st_blocks * _SECTOR >= size:
+            return Content(source, ((0, total),) if total else ())
+        return Content(source, tuple(_data_segments(fd, size, total)))
+    finally:
+        os.close(fd)
+
+
+def _data_segments(fd: int, size: int, total: int) -> list[Segment]:
+    segments: list[Segment] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:
+                break                       # only a hole remains
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        first, last = start // BLOCK_SIZE, min(total, -(-end // BLOCK_SIZE))
+        if segments and segments[-1][0] + segments[-1][1] >= first:
+            prev = segments.pop()
+            first = prev[0]
+        segments.append((first, last - first))
+        pos = end
+    return segments
+
+
+def copy_segments(entry_path: str, content: Content, size: int, dst: int,
+                  placed: list[tuple[int, int, int]]) -> None:
+    """Copy the data of ``content`` to the image ``dst``; ``placed`` holds
+    (file block, disk block, blocks) runs covering its segments."""
+    src = os.open(content.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        for logical, physical, count in placed:
+            offset = logical * BLOCK_SIZE
+            length = min(count * BLOCK_SIZE, size - offset)
+            _copy(entry_path, src, dst, offset, physical * BLOCK_SIZE, length)
+    finally:
+        os.close(src)
+
+
+def _copy(entry_path: str, src: int, dst: int, src_off: int, dst_off: int,
+          length: int) -> None:
+    buffer: bytearray | None = None
+    while length > 0:
+        n = 0
+        if buffer is None:
+            try:
+                n = os.copy_file_range(src, dst, min(length, _COPY_CHUNK), src_off, dst_off)
+            except OSError as err:
+                if err.errno not in _NO_COPY_RANGE:
+                    raise
+                buffer = bytearray(_BUFFER)
+                continue
+        else:
+            view = memoryview(buffer)[:min(length, _BUFFER)]
+            n = os.preadv(src, [view], src_off)
+            if n > 0:
+                os.pwrite(dst, view[:n], dst_off)
+        if n <= 0:
+            raise BadTree(entry_path, "its content shrank while it was copied")
+        src_off, dst_off, length = src_off + n, dst_off + n, length - n
+
+
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of ``data`` at ``offset``."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
