@@ -1,0 +1,201 @@
+"""Trees for the native writer's tests: flat entries plus content files, built in code.
+
+``TreeBuilder`` writes each regular file's bytes to a numbered content file
+(as a layer store does), sparse where asked (``holes``), and keeps what the
+image must hold; ``random_tree`` generates seeded trees from a small
+vocabulary (odd names incl. non-UTF-8 bytes, sizes, holes, xattrs of every
+size class, hard links, symlinks of all lengths, devices, deep paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pipeline.ext4.native.inputs import FileType, FlatEntry
+
+__all__ = ["Tree", "TreeBuilder", "random_tree", "MTIME_NS", "BLOCK"]
+
+MTIME_NS = 1_700_000_000_123_456_789
+BLOCK = 4096
+
+
+@dataclass
+class Tree:
+    entries: list[FlatEntry]
+    files: dict[str, Path]
+    """Content file of every non-empty regular path (hard links share one)."""
+    data_blocks: dict[str, int]
+    """Blocks of data (not holes) each non-empty regular path must own."""
+    sha256: dict[str, str]
+
+    def content(self, entry: FlatEntry) -> Path | None:
+        return self.files.get(entry.path)
+
+
+def _order(path: str) -> tuple[bytes, ...]:
+    return tuple(os.fsencode(p) for p in path.split("/")) if path else ()
+
+
+@dataclass
+class TreeBuilder:
+    store: Path
+    root: FlatEntry = field(default_factory=lambda: FlatEntry("", FileType.DIRECTORY, 0o755,
+                                                              0, 0, MTIME_NS))
+    _entries: dict[str, FlatEntry] = field(default_factory=dict)
+    _files: dict[str, Path] = field(default_factory=dict)
+    _blocks: dict[str, int] = field(default_factory=dict)
+    _sha: dict[str, str] = field(default_factory=dict)
+    _groups: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+
+    def _add(self, entry: FlatEntry) -> None:
+        assert entry.path not in self._entries, entry.path
+        self._entries[entry.path] = entry
+
+    def dir(self, path: str, mode: int = 0o755, **meta: object) -> None:
+        self._add(FlatEntry(path, FileType.DIRECTORY, mode, **_meta(meta)))  # type: ignore
+
+    def file(self, path: str, data: bytes = b"", mode: int = 0o644, *,
+             holes: list[tuple[int, bytes]] | None = None, size: int | None = None,
+             **meta: object) -> None:
+        """A regular file: ``data`` dense, or ``size`` bytes of holes with ``holes``
+        chunks (offset, bytes) written into them."""
+        total = len(data) if size is None else size
+        if total:
+            where = self.store / f"{len(self._files):06d}"
+            fd = os.open(where, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o444)
+            h = hashlib.sha256()
+            try:
+                if holes is None:
+                    os.write(fd, data)
+                    h.update(data)
+                    self._blocks[path] = -(-total // BLOCK)
+                else:
+                    os.ftruncate(fd, total)
+                    image = bytearray(total)
+                    touched: set[int] = set()
+                    for offset, chunk in holes:
+                        os.pwrite(fd, chunk, offset)
+                        image[offset:offset + len(chunk)] = chunk
+                        touched.update(range(offset // BLOCK, -(-(offset + len(chunk)) // BLOCK)))
+                    h.update(image)
+                    self._blocks[path] = len(touched)
+            finally:
+                os.close(fd)
+            self._files[path] = where
+            self._sha[path] = h.hexdigest()
+        else:
+            self._sha[path] = hashlib.sha256(b"").hexdigest()
+        self._add(FlatEntry(path, FileType.REGULAR, mode, size=total,
+                            **_meta(meta)))  # type: ignore[arg-type]
+
+    def hardlink(self, path: str, to: str) -> None:
+        first = self._entries[to]
+        group = self._groups.setdefault(to, len(self._groups) + 1)
+        self._entries[to] = replace(first, link_group=group)
+        self._add(replace(first, path=path, link_group=group))
+        if to in self._files:
+            self._files[path] = self._files[to]
+            self._blocks[path] = self._blocks[to]
+        self._sha[path] = self._sha[to]
+
+    def symlink(self, path: str, target: str, **meta: object) -> None:
+        self._add(FlatEntry(path, FileType.SYMLINK, 0o777, target=target,
+                            **_meta(meta)))  # type: ignore[arg-type]
+
+    def device(self, path: str, kind: FileType, major: int, minor: int, mode: int = 0o660,
+               **meta: object) -> None:
+        self._add(FlatEntry(path, kind, mode, rdev=(major, minor),
+                            **_meta(meta)))  # type: ignore[arg-type]
+
+    def fifo(self, path: str, mode: int = 0o600, **meta: object) -> None:
+        self._add(FlatEntry(path, FileType.FIFO, mode, **_meta(meta)))  # type: ignore
+
+    def build(self) -> Tree:
+        ordered = sorted(self._entries.values(), key=lambda e: _order(e.path))
+        return Tree([self.root, *ordered], dict(self._files), dict(self._blocks),
+                    dict(self._sha))
+
+
+def _meta(meta: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {"uid": 0, "gid": 0, "mtime_ns": MTIME_NS}
+    out.update(meta)
+    if "xattrs" in out and isinstance(out["xattrs"], dict):
+        out["xattrs"] = tuple(sorted(out["xattrs"].items()))
+    return out
+
+
+_NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789._-+ =~@#%,"
+_XATTR_SIZES = (0, 1, 20, 60, 200, 1000, 3000)
+
+
+def _name(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.1:
+        raw = bytes(rng.choice(range(0x80, 0x100)) for _ in range(rng.randint(1, 12)))
+        raw += b"x"
+    elif roll < 0.15:
+        raw = bytes(rng.choice(_NAME_BYTES) for _ in range(rng.randint(200, 255)))
+    else:
+        raw = bytes(rng.choice(_NAME_BYTES) for _ in range(rng.randint(1, 24)))
+    if raw in (b".", b".."):
+        raw += b"_"
+    return os.fsdecode(raw)
+
+
+def random_tree(store: Path, seed: int, *, entries: int = 300,
+                max_file: int = 256 * 1024) -> Tree:
+    """A seeded random tree of about ``entries`` entries."""
+    rng = random.Random(seed)
+    b = TreeBuilder(store)
+    dirs = [""]
+    files: list[str] = []
+    used: set[str] = set()
+    depth = "/".join(f"d{i}" for i in range(40))       # a deep path
+    for i in range(40):
+        b.dir("/".join(depth.split("/")[:i + 1]))
+    dirs.append(depth)
+    for _ in range(entries):
+        parent = rng.choice(dirs)
+        path = f"{parent}/{_name(rng)}" if parent else _name(rng)
+        if path in used or len(os.fsencode(path)) > 3500:
+            continue
+        used.add(path)
+        meta = {"uid": rng.choice([0, 1000, 65534, 2**31 + 7, 2**32 - 2]),
+                "gid": rng.choice([0, 100, 70000, 2**32 - 2]),
+                "mtime_ns": rng.choice([MTIME_NS, -1_234_567_890_123_456_789 // 1000,
+                                        0, 2**33 * 10**9 + 17, rng.randrange(10**18)])}
+        if rng.random() < 0.3:
+            meta["xattrs"] = {f"user.k{j}": bytes(rng.randrange(256) for _ in range(
+                rng.choice(_XATTR_SIZES))) for j in range(rng.randint(1, 3))}
+        kind = rng.random()
+        if kind < 0.2:
+            b.dir(path, rng.choice([0o755, 0o700, 0o1777, 0o2755]), **meta)
+            dirs.append(path)
+        elif kind < 0.6:
+            size = rng.choice([0, 1, 4095, 4096, 4097, rng.randrange(max_file)])
+            if size > 3 * BLOCK and rng.random() < 0.4:
+                chunks = [(rng.randrange(size - 100), os.urandom(rng.randint(1, 100)))
+                          for _ in range(rng.randint(0, 4))]
+                b.file(path, size=size, holes=chunks, mode=rng.choice([0o644, 0o4755]), **meta)
+            else:
+                b.file(path, rng.randbytes(size), mode=rng.choice([0o644, 0o755, 0o6755]),
+                       **meta)
+            files.append(path)
+        elif kind < 0.7 and files:
+            b.hardlink(path, rng.choice(files))
+        elif kind < 0.85:
+            b.symlink(path, "t" * rng.choice([1, 58, 59, 60, 61, 200, 4095]), **meta)
+        elif kind < 0.9:
+            b.device(path, rng.choice([FileType.CHAR, FileType.BLOCK]),
+                     rng.choice([1, 8, 259, 4095]), rng.choice([0, 3, 255, 256, 1048575]),
+                     **meta)
+        else:
+            b.fifo(path, **meta)
+    return b.build()
