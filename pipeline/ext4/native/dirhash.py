@@ -50,24 +50,61 @@ def _str2hashbuf(chunk: bytes, length: int, signed: bool) -> list[int]:
     return out
 
 
-def _rotl(x: int, s: int) -> int:
-    return ((x << s) | (x >> (32 - s))) & _MASK
-
-
 def _transform(buf: list[int], x: list[int]) -> None:
+    """halfMD4Transform, unrolled: three rounds of eight steps (F, G, H)."""
     a, b, c, d = buf
-    # Round 1: F(x, y, z) = z ^ (x & (y ^ z))
-    for i, s in ((0, 3), (1, 7), (2, 11), (3, 19), (4, 3), (5, 7), (6, 11), (7, 19)):
-        a = _rotl((a + (d ^ (b & (c ^ d))) + x[i]) & _MASK, s)
-        a, b, c, d = d, a, b, c
-    # Round 2: G(x, y, z) = (x & y) + ((x ^ y) & z)
-    for i, s in ((1, 3), (3, 5), (5, 9), (7, 13), (0, 3), (2, 5), (4, 9), (6, 13)):
-        a = _rotl((a + ((b & c) + ((b ^ c) & d)) + x[i] + _K2) & _MASK, s)
-        a, b, c, d = d, a, b, c
-    # Round 3: H(x, y, z) = x ^ y ^ z
-    for i, s in ((3, 3), (7, 9), (2, 11), (6, 15), (1, 3), (5, 9), (0, 11), (4, 15)):
-        a = _rotl((a + (b ^ c ^ d) + x[i] + _K3) & _MASK, s)
-        a, b, c, d = d, a, b, c
+    x0, x1, x2, x3, x4, x5, x6, x7 = x
+    # Round 1: F
+    t = (a + (d ^ (b & (c ^ d))) + x0) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + (c ^ (a & (b ^ c))) + x1) & _MASK
+    d = ((t << 7) | (t >> 25)) & _MASK
+    t = (c + (b ^ (d & (a ^ b))) + x2) & _MASK
+    c = ((t << 11) | (t >> 21)) & _MASK
+    t = (b + (a ^ (c & (d ^ a))) + x3) & _MASK
+    b = ((t << 19) | (t >> 13)) & _MASK
+    t = (a + (d ^ (b & (c ^ d))) + x4) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + (c ^ (a & (b ^ c))) + x5) & _MASK
+    d = ((t << 7) | (t >> 25)) & _MASK
+    t = (c + (b ^ (d & (a ^ b))) + x6) & _MASK
+    c = ((t << 11) | (t >> 21)) & _MASK
+    t = (b + (a ^ (c & (d ^ a))) + x7) & _MASK
+    b = ((t << 19) | (t >> 13)) & _MASK
+    # Round 2: G
+    t = (a + ((b & c) + ((b ^ c) & d)) + x1 + _K2) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + ((a & b) + ((a ^ b) & c)) + x3 + _K2) & _MASK
+    d = ((t << 5) | (t >> 27)) & _MASK
+    t = (c + ((d & a) + ((d ^ a) & b)) + x5 + _K2) & _MASK
+    c = ((t << 9) | (t >> 23)) & _MASK
+    t = (b + ((c & d) + ((c ^ d) & a)) + x7 + _K2) & _MASK
+    b = ((t << 13) | (t >> 19)) & _MASK
+    t = (a + ((b & c) + ((b ^ c) & d)) + x0 + _K2) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + ((a & b) + ((a ^ b) & c)) + x2 + _K2) & _MASK
+    d = ((t << 5) | (t >> 27)) & _MASK
+    t = (c + ((d & a) + ((d ^ a) & b)) + x4 + _K2) & _MASK
+    c = ((t << 9) | (t >> 23)) & _MASK
+    t = (b + ((c & d) + ((c ^ d) & a)) + x6 + _K2) & _MASK
+    b = ((t << 13) | (t >> 19)) & _MASK
+    # Round 3: H
+    t = (a + (b ^ c ^ d) + x3 + _K3) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + (a ^ b ^ c) + x7 + _K3) & _MASK
+    d = ((t << 9) | (t >> 23)) & _MASK
+    t = (c + (d ^ a ^ b) + x2 + _K3) & _MASK
+    c = ((t << 11) | (t >> 21)) & _MASK
+    t = (b + (c ^ d ^ a) + x6 + _K3) & _MASK
+    b = ((t << 15) | (t >> 17)) & _MASK
+    t = (a + (b ^ c ^ d) + x1 + _K3) & _MASK
+    a = ((t << 3) | (t >> 29)) & _MASK
+    t = (d + (a ^ b ^ c) + x5 + _K3) & _MASK
+    d = ((t << 9) | (t >> 23)) & _MASK
+    t = (c + (d ^ a ^ b) + x0 + _K3) & _MASK
+    c = ((t << 11) | (t >> 21)) & _MASK
+    t = (b + (c ^ d ^ a) + x4 + _K3) & _MASK
+    b = ((t << 15) | (t >> 17)) & _MASK
     buf[0] = (buf[0] + a) & _MASK
     buf[1] = (buf[1] + b) & _MASK
     buf[2] = (buf[2] + c) & _MASK

@@ -63,7 +63,9 @@ WRITER_FORMAT_VERSION = 1
 FAST_SYMLINK_MAX = 59                       # a target shorter than i_block lives in it
 LOST_FOUND_BLOCKS = 4                       # mke2fs grows lost+found to 16 KiB
 _EXTENTS_PER_BLOCK = 340
-_SLACK_EXTENTS = 4                          # splits around metadata, per file, planned for
+# Splits around metadata runs a file may take beyond its own extents: the
+# planner's SLACK_BLOCKS covers the rare file pushed past four extents by them.
+_SLACK_EXTENTS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +252,14 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         [n.rec for n in tree.nodes] + special,
         dirs_by_ino=[n.rec.number for n in tree.nodes if n.type is FileType.DIRECTORY])
     lap("metadata")
+    free_bytes = (result.free_blocks - plan.reserved_blocks) * BLOCK_SIZE
+    if options.size is None and (free_bytes < plan.promised_free_bytes
+                                 or result.free_inodes < plan.promised_free_inodes):
+        raise AssertionError(f"internal error: auto size left {free_bytes} bytes and "
+                             f"{result.free_inodes} inodes free, promised "
+                             f"{plan.promised_free_bytes} and {plan.promised_free_inodes}")
     return NativeResult(path=Path(), size=geo.blocks * BLOCK_SIZE, uuid=fs_uuid,
-                        inodes=geo.inodes, free_bytes=(result.free_blocks
-                                                       - plan.reserved_blocks) * BLOCK_SIZE,
+                        inodes=geo.inodes, free_bytes=free_bytes,
                         free_inodes=result.free_inodes, clamped_times=tree.clamped,
                         timings=timings)
 

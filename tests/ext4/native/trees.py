@@ -133,6 +133,7 @@ def _meta(meta: dict[str, object]) -> dict[str, object]:
 
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789._-+ =~@#%,"
 _XATTR_SIZES = (0, 1, 20, 60, 200, 1000, 3000)
+_XATTR_BUDGET = 3900                       # value bytes one inode and one block surely hold
 
 
 def _name(rng: random.Random) -> str:
@@ -172,8 +173,10 @@ def random_tree(store: Path, seed: int, *, entries: int = 300,
                 "mtime_ns": rng.choice([MTIME_NS, -1_234_567_890_123_456_789 // 1000,
                                         0, 2**33 * 10**9 + 17, rng.randrange(10**18)])}
         if rng.random() < 0.3:
-            meta["xattrs"] = {f"user.k{j}": bytes(rng.randrange(256) for _ in range(
-                rng.choice(_XATTR_SIZES))) for j in range(rng.randint(1, 3))}
+            sizes = [rng.choice(_XATTR_SIZES) for _ in range(rng.randint(1, 3))]
+            while sum(sizes) > _XATTR_BUDGET:
+                sizes.pop()
+            meta["xattrs"] = {f"user.k{j}": rng.randbytes(n) for j, n in enumerate(sizes)}
         kind = rng.random()
         if kind < 0.2:
             b.dir(path, rng.choice([0o755, 0o700, 0o1777, 0o2755]), **meta)
