@@ -29,10 +29,11 @@ def ext4_crc(seed: int, data: bytes | bytearray | memoryview) -> int:
 class Checksums:
     """The seeds of one filesystem's metadata checksums, or none when metadata_csum is off."""
 
-    __slots__ = ("fs_seed",)
+    __slots__ = ("fs_seed", "_inode_seeds")
 
     def __init__(self, uuid: bytes, *, enabled: bool) -> None:
         self.fs_seed: int | None = ext4_crc(_ALL_ONES, uuid) if enabled else None
+        self._inode_seeds: dict[int, int] = {}
 
     @property
     def enabled(self) -> bool:
@@ -41,4 +42,10 @@ class Checksums:
     def inode_seed(self, ino: int, generation: int = 0) -> int:
         """The seed of everything an inode owns (extent, directory, htree blocks)."""
         assert self.fs_seed is not None, "internal error: checksums are off"
-        return ext4_crc(ext4_crc(self.fs_seed, _U32.pack(ino)), _U32.pack(generation))
+        if generation:
+            return ext4_crc(ext4_crc(self.fs_seed, _U32.pack(ino)), _U32.pack(generation))
+        seed = self._inode_seeds.get(ino)
+        if seed is None:
+            seed = ext4_crc(ext4_crc(self.fs_seed, _U32.pack(ino)), _U32.pack(0))
+            self._inode_seeds[ino] = seed
+        return seed

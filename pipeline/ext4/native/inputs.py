@@ -7,6 +7,7 @@ edit here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,15 +23,16 @@ __all__ = ["Ext4Error", "Ext4Options", "FileType", "FlatEntry", "FS_EPOCH", "Ima
            "SizePlan", "TreeUsage", "derive_uuids", "plan_for", "staged_content",
            "ContentSource"]
 
-ContentSource = Callable[[FlatEntry], "Path | None"]
+ContentSource = Callable[[FlatEntry], "str | os.PathLike[str] | None"]
 """Where a regular file's bytes live (a layer store's numbered file), or None when empty."""
 
 
 def staged_content(flat_dir: Path) -> ContentSource:
     """Content of each regular entry from a flat image's staging tree (hard links into
     the layer stores), for building from a flat image directory."""
-    rootfs = Path(flat_dir) / ROOTFS_NAME
+    rootfs = os.path.join(flat_dir, ROOTFS_NAME)
 
-    def content(entry: FlatEntry) -> Path | None:
-        return rootfs / entry.path if entry.size else None
+    def content(entry: FlatEntry) -> str | None:
+        # Strings, not Paths: pathlib's parsing costs more than the copy of a small file.
+        return os.path.join(rootfs, entry.path) if entry.size else None
     return content

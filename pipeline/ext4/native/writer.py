@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipeline.ext4.native.alloc import Allocator, UsedBlocks
 from pipeline.ext4.native.checksum import Checksums
-from pipeline.ext4.native.data import Content, copy_segments, probe, write_at
+from pipeline.ext4.native.data import Content, CopyJob, copy_all, probe, write_at
 from pipeline.ext4.native.directory import HtreeParams, directory_blocks
 from pipeline.ext4.native.dirhash import seed_words
 from pipeline.ext4.native.extents import EMPTY_ROOT, build_tree, extents_for
@@ -141,7 +141,7 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             source = content(node.entry)
             if source is None:
                 raise AssertionError(f"internal error: no content for {node.path!r}")
-            found = probe(node.path, source, node.entry.size)
+            found = probe(node.path, os.fspath(source), node.entry.size)
             contents[rec.number] = found
             pieces = sum(-(-n // 32768) for _, n in found.segments)
             blocks_needed += found.blocks + _tree_blocks(pieces + _SLACK_EXTENTS)
@@ -226,6 +226,7 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             rec.i_block = device_block(node.path, *node.entry.rdev)
     lap("directories")
 
+    jobs: list[CopyJob] = []
     for node in tree.nodes:                         # then file data, in inode order
         rec = node.rec
         if node.type is not FileType.REGULAR or node.entry is None:
@@ -239,9 +240,10 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         mapped: list[tuple[int, int, int]] = []
         for first, count in data.segments:
             mapped += extents_for(first, alloc.take(count))
-        copy_segments(node.path, data, rec.size, fd, mapped)
+        jobs.append(CopyJob(node.path, data, rec.size, tuple(mapped)))
         rec.blocks += data.blocks
         place_tree(rec, mapped)
+    copy_all(jobs, fd)
     lap("data")
 
     result = write_metadata(fd, FsParams(
