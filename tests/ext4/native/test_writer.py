@@ -10,75 +10,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.ext4.native import WRITER_FORMAT_VERSION, NativeResult, write_ext4
-from pipeline.ext4.native.inputs import Ext4Options, FileType
+from pipeline.ext4.native.inputs import Ext4Options
 from tests.ext4.native.oracle import check_round_trip, debugfs, features, fsck_clean
-from tests.ext4.native.trees import MTIME_NS, Tree, TreeBuilder
-
-PING_CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
-ACL = bytes.fromhex("02000000" "01000600ffffffff" "02000400e8030000" "04000400ffffffff"
-                    "10000400ffffffff" "20000000ffffffff")
-
-
-def every_kind(store: Path) -> Tree:
-    b = TreeBuilder(store)
-    b.dir("etc")
-    b.file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
-    b.file("etc/empty")
-    b.dir("usr", 0o755, uid=1000, gid=1000)
-    b.dir("usr/bin")
-    b.file("usr/bin/ping", b"\x7fELF" * 5000, 0o4755, uid=0, gid=0,
-           xattrs={"security.capability": PING_CAPABILITY})
-    b.file("usr/bin/su", b"su", 0o6755, uid=2**32 - 2, gid=2**31 + 5)
-    b.hardlink("usr/bin/su2", "usr/bin/su")
-    b.hardlink("etc/su3", "usr/bin/su")
-    b.file("usr/bin/big", os.urandom(3 * 1024 * 1024 + 17))
-    b.file("usr/bin/sparse", size=40 * 1024 * 1024,
-           holes=[(0, b"head"), (5 * 1024 * 1024 + 3, b"middle" * 1000),
-                  (40 * 1024 * 1024 - 3, b"end")])
-    b.file("usr/bin/allhole", size=9 * 4096, holes=[])
-    b.dir("tmp", 0o1777)
-    b.symlink("bin", "usr/bin")
-    b.symlink("etc/fast59", "f" * 59)
-    b.symlink("etc/slow60", "s" * 60)
-    b.symlink("etc/max", "m" * 4095)
-    b.device("dev_null", FileType.CHAR, 1, 3, 0o666)
-    b.device("dev_nvme", FileType.BLOCK, 259, 70000)
-    b.device("dev_big", FileType.CHAR, 4095, 1048575)
-    b.fifo("run_fifo", 0o620, uid=5, gid=6)
-    b.file("times/old", b"", mtime_ns=-2_000_000_000_987_654_321)
-    b.file("times/y2040", b"", mtime_ns=2_208_988_800_000_000_001)
-    b.file("times/y2300", b"", mtime_ns=11_000_000_000_000_000_007)
-    b.file("xattrs/inode", b"x", xattrs={"user.a": b"1", "trusted.t": b""})
-    b.file("xattrs/block", b"x", xattrs={"user.big": b"v" * 3000, "user.small": b"s",
-                                         "security.selinux": b"system_u:object_r:bin_t\0"})
-    b.file("xattrs/acl", b"x", xattrs={"system.posix_acl_access": ACL})
-    b.dir("xattrs/aclm", xattrs={"system.posix_acl_default": ACL})
-    b.file(os.fsdecode(b"names/\xff\xfe not utf-8"), b"odd")
-    b.file("names/" + "n" * 255, b"long")
-    return b.build()
-
-
-def _fix_dirs(tree: Tree) -> Tree:
-    # Parents are implicit in every_kind(); add them as root-owned 0755 directories.
-    from pipeline.ext4.native.inputs import FlatEntry
-    have = {e.path for e in tree.entries}
-    extra = []
-    for e in tree.entries:
-        parts = e.path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent not in have:
-                have.add(parent)
-                extra.append(FlatEntry(parent, FileType.DIRECTORY, 0o755, 0, 0, MTIME_NS))
-    entries = sorted([*tree.entries, *extra],
-                     key=lambda e: tuple(os.fsencode(p) for p in e.path.split("/"))
-                     if e.path else ())
-    return Tree(entries, tree.files, tree.data_blocks, tree.sha256)
+from tests.ext4.native.trees import Tree, every_kind
 
 
 @pytest.fixture(scope="module")
 def kinds(tmp_path_factory: pytest.TempPathFactory) -> Tree:
-    return _fix_dirs(every_kind(tmp_path_factory.mktemp("store")))
+    return every_kind(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
