@@ -56,7 +56,7 @@ def _mirror() -> str:
         return _DEFAULT_MIRROR
     for uri in re.findall(r"^URIs:\s*(\S+)", text, re.MULTILINE):
         if uri.rstrip("/").endswith("/debian"):
-            return uri
+            return str(uri)
     return _DEFAULT_MIRROR
 
 

@@ -110,4 +110,4 @@ def test_a_fixed_size_too_small(tmp_path: Path) -> None:
     tree = b.build()
     with pytest.raises(Ext4Error, match="too small for this image: it needs at least"):
         write_ext4(tree.entries, tree.content, tmp_path / "o" / "x.ext4",
-                   Ext4Options(size="16MiB"), seed="s")
+                   Ext4Options(size=16 << 20), seed="s")

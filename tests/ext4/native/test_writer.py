@@ -98,7 +98,7 @@ def test_same_input_same_bytes_and_another_seed_another_uuid(
     Ext4Options(features=("^huge_file", "^dir_nlink", "^extra_isize")),
     Ext4Options(features=("large_dir", "metadata_csum_seed")),
     Ext4Options(reserved_percent=5),
-    Ext4Options(size="300MiB"),
+    Ext4Options(size=300 << 20),
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.to_dict().items()
                           if v != Ext4Options().to_dict()[k]) or "default")
 def test_options(kinds: Tree, options: Ext4Options, tmp_path: Path) -> None:

@@ -59,12 +59,14 @@ class TreeBuilder:
         assert entry.path not in self._entries, entry.path
         self._entries[entry.path] = entry
 
-    def dir(self, path: str, mode: int = 0o755, **meta: object) -> None:
-        self._add(FlatEntry(path, FileType.DIRECTORY, mode, **_meta(meta)))  # type: ignore
+    def dir(self, path: str, mode: int = 0o755, *, uid: int = 0, gid: int = 0,
+            mtime_ns: int = MTIME_NS, xattrs: dict[str, bytes] | None = None) -> None:
+        self._add(FlatEntry(path, FileType.DIRECTORY, mode, uid, gid, mtime_ns, _x(xattrs)))
 
     def file(self, path: str, data: bytes = b"", mode: int = 0o644, *,
              holes: list[tuple[int, bytes]] | None = None, size: int | None = None,
-             **meta: object) -> None:
+             uid: int = 0, gid: int = 0, mtime_ns: int = MTIME_NS,
+             xattrs: dict[str, bytes] | None = None) -> None:
         """A regular file: ``data`` dense, or ``size`` bytes of holes with ``holes``
         chunks (offset, bytes) written into them."""
         total = len(data) if size is None else size
@@ -93,8 +95,8 @@ class TreeBuilder:
             self._sha[path] = h.hexdigest()
         else:
             self._sha[path] = hashlib.sha256(b"").hexdigest()
-        self._add(FlatEntry(path, FileType.REGULAR, mode, size=total,
-                            **_meta(meta)))  # type: ignore[arg-type]
+        self._add(FlatEntry(path, FileType.REGULAR, mode, uid, gid, mtime_ns, _x(xattrs),
+                            size=total))
 
     def hardlink(self, path: str, to: str) -> None:
         first = self._entries[to]
@@ -106,17 +108,20 @@ class TreeBuilder:
             self._blocks[path] = self._blocks[to]
         self._sha[path] = self._sha[to]
 
-    def symlink(self, path: str, target: str, **meta: object) -> None:
-        self._add(FlatEntry(path, FileType.SYMLINK, 0o777, target=target,
-                            **_meta(meta)))  # type: ignore[arg-type]
+    def symlink(self, path: str, target: str, *, uid: int = 0, gid: int = 0,
+                mtime_ns: int = MTIME_NS, xattrs: dict[str, bytes] | None = None) -> None:
+        self._add(FlatEntry(path, FileType.SYMLINK, 0o777, uid, gid, mtime_ns, _x(xattrs),
+                            target=target))
 
     def device(self, path: str, kind: FileType, major: int, minor: int, mode: int = 0o660,
-               **meta: object) -> None:
-        self._add(FlatEntry(path, kind, mode, rdev=(major, minor),
-                            **_meta(meta)))  # type: ignore[arg-type]
+               *, uid: int = 0, gid: int = 0, mtime_ns: int = MTIME_NS,
+               xattrs: dict[str, bytes] | None = None) -> None:
+        self._add(FlatEntry(path, kind, mode, uid, gid, mtime_ns, _x(xattrs),
+                            rdev=(major, minor)))
 
-    def fifo(self, path: str, mode: int = 0o600, **meta: object) -> None:
-        self._add(FlatEntry(path, FileType.FIFO, mode, **_meta(meta)))  # type: ignore
+    def fifo(self, path: str, mode: int = 0o600, *, uid: int = 0, gid: int = 0,
+             mtime_ns: int = MTIME_NS, xattrs: dict[str, bytes] | None = None) -> None:
+        self._add(FlatEntry(path, FileType.FIFO, mode, uid, gid, mtime_ns, _x(xattrs)))
 
     def build(self) -> Tree:
         ordered = sorted(self._entries.values(), key=lambda e: _order(e.path))
@@ -124,12 +129,8 @@ class TreeBuilder:
                     dict(self._sha))
 
 
-def _meta(meta: dict[str, object]) -> dict[str, object]:
-    out: dict[str, object] = {"uid": 0, "gid": 0, "mtime_ns": MTIME_NS}
-    out.update(meta)
-    if "xattrs" in out and isinstance(out["xattrs"], dict):
-        out["xattrs"] = tuple(sorted(out["xattrs"].items()))
-    return out
+def _x(xattrs: dict[str, bytes] | None) -> tuple[tuple[str, bytes], ...]:
+    return tuple(sorted((xattrs or {}).items()))
 
 
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789._-+ =~@#%,"
@@ -169,39 +170,43 @@ def random_tree(store: Path, seed: int, *, entries: int = 300,
         if path in used or len(os.fsencode(path)) > 3500:
             continue
         used.add(path)
-        meta = {"uid": rng.choice([0, 1000, 65534, 2**31 + 7, 2**32 - 2]),
-                "gid": rng.choice([0, 100, 70000, 2**32 - 2]),
-                "mtime_ns": rng.choice([MTIME_NS, -1_234_567_890_123_456_789 // 1000,
-                                        0, 2**33 * 10**9 + 17, rng.randrange(10**18)])}
+        uid = rng.choice([0, 1000, 65534, 2**31 + 7, 2**32 - 2])
+        gid = rng.choice([0, 100, 70000, 2**32 - 2])
+        mtime_ns = rng.choice([MTIME_NS, -1_234_567_890_123_456_789 // 1000, 0,
+                               2**33 * 10**9 + 17, rng.randrange(10**18)])
+        xattrs: dict[str, bytes] = {}
         if rng.random() < 0.3:
             sizes = [rng.choice(_XATTR_SIZES) for _ in range(rng.randint(1, 3))]
             while sum(sizes) > _XATTR_BUDGET:
                 sizes.pop()
-            meta["xattrs"] = {f"user.k{j}": rng.randbytes(n) for j, n in enumerate(sizes)}
+            xattrs = {f"user.k{j}": rng.randbytes(n) for j, n in enumerate(sizes)}
         kind = rng.random()
         if kind < 0.2:
-            b.dir(path, rng.choice([0o755, 0o700, 0o1777, 0o2755]), **meta)
+            b.dir(path, rng.choice([0o755, 0o700, 0o1777, 0o2755]), uid=uid, gid=gid,
+                  mtime_ns=mtime_ns, xattrs=xattrs)
             dirs.append(path)
         elif kind < 0.6:
             size = rng.choice([0, 1, 4095, 4096, 4097, rng.randrange(max_file)])
             if size > 3 * BLOCK and rng.random() < 0.4:
                 chunks = [(rng.randrange(size - 100), os.urandom(rng.randint(1, 100)))
                           for _ in range(rng.randint(0, 4))]
-                b.file(path, size=size, holes=chunks, mode=rng.choice([0o644, 0o4755]), **meta)
+                b.file(path, size=size, holes=chunks, mode=rng.choice([0o644, 0o4755]),
+                       uid=uid, gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
             else:
                 b.file(path, rng.randbytes(size), mode=rng.choice([0o644, 0o755, 0o6755]),
-                       **meta)
+                       uid=uid, gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
             files.append(path)
         elif kind < 0.7 and files:
             b.hardlink(path, rng.choice(files))
         elif kind < 0.85:
-            b.symlink(path, "t" * rng.choice([1, 58, 59, 60, 61, 200, 4095]), **meta)
+            b.symlink(path, "t" * rng.choice([1, 58, 59, 60, 61, 200, 4095]), uid=uid,
+                      gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
         elif kind < 0.9:
             b.device(path, rng.choice([FileType.CHAR, FileType.BLOCK]),
                      rng.choice([1, 8, 259, 4095]), rng.choice([0, 3, 255, 256, 1048575]),
-                     **meta)
+                     uid=uid, gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
         else:
-            b.fifo(path, **meta)
+            b.fifo(path, uid=uid, gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
     return b.build()
 
 
