@@ -12,7 +12,8 @@ import pytest
 from pipeline.ext4.native import WRITER_FORMAT_VERSION, NativeResult, write_ext4
 from pipeline.ext4.native.inputs import Ext4Options
 from tests.ext4.native.oracle import check_round_trip, debugfs, features, fsck_clean
-from tests.ext4.native.trees import Tree, every_kind
+from tests.ext4.native.trees import Tree, TreeBuilder, every_kind
+from tests.harness.ext4reader import Ext4Image
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_debugfs_reads_what_the_entries_declare(built: tuple[Path, NativeResult]
     assert "user.big (3000)" in out and 'security.selinux (24) = "system_u' in out
     assert "Size: 4095" in out
     listed = {line.split("/")[5] for line in out.splitlines() if line.startswith("/")}
-    assert {"ping", "su", "su2", "big", "sparse", "allhole"} <= listed
+    assert {"ping", "su", "su2", "big", "sparse", "allhole", "holey"} <= listed
 
 
 def test_same_input_same_bytes_and_another_seed_another_uuid(
@@ -112,3 +113,35 @@ def test_options(kinds: Tree, options: Ext4Options, tmp_path: Path) -> None:
         assert result.size == options.size
     if options.reserved_percent:
         assert int(sb["Reserved block count"]) == int(result.size // 4096 * 0.05)
+
+
+def test_a_large_fixed_size(kinds: Tree, tmp_path: Path) -> None:
+    """200 GiB: 1,600 groups in 100 flex groups, backups up to group 1,029, a 1 GiB
+    journal in eight extents under an index block; the file stays small (sparse)."""
+    image = tmp_path / "large.ext4"
+    result = write_ext4(kinds.entries, kinds.content, image, Ext4Options(size=200 << 30),
+                        seed="large")
+    assert result.size == 200 << 30
+    fsck_clean(image)
+    check_round_trip(image, kinds)
+    assert "(ETB0)" in debugfs(image, ["stat <8>"])
+    assert os.stat(image).st_blocks * 512 < 64 << 20
+
+
+def test_a_file_past_4_gib(tmp_path: Path) -> None:
+    """A sparse 5 GiB file: i_size_high, extents past block 2^20, two data blocks."""
+    b = TreeBuilder(tmp_path / "store")
+    b.file("huge", size=5 << 30, holes=[(1 << 20, b"mid"), ((5 << 30) - 1, b"e")],
+           checksum=False)
+    tree = b.build()
+    image = tmp_path / "huge.ext4"
+    write_ext4(tree.entries, tree.content, image, Ext4Options(), seed="huge")
+    fsck_clean(image)
+    out = debugfs(image, ["stat /huge"])
+    assert "Size: 5368709120" in out and "(256):" in out and "(1310719):" in out
+    ino = int(re.search(r"Inode: (\d+)", out).group(1))  # type: ignore[union-attr]
+    with Ext4Image(image) as img:               # not walk(): it would hash 5 GiB
+        extents = img._extents(img.raw_inode(ino)[0x28:0x28 + 60])
+        found = {lblk: img.block(pblk) for lblk, _, pblk, _ in extents}
+    assert found.keys() == {256, 1310719}
+    assert found[256][:3] == b"mid" and found[1310719][-1:] == b"e"

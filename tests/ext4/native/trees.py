@@ -65,7 +65,7 @@ class TreeBuilder:
 
     def file(self, path: str, data: bytes = b"", mode: int = 0o644, *,
              holes: list[tuple[int, bytes]] | None = None, size: int | None = None,
-             uid: int = 0, gid: int = 0, mtime_ns: int = MTIME_NS,
+             checksum: bool = True, uid: int = 0, gid: int = 0, mtime_ns: int = MTIME_NS,
              xattrs: dict[str, bytes] | None = None) -> None:
         """A regular file: ``data`` dense, or ``size`` bytes of holes with ``holes``
         chunks (offset, bytes) written into them."""
@@ -81,11 +81,12 @@ class TreeBuilder:
                     self._blocks[path] = -(-total // BLOCK)
                 else:
                     os.ftruncate(fd, total)
-                    image = bytearray(total)
+                    image = bytearray(total if checksum else 0)
                     touched: set[int] = set()
                     for offset, chunk in holes:
                         os.pwrite(fd, chunk, offset)
-                        image[offset:offset + len(chunk)] = chunk
+                        if checksum:
+                            image[offset:offset + len(chunk)] = chunk
                         touched.update(range(offset // BLOCK, -(-(offset + len(chunk)) // BLOCK)))
                     h.update(image)
                     self._blocks[path] = len(touched)
@@ -233,6 +234,8 @@ def every_kind(store: Path) -> Tree:
            holes=[(0, b"head"), (5 * 1024 * 1024 + 3, b"middle" * 1000),
                   (40 * 1024 * 1024 - 3, b"end")])
     b.file("usr/bin/allhole", size=9 * 4096, holes=[])
+    # 1,500 one-block extents: a two-level extent tree.
+    b.file("usr/bin/holey", size=3000 * 4096, holes=[(k * 8192, b"h") for k in range(1500)])
     b.dir("tmp", 0o1777)
     b.symlink("bin", "usr/bin")
     b.symlink("etc/fast59", "f" * 59)
