@@ -8,13 +8,14 @@ one segment. A hole of the source stays a hole of the image (no extent, no
 block); layer stores are written densely, so images built from them do not
 depend on the host filesystem.
 
-``copy_all`` moves the bytes with ``os.copy_file_range`` (in the kernel,
+``Copier`` moves the bytes with ``os.copy_file_range`` (in the kernel,
 reflinked where the filesystem can) in chunks of at most 64 MiB, falling
 back to ``pread``/``pwrite`` through a 1 MiB buffer where the kernel refuses;
-a file is never held in memory whole. The blocks were allocated beforehand,
-so files are copied by a few threads at once (the copies release the GIL and
-write disjoint ranges): a rootfs is thousands of small files, where the cost
-is one open and one copy call each.
+a file is never held in memory whole. Each file's blocks are allocated
+before it is handed over, so files are copied by a few threads (the copies
+release the GIL and write disjoint ranges) while the writer builds the
+directories and inode tables: a rootfs is thousands of small files, where
+the cost is one open and one copy call each.
 
 Trusts nothing about the content file but its bytes: a size that disagrees
 with the entry, or a file that shrinks while copied, is refused.
@@ -26,16 +27,17 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipeline.ext4.native.errors import BadTree
 from pipeline.ext4.native.geometry import BLOCK_SIZE
 
-__all__ = ["Segment", "Content", "CopyJob", "probe", "copy_all", "write_at"]
+__all__ = ["Segment", "Content", "CopyJob", "Copier", "probe", "write_at"]
 
 _COPY_CHUNK = 64 << 20
 _COPY_THREADS = 4                           # past this the disk, not the calls, is the limit
+_BATCH = 64                                 # files per task: a task per file costs more
 _BUFFER = 1 << 20
 _SECTOR = 512
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -105,17 +107,42 @@ class CopyJob:
     placed: tuple[tuple[int, int, int], ...]
 
 
-def copy_all(jobs: Sequence[CopyJob], dst: int) -> None:
-    """Copy every job's data into the image ``dst``, a few files at a time."""
-    workers = min(_COPY_THREADS, os.cpu_count() or 1, len(jobs))
-    if workers < 2:
-        _copy_files(jobs, dst)
-        return
-    # One interleaved share per thread: a submission per file costs more than its copy.
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ext4-copy") as pool:
-        for future in [pool.submit(_copy_files, jobs[k::workers], dst)
-                       for k in range(workers)]:
-            future.result()
+class Copier:
+    """Copies files into the image on worker threads while the caller goes on placing
+    metadata; leaving the ``with`` block waits for every copy (and raises the first
+    failure), so no thread ever writes after the image is closed."""
+
+    def __init__(self, dst: int) -> None:
+        self._dst = dst
+        self._pending: list[CopyJob] = []
+        self._futures: list[Future[None]] = []
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(_COPY_THREADS,
+                                                               os.cpu_count() or 1)),
+                                        thread_name_prefix="ext4-copy")
+
+    def __enter__(self) -> Copier:
+        return self
+
+    def add(self, job: CopyJob) -> None:
+        self._pending.append(job)
+        if len(self._pending) >= _BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._pending:
+            self._futures.append(self._pool.submit(_copy_files, self._pending, self._dst))
+            self._pending = []
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._submit()
+        else:
+            for future in self._futures:
+                future.cancel()
+        self._pool.shutdown(wait=True)
+        if exc_type is None:
+            for future in self._futures:
+                future.result()
 
 
 def _copy_files(jobs: Sequence[CopyJob], dst: int) -> None:

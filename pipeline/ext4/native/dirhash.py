@@ -32,7 +32,19 @@ def seed_words(hash_seed: bytes) -> tuple[int, int, int, int]:
 def _str2hashbuf(chunk: bytes, length: int, signed: bool) -> list[int]:
     pad = (length | length << 8) & _MASK
     pad = (pad | pad << 16) & _MASK
-    out: list[int] = []
+    if chunk.isascii():
+        # Signed or not, ASCII bytes enter alike: whole words are big-endian reads,
+        # a partial last word is shifted in on top of the padding.
+        n = min(length, _CHUNK)
+        whole = n // 4
+        out = list(struct.unpack_from(f">{whole}I", chunk)) if whole else []
+        if whole < 8:
+            rest = n - 4 * whole
+            out.append(((pad << (8 * rest)) + int.from_bytes(chunk[4 * whole:n], "big"))
+                       & _MASK)
+            out += [pad] * (7 - whole)
+        return out
+    out = []
     val = pad
     n = min(length, _CHUNK)
     for i in range(n):

@@ -18,14 +18,15 @@ from collections.abc import Callable, Iterable
 from pipeline.ext4.native.checksum import ext4_crc
 from pipeline.ext4.native.geometry import BLOCK_SIZE
 
-__all__ = ["Extent", "extents_for", "build_tree", "MAX_EXTENT_BLOCKS", "EMPTY_ROOT"]
+__all__ = ["Extent", "extents_for", "build_tree", "root_in_inode", "MAX_EXTENT_BLOCKS",
+           "EMPTY_ROOT", "IN_INODE"]
 
 Extent = tuple[int, int, int]
 """(logical block, physical block, length)."""
 
 MAX_EXTENT_BLOCKS = 32768
 _MAGIC = 0xF30A
-_IN_INODE = 4                                   # 60-byte i_block: header + 4 entries
+IN_INODE = 4                                    # 60-byte i_block: header + 4 entries
 _PER_BLOCK = (BLOCK_SIZE - 12) // 12            # 340
 _TAIL = 12 + 12 * _PER_BLOCK                    # ext4_extent_tail after eh_max entries
 _HEADER = struct.Struct("<HHHHI")               # magic, entries, max, depth, generation
@@ -33,7 +34,7 @@ _LEAF = struct.Struct("<IHHI")                  # ee_block, ee_len, ee_start_hi,
 _INDEX = struct.Struct("<IIHH")                 # ei_block, ei_leaf_lo, ei_leaf_hi, ei_unused
 _U32 = struct.Struct("<I")
 
-EMPTY_ROOT = _HEADER.pack(_MAGIC, 0, _IN_INODE, 0, 0).ljust(60, b"\0")
+EMPTY_ROOT = _HEADER.pack(_MAGIC, 0, IN_INODE, 0, 0).ljust(60, b"\0")
 """``i_block`` of an empty file with extents, as mke2fs writes it."""
 
 
@@ -60,6 +61,13 @@ def _node(entries: list[bytes], depth: int, capacity: int) -> bytearray:
     return node
 
 
+def root_in_inode(extents: list[Extent]) -> bytes:
+    """``i_block`` holding up to four extents directly (depth 0)."""
+    root = _HEADER.pack(_MAGIC, len(extents), IN_INODE, 0, 0) + b"".join(
+        _LEAF.pack(lo, ln, ph >> 32, ph & 0xFFFFFFFF) for lo, ph, ln in extents)
+    return root.ljust(60, b"\0")
+
+
 def build_tree(extents: list[Extent], allocate: Callable[[], int],
                seed: int | None) -> tuple[bytes, list[tuple[int, bytes]]]:
     """(``i_block``, [(block, bytes)] of tree blocks) for ``extents``.
@@ -71,7 +79,7 @@ def build_tree(extents: list[Extent], allocate: Callable[[], int],
     firsts = [lo for lo, _, _ in extents]
     depth = 0
     blocks: list[tuple[int, bytes]] = []
-    while len(level) > _IN_INODE:
+    while len(level) > IN_INODE:
         up, up_firsts = [], []
         for i in range(0, len(level), _PER_BLOCK):
             node = _node(level[i:i + _PER_BLOCK], depth, _PER_BLOCK)
@@ -83,4 +91,4 @@ def build_tree(extents: list[Extent], allocate: Callable[[], int],
             up.append(_INDEX.pack(firsts[i], where & 0xFFFFFFFF, where >> 32, 0))
             up_firsts.append(firsts[i])
         level, firsts, depth = up, up_firsts, depth + 1
-    return bytes(_node(level, depth, _IN_INODE).ljust(60, b"\0")), blocks
+    return bytes(_node(level, depth, IN_INODE).ljust(60, b"\0")), blocks
