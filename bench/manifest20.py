@@ -15,7 +15,7 @@ bench/world.py), then, in one fresh build directory, times with
 3. ``app00`` bumped from ``v1`` to ``v2`` (a new top layer on the same base).
 
 It prints a table with the tasks each run executed (from the pipeline's
-own "run finished" log line). No peer: bench/run.py is the side-by-side
+own "run.finished" log line). No peer: bench/run.py is the side-by-side
 comparison; this measures the rework a user's CI pays.
 """
 

@@ -64,11 +64,11 @@ def _summarise(log: Path, run: OursRun, start_offset: int) -> None:
                 event = json.loads(raw)
             except ValueError:
                 continue
-            if event.get("event") == "task done" and "seconds" in event:
+            if event.get("event") == "task.done" and "seconds" in event:
                 family = str(event.get("task", "")).split(":", 1)[0]
                 if family in _FAMILIES:
                     run.steps[family] = round(run.steps.get(family, 0.0) + event["seconds"], 3)
-            elif event.get("event") == "run finished":
+            elif event.get("event") == "run.finished":
                 run.tasks_ran = event.get("ran")
                 run.tasks_up_to_date = event.get("up_to_date")
 

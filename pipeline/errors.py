@@ -30,16 +30,23 @@ Hierarchy::
     │       └── TooManySymlinks    a symlink loop while resolving a parent
     ├── Ext4Error                  the ext4 image cannot be built as asked
     ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
-    └── BusyError                  another pipeline run holds the same directory
+    ├── BusyError                  another pipeline run holds the same directory
+    └── SettingError               a doit variable or ROOTFS_* setting has a bad value
 
 Messages are one sentence: where, what, the offending value quoted, expected
 versus got, and the next step when there is one. Secrets never appear in a
 message. A broken invariant is not one of these: it is an ``AssertionError``
 or ``RuntimeError`` whose message starts with "internal error:", so that a bug
 never reads like bad input.
+
+Every class pickles whole (message and attributes), whatever its
+``__init__`` takes, so an error raised in a worker process reaches the run
+as the same error.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AuthError",
@@ -66,6 +73,7 @@ __all__ = [
     "PlatformNotFound",
     "RegistryError",
     "RootTypeChange",
+    "SettingError",
     "TooManySymlinks",
     "ToolError",
     "UnknownMediaType",
@@ -76,6 +84,18 @@ __all__ = [
 
 class PipelineError(Exception):
     """Base of every error a user can act on; ``str(err)`` is the whole message."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls ``cls(*args)``, which fails for every
+        # subclass whose __init__ takes other arguments than the message.
+        return (_rebuild, (type(self), str(self), dict(vars(self))))
+
+
+def _rebuild(kind: type[PipelineError], message: str, attrs: dict[str, Any]) -> PipelineError:
+    err = kind.__new__(kind)
+    Exception.__init__(err, message)
+    err.__dict__.update(attrs)
+    return err
 
 
 class ManifestError(PipelineError):
@@ -289,3 +309,13 @@ class ToolError(PipelineError):
 
 class BusyError(PipelineError):
     """Another pipeline process holds the lock on the same cache or output directory."""
+
+
+class SettingError(PipelineError):
+    """A run setting (a doit ``name=value`` variable or a ROOTFS_* variable) is invalid."""
+
+    def __init__(self, name: str, value: str, allowed: str) -> None:
+        super().__init__(f"{name}={value!r} is not valid: expected {allowed}")
+        self.name = name
+        self.value = value
+        self.allowed = allowed

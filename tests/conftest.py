@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.registry.client import RegistryClient
+from tests.harness.clients import Sleeps, make_client
 from tests.harness.dockerconfig import DockerConfig
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import Registry, start_registry
@@ -113,3 +115,22 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerConf
     monkeypatch.setenv("DOCKER_CONFIG", str(config.dir))
     monkeypatch.setenv("PATH", f"{config.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     return config
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    """The delays the ``client`` fixture's retries asked for (nothing really sleeps)."""
+    return Sleeps()
+
+
+@pytest.fixture
+def client(sleeps: Sleeps) -> Iterator[RegistryClient]:
+    """An anonymous registry client whose retries record into ``sleeps``."""
+    with make_client(sleeps) as c:
+        yield c
+
+
+@pytest.fixture
+def proxy(fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
+    """A fault-injecting proxy in front of the plain registry."""
+    return fault_proxy()

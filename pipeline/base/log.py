@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import structlog
 
 from pipeline.base.terminal import Terminal
+from pipeline.errors import SettingError
 
 __all__ = ["LOG_VAR", "LOG_LEVEL_VAR", "LOG_MODES", "configure_logging", "bound", "choose_mode",
            "choose_level"]
@@ -49,21 +50,22 @@ class _TerminalLogger:
     err = log = msg
 
 
-def _chosen(requested: str | None, environ: dict[str, str] | Any, var: str,
-            allowed: Iterable[str], what: str, *, lower: bool = False) -> str | None:
-    """The explicit request, else the environment variable ``var``, checked; else None."""
-    for candidate in (requested, environ.get(var)):
+def _chosen(requested: str | None, environ: dict[str, str] | Any, doit_var: str, var: str,
+            allowed: Iterable[str], *, lower: bool = False) -> str | None:
+    """The explicit request (doit ``doit_var=...``), else the environment variable ``var``,
+    checked; else None."""
+    for name, candidate in ((doit_var, requested), (var, environ.get(var))):
         if candidate:
             value = candidate.lower() if lower else candidate
             if value not in allowed:
-                raise ValueError(f"{what} {candidate!r} is not one of {', '.join(allowed)}")
+                raise SettingError(name, candidate, "one of " + ", ".join(allowed))
             return value
     return None
 
 
 def choose_mode(requested: str | None, environ: dict[str, str] | Any, stream: TextIO) -> str:
     """The log format: the explicit request, else ``ROOTFS_LOG``, else by terminal."""
-    chosen = _chosen(requested, environ, LOG_VAR, LOG_MODES, "log format")
+    chosen = _chosen(requested, environ, "log", LOG_VAR, LOG_MODES)
     if chosen is not None:
         return chosen
     isatty = getattr(stream, "isatty", None)
@@ -72,7 +74,7 @@ def choose_mode(requested: str | None, environ: dict[str, str] | Any, stream: Te
 
 def choose_level(requested: str | None, environ: dict[str, str] | Any) -> str:
     """The log level: the explicit request, else ``ROOTFS_LOG_LEVEL``, else info."""
-    return _chosen(requested, environ, LOG_LEVEL_VAR, LEVELS, "log level", lower=True) or "info"
+    return _chosen(requested, environ, "log_level", LOG_LEVEL_VAR, LEVELS, lower=True) or "info"
 
 
 def configure_logging(*, mode: str, terminal: Terminal, level: str = "info") -> None:

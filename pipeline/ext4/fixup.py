@@ -39,6 +39,7 @@ import structlog
 
 from pipeline.errors import Ext4Error
 from pipeline.ext4.debugfs import DirectoryListing, Script, quote, xattr_value_files
+from pipeline.ext4.disk import xattr_disk_name
 from pipeline.ext4.inodes import (
     TYPE_BITS,
     InodeMap,
@@ -49,7 +50,6 @@ from pipeline.ext4.inodes import (
     predict,
 )
 from pipeline.ext4.readback import InodeFields, read_inodes
-from pipeline.ext4.size import xattr_disk_name
 from pipeline.flat.image import FileType, FlatEntry
 
 __all__ = ["fixup_script", "plan_fixups", "time_fields"]

@@ -32,15 +32,13 @@ from pathlib import Path
 
 from pipeline.errors import Ext4Error
 from pipeline.ext4.debugfs import LsEntry, list_directories
-from pipeline.ext4.size import FIRST_INO
+from pipeline.ext4.disk import LOST_FOUND_INO, ROOT_INO
 from pipeline.flat.image import FileType, FlatEntry
 
 __all__ = ["InodeMap", "Prediction", "predict", "predict_inodes", "expected_listings",
-           "listing_error", "list_inodes", "ROOT_INO", "TYPE_BITS", "basename"]
+           "listing_error", "list_inodes", "TYPE_BITS", "basename"]
 
-ROOT_INO = 2
 LOST_FOUND = "lost+found"
-LOST_FOUND_INO = FIRST_INO                 # mke2fs makes lost+found first, as inode 11
 
 TYPE_BITS = {
     FileType.REGULAR: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR,

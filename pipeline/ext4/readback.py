@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from pipeline.ext4.disk import XATTR_BLOCK_HEADER, XATTR_ENTRY, XATTR_MAGIC, XATTR_PREFIXES
+
 __all__ = ["InodeFields", "read_inodes"]
 
 # The on-disk inode (ext4 disk layout, "Index Nodes"): i_mode, i_uid, i_atime,
@@ -35,11 +37,6 @@ _EXTRA_END = {"ctime_extra": 8, "mtime_extra": 12, "atime_extra": 16, "crtime": 
               "crtime_extra": 24}
 _FULL_EXTRA = max(_EXTRA_END.values())
 _U32 = struct.Struct("<I")
-_XATTR_MAGIC = 0xEA020000
-_XATTR_ENTRY = struct.Struct("<BBHIII")
-_XATTR_BLOCK_HEADER = 32
-_XATTR_PREFIXES = {1: "user.", 2: "system.posix_acl_access", 3: "system.posix_acl_default",
-                   4: "trusted.", 6: "security.", 7: "system.", 8: "system.richacl"}
 
 
 class InodeFields(NamedTuple):
@@ -128,13 +125,13 @@ def _inode_fields(raw: bytes, offset: int, inode_size: int, fd: int,
                       crtime_x if has["crtime_extra"] else None)
         start = offset + 128 + isize
         if start + 4 <= offset + inode_size and \
-                _U32.unpack_from(raw, start)[0] == _XATTR_MAGIC:
+                _U32.unpack_from(raw, start)[0] == XATTR_MAGIC:
             names = _xattr_names(raw, start + 4, offset + inode_size)
     acl = acl_lo | acl_hi << 32
     if acl:
         data = _pread(fd, block, acl * block)
-        if _U32.unpack_from(data, 0)[0] == _XATTR_MAGIC:
-            names += _xattr_names(data, _XATTR_BLOCK_HEADER, block)
+        if _U32.unpack_from(data, 0)[0] == XATTR_MAGIC:
+            names += _xattr_names(data, XATTR_BLOCK_HEADER, block)
     return InodeFields(mode, uid | uid_hi << 16, gid | gid_hi << 16, seconds, extras,
                        tuple(sorted(set(names))) if names else (), links, acl)
 
@@ -142,13 +139,13 @@ def _inode_fields(raw: bytes, offset: int, inode_size: int, fd: int,
 def _xattr_names(data: bytes, pos: int, end: int) -> list[str]:
     """Names of the xattr entries from ``pos`` (ext4 disk layout, "Extended Attributes")."""
     names = []
-    while pos + _XATTR_ENTRY.size <= end and _U32.unpack_from(data, pos)[0] != 0:
+    while pos + XATTR_ENTRY.size <= end and _U32.unpack_from(data, pos)[0] != 0:
         name_len, index = data[pos], data[pos + 1]
-        prefix = _XATTR_PREFIXES.get(index)
+        prefix = XATTR_PREFIXES.get(index)
         if prefix is None:
             raise AssertionError(f"internal error: mkfs.ext4 stored an extended attribute "
                                  f"with name index {index}, which this builder cannot name")
-        suffix = data[pos + _XATTR_ENTRY.size:pos + _XATTR_ENTRY.size + name_len]
+        suffix = data[pos + XATTR_ENTRY.size:pos + XATTR_ENTRY.size + name_len]
         names.append(prefix + os.fsdecode(suffix))
-        pos += (_XATTR_ENTRY.size + name_len + 3) & ~3
+        pos += (XATTR_ENTRY.size + name_len + 3) & ~3
     return names

@@ -29,15 +29,15 @@ from dataclasses import dataclass
 
 from pipeline.base.units import Headroom, format_size
 from pipeline.errors import Ext4Error
+from pipeline.ext4.disk import FIRST_INO, xattr_disk_name
 from pipeline.flat.image import FileType, FlatEntry
 
 __all__ = ["BLOCK_SIZE", "TreeUsage", "Layout", "SizePlan", "measure_tree", "layout",
-           "plan_size", "xattr_disk_name"]
+           "plan_size"]
 
 BLOCK_SIZE = 4096
 BLOCKS_PER_GROUP = 8 * BLOCK_SIZE          # one block bitmap block per group
 MAX_INODES_PER_GROUP = 8 * BLOCK_SIZE      # one inode bitmap block per group
-FIRST_INO = 11                             # inodes 1-10 are reserved; 11 is lost+found
 LOST_FOUND_BLOCKS = 4                      # mke2fs grows lost+found to 16 KiB
 EXTENT_MAX_BLOCKS = 32768                  # initialized extent length limit
 EXTENTS_IN_INODE = 4                       # i_block holds a header and four extents
@@ -51,23 +51,6 @@ SLACK_BLOCKS = 64
 # Rounds of the auto-size fixed point: each grows the size by at least 1 MiB
 # and a handful usually suffice; the bound only turns a planner bug into an error.
 MAX_PLAN_ROUNDS = 1000
-
-# ext4 xattr name indexes (fs/ext4/xattr.h): the prefix is stored as a number.
-_XATTR_PREFIXES = (("user.", 1), ("system.posix_acl_access", 2),
-                   ("system.posix_acl_default", 3), ("trusted.", 4), ("security.", 6))
-
-
-def xattr_disk_name(name: str) -> tuple[int, bytes] | None:
-    """(name index, suffix) as ext4 stores an xattr name, or None if ext4 cannot."""
-    for prefix, index in _XATTR_PREFIXES:
-        if name.startswith(prefix):
-            suffix = name[len(prefix):]
-            if index in (2, 3) and suffix:
-                return None
-            if index not in (2, 3) and not suffix:
-                return None
-            return index, os.fsencode(suffix)
-    return None
 
 
 def _round4(n: int) -> int:

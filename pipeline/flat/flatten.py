@@ -54,7 +54,7 @@ def flatten(stores: Sequence[LayerStore]) -> Tree:
     tree = Tree()
     for number, store in enumerate(stores):
         apply_layer(tree, store, number)
-    log.debug("flattened", layers=len(stores), seconds=round(time.monotonic() - started, 3))
+    log.debug("flat.flattened", layers=len(stores), seconds=round(time.monotonic() - started, 3))
     return tree
 
 

@@ -86,7 +86,7 @@ def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
     except BaseException:
         remove_path(tmp)
         raise
-    log.debug("materialized", dest=str(dest), entries=header.entries, inodes=header.inodes,
+    log.debug("flat.materialized", dest=str(dest), entries=header.entries, inodes=header.inodes,
              bytes=header.regular_bytes, seconds=round(time.monotonic() - started, 3))
     return dest
 
@@ -137,7 +137,7 @@ class _Builder:
                 os.close(fd)
         shutil.rmtree(self.tmp / _SPARE)
         for reason, count in self.copied.items():
-            log.warning("staging_copied", files=count, reason=reason,
+            log.warning("staging.copied", files=count, reason=reason,
                         hint="keep the layer and flat caches on one filesystem, owned by"
                              " the user who builds")
         return self._write_metadata()

@@ -41,7 +41,8 @@ import structlog
 
 from pipeline.layers.limits import Limits
 from pipeline.layers.store import LayerStore
-from pipeline.layers.unpack import LayerDescriptor, unpack_stream
+from pipeline.layers.unpack import unpack_stream
+from pipeline.oci.resolved import LayerRef
 
 __all__ = ["OverlappedUnpack", "TEE_BUFFER_BYTES"]
 
@@ -68,7 +69,7 @@ class OverlappedUnpack:
     committed store, or None and ``gave_up`` says why.
     """
 
-    def __init__(self, layer: LayerDescriptor, layers_root: Path, *, limits: Limits,
+    def __init__(self, layer: LayerRef, layers_root: Path, *, limits: Limits,
                  buffer_bytes: int = TEE_BUFFER_BYTES) -> None:
         self.layer = layer
         self.layers_root = Path(layers_root)

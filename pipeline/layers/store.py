@@ -255,7 +255,7 @@ class StoreWriter:
         if not publish_dir(self.tmp, final):
             # Another process finished the same layer first: stores are
             # content-addressed, so theirs is as good as ours.
-            log.debug("layer_store_raced", digest=str(self.digest))
+            log.debug("layers.store_raced", digest=str(self.digest))
             return LayerStore.open(self.layers_root, self.digest)
         return LayerStore(final, marker)
 

@@ -27,11 +27,10 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
-from pipeline.base.digest import Digest, VerifyingHasher
+from pipeline.base.digest import VerifyingHasher
 from pipeline.errors import CorruptTar, LayerError, LimitExceeded
 from pipeline.layers.compression import decompress_chunks, decompressed_chunks
 from pipeline.layers.limits import Limits
@@ -46,26 +45,14 @@ from pipeline.layers.tarheader import (
     check_checksum,
     parse_pax,
 )
+from pipeline.oci.resolved import LayerRef
 
-__all__ = ["Limits", "unpack_layer", "unpack_stream", "LayerDescriptor"]
+__all__ = ["Limits", "unpack_layer", "unpack_stream"]
 
 log = structlog.get_logger(__name__)
 
 
-class LayerDescriptor(Protocol):
-    """What unpack needs of a layer (``pipeline.registry.resolve.LayerRef`` has it)."""
-
-    @property
-    def digest(self) -> Digest: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def diff_id(self) -> Digest: ...
-
-
-def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,
+def unpack_layer(blob: Path, layer: LayerRef, layers_root: Path, *,
                  limits: Limits = Limits()) -> LayerStore:
     """Unpack ``blob`` (the verified blob of ``layer``) into ``layers_root``.
 
@@ -84,7 +71,7 @@ def unpack_layer(blob: Path, layer: LayerDescriptor, layers_root: Path, *,
                    layers_root, limits)
 
 
-def unpack_stream(chunks: Iterable[bytes], layer: LayerDescriptor, layers_root: Path, *,
+def unpack_stream(chunks: Iterable[bytes], layer: LayerRef, layers_root: Path, *,
                   limits: Limits = Limits()) -> LayerStore:
     """Unpack ``layer`` from its blob's bytes as they arrive, e.g. during the download.
 
@@ -100,7 +87,7 @@ def unpack_stream(chunks: Iterable[bytes], layer: LayerDescriptor, layers_root: 
                    layers_root, limits)
 
 
-def _unpack(decompressed: Iterator[bytes], layer: LayerDescriptor, layers_root: Path,
+def _unpack(decompressed: Iterator[bytes], layer: LayerRef, layers_root: Path,
             limits: Limits) -> LayerStore:
     digest = layer.digest
     where = str(digest)
@@ -113,7 +100,7 @@ def _unpack(decompressed: Iterator[bytes], layer: LayerDescriptor, layers_root: 
             stream.drain()
         hasher.verify()
         store = writer.commit(stream_bytes=hasher.count)
-    log.debug("layer_unpacked", digest=where, entries=store.entries_count,
+    log.debug("layers.unpacked", digest=where, entries=store.entries_count,
               files=store.files_count, bytes=store.stream_bytes,
               seconds=round(time.monotonic() - started, 3))
     return store

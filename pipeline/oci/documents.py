@@ -33,7 +33,8 @@ from pipeline.oci import mediatypes as mt
 from pipeline.oci.platform import Platform, best_match
 
 __all__ = [
-    "MANIFEST_MAX_BYTES", "CONFIG_MAX_BYTES", "Descriptor", "Manifest", "Index", "ImageConfig",
+    "MANIFEST_MAX_BYTES", "CONFIG_MAX_BYTES", "Descriptor", "ImageManifest", "ImageIndex",
+    "ImageConfig",
     "parse_descriptor", "parse_manifest_document", "parse_image_config", "is_attestation",
     "select_manifest", "offered_platforms",
 ]
@@ -73,7 +74,7 @@ class Descriptor:
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
+class ImageManifest:
     """An image manifest: one config and the layers, base first."""
 
     media_type: str
@@ -82,7 +83,7 @@ class Manifest:
 
 
 @dataclass(frozen=True, slots=True)
-class Index:
+class ImageIndex:
     """An image index or Docker manifest list."""
 
     media_type: str
@@ -174,7 +175,7 @@ def _schema1(where: str) -> BadImage:
 
 
 def parse_manifest_document(body: bytes, content_type: str | None, *,
-                            where: str) -> Manifest | Index:
+                            where: str) -> ImageManifest | ImageIndex:
     """Parse a manifest or an index; the Content-Type and the mediaType field must agree."""
     header = mt.base_type(content_type)
     if header in mt.SCHEMA1_TYPES:
@@ -210,11 +211,11 @@ def parse_manifest_document(body: bytes, content_type: str | None, *,
         entries = doc.get("manifests")
         if not isinstance(entries, list):
             raise BadImage(f"{where}: an index needs a 'manifests' list")
-        return Index(kind, tuple(parse_descriptor(e, where=where) for e in entries))
+        return ImageIndex(kind, tuple(parse_descriptor(e, where=where) for e in entries))
     return _parse_image_manifest(doc, kind, where=where)
 
 
-def _parse_image_manifest(doc: dict[str, Any], kind: str, *, where: str) -> Manifest:
+def _parse_image_manifest(doc: dict[str, Any], kind: str, *, where: str) -> ImageManifest:
     if "config" not in doc or not isinstance(doc.get("layers"), list):
         raise BadImage(f"{where}: an image manifest needs 'config' and a 'layers' list")
     config = parse_descriptor(doc["config"], where=where)
@@ -225,7 +226,7 @@ def _parse_image_manifest(doc: dict[str, Any], kind: str, *, where: str) -> Mani
         raise BadImage(f"{where}: is an OCI artifact ({what}), not a container image;"
                        " point the reference at an image")
     layers = tuple(parse_descriptor(layer, where=where) for layer in doc["layers"])
-    return Manifest(kind, config, layers)
+    return ImageManifest(kind, config, layers)
 
 
 def parse_image_config(body: bytes, *, where: str) -> ImageConfig:
@@ -258,14 +259,14 @@ def _is_image_entry(desc: Descriptor) -> bool:
             and not is_attestation(desc))
 
 
-def offered_platforms(index: Index) -> list[str]:
+def offered_platforms(index: ImageIndex) -> list[str]:
     """The platforms an index offers images for, sorted, attestations left out."""
     offered = {str(d.platform) if d.platform else "unspecified"
                for d in index.manifests if _is_image_entry(d)}
     return sorted(offered)
 
 
-def select_manifest(index: Index, wanted: Platform, *, where: str) -> Descriptor:
+def select_manifest(index: ImageIndex, wanted: Platform, *, where: str) -> Descriptor:
     """The index entry to pull for ``wanted``; raise PlatformNotFound listing the offer."""
     candidates = [d for d in index.manifests if _is_image_entry(d)]
     chosen = best_match(wanted, [d.platform for d in candidates])

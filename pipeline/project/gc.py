@@ -34,16 +34,12 @@ import structlog
 
 from pipeline.base.digest import Digest
 from pipeline.base.files import remove_path
+from pipeline.project.cache import BASE, BLOBS, FLAT, LAYERS, CacheLayout
 
-__all__ = ["Keep", "GcResult", "plan", "collect", "remove_path", "BLOBS", "LAYERS", "FLAT",
-           "BASE"]
+__all__ = ["Keep", "GcResult", "plan", "collect"]
 
 log = structlog.get_logger(__name__)
 
-BLOBS = "blobs"
-LAYERS = "layers"
-FLAT = "flat"
-BASE = "base"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +75,9 @@ def _entries(directory: Path) -> Iterator[os.DirEntry[str]]:
         return
 
 
-def plan(cache_dir: Path, keep: Keep) -> tuple[list[Path], int]:
+def plan(cache: CacheLayout, keep: Keep) -> tuple[list[Path], int]:
     """The paths ``collect`` would remove, and how many entries it keeps."""
-    cache_dir = Path(cache_dir)
+    cache_dir = cache.root
     doomed: list[Path] = []
     kept = 0
     blob_names = {(d.algorithm, d.hex) for d in keep.blobs}
@@ -129,9 +125,9 @@ def _size(path: Path) -> int:
     return total
 
 
-def collect(cache_dir: Path, keep: Keep, *, dry_run: bool = False) -> GcResult:
+def collect(cache: CacheLayout, keep: Keep, *, dry_run: bool = False) -> GcResult:
     """Remove everything ``plan`` finds; errors are collected, not raised midway."""
-    doomed, kept = plan(cache_dir, keep)
+    doomed, kept = plan(cache, keep)
     removed: list[Path] = []
     errors: list[str] = []
     freed = 0
@@ -145,5 +141,5 @@ def collect(cache_dir: Path, keep: Keep, *, dry_run: bool = False) -> GcResult:
                 continue
         removed.append(path)
         freed += size
-        log.debug("gc removed", path=str(path), bytes=size, dry_run=dry_run)
+        log.debug("gc.removed", path=str(path), bytes=size, dry_run=dry_run)
     return GcResult(removed=tuple(removed), freed_bytes=freed, kept=kept, errors=tuple(errors))

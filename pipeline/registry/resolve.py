@@ -26,8 +26,8 @@ from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import (
     CONFIG_MAX_BYTES,
     Descriptor,
-    Index,
-    Manifest,
+    ImageIndex,
+    ImageManifest,
     parse_image_config,
     parse_manifest_document,
     select_manifest,
@@ -61,7 +61,7 @@ def resolve_image(client: RegistryClient, ref: ImageRef, platform: Platform,
     document = parse_manifest_document(top.body, top.content_type, where=where)
     index_digest: Digest | None = None
     chosen: Platform | None = None
-    if isinstance(document, Index):
+    if isinstance(document, ImageIndex):
         entry = select_manifest(document, platform, where=where)
         manifest = _platform_manifest(client, ref, entry, where=f"{where} for {entry.platform}")
         index_digest, manifest_digest, chosen = top.digest, entry.digest, entry.platform
@@ -95,13 +95,13 @@ def resolve_image(client: RegistryClient, ref: ImageRef, platform: Platform,
 
 
 def _platform_manifest(client: RegistryClient, ref: ImageRef, entry: Descriptor, *,
-                       where: str) -> Manifest:
+                       where: str) -> ImageManifest:
     child = client.get_manifest(ref.registry, ref.repository, entry.digest)  # digest checked
     if len(child.body) != entry.size:
         raise DigestMismatch(f"{where}: manifest {entry.digest} size", f"{entry.size} bytes",
                              f"{len(child.body)} bytes")
     document = parse_manifest_document(child.body, child.content_type, where=where)
-    if isinstance(document, Index):
+    if isinstance(document, ImageIndex):
         raise BadImage(f"{where}: the index entry {entry.digest} is itself an index; nested"
                        " indexes are not supported")
     if document.media_type != entry.media_type:

@@ -62,7 +62,7 @@ from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
 from pipeline.tasks.mkfs import mkfs_tasks
-from pipeline.tasks.plan import build_plan
+from pipeline.tasks.plan import plan_run
 from pipeline.tasks.reporter import PipelineReporter
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.toolcache import cached_tool_versions
@@ -98,8 +98,8 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 
 def build_tasks(ctx: RunContext) -> Any:
     """All tasks made from the lock file: fetch-blob, unpack, flatten, mkfs."""
-    plan = build_plan(ctx.manifest, read_lock(ctx.lock_path))
-    tools = cached_tool_versions(ctx.cache_dir) if plan.images else {}
+    plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
+    tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
     yield from unpack_tasks(ctx, plan, DEFAULT_LIMITS)
@@ -115,7 +115,7 @@ def doit_config(ctx: RunContext) -> dict[str, Any]:
         "par_type": "thread",
         "num_process": ctx.manifest.settings.jobs,
         "backend": "sqlite3",
-        "dep_file": str(ctx.cache_dir / DB_NAME),
+        "dep_file": str(ctx.cache.root / DB_NAME),
         # We declare no file_dep; should anyone add one, never md5 a blob.
         "check_file_uptodate": "timestamp",
         "reporter": PipelineReporter,
@@ -132,12 +132,13 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None) -> dict[str, A
         configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
         ctx.log_mode, ctx.log_level = mode, level
-        ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-        hold_directory(ctx.cache_dir)
+        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)
-    except (PipelineError, ValueError) as err:
-        # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3.
+    except PipelineError as err:
+        # doit prints InvalidDodoFile as one "ERROR: ..." line and exits 3; anything
+        # else is a bug and keeps its traceback.
         raise InvalidDodoFile(str(err)) from None
     atexit.register(ctx.close)
 

@@ -1,18 +1,9 @@
-"""What every task of one run shares: manifest, cache paths, registry clients.
+"""What every task of one run shares: manifest, cache layout, registry sources, workers.
 
 A ``RunContext`` is built once per doit process (when the dodo file loads)
-and handed to every action. Nothing in it touches the network until an
-action asks for a client, so ``doit list``, ``info``, ``clean`` and a no-op
-run never open a connection; the registry client (and httpx) is not even
-imported until then.
-
-Mirrors: for a registry with mirrors (images.toml or ``ROOTFS_MIRRORS``),
-``sources`` lists each mirror first, then the registry itself. Mirrors are
-asked through a client that does not retry (``MIRROR_ATTEMPTS``): a mirror
-that fails once is skipped at once, with one log line, and the next source (in the
-end the registry, with full retries) is asked instead.
-Whoever serves the bytes, every digest is verified by the registry client
-and the blob cache; a mirror is trusted for nothing but availability.
+and handed to every action. Building one touches neither the network nor
+the cache: the registry clients (``registry.sources``) and the worker pool
+(``workers``) start when a step first needs them.
 """
 
 from __future__ import annotations
@@ -24,66 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
-
 from pipeline.base.terminal import Terminal, TransferProgress
-from pipeline.errors import DigestMismatch, RegistryError
+from pipeline.project.cache import CacheLayout
 from pipeline.project.config import Manifest
-from pipeline.registry.blobcache import BlobCache
+from pipeline.registry.sources import RegistrySources
 
-if TYPE_CHECKING:  # imported on first use: a no-op run never loads httpx or multiprocessing
-    from pipeline.oci.reference import ImageRef
-    from pipeline.registry.client import RegistryClient
+if TYPE_CHECKING:  # imported on first use: a no-op run never loads multiprocessing
     from pipeline.tasks.workers import WorkerPool
 
-__all__ = ["RunContext", "CacheGuard", "Source", "MIRROR_ATTEMPTS", "MIRROR_TIMEOUT_S",
-           "MIRROR_CONNECT_TIMEOUT_S"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["RunContext", "CacheGuard"]
 
 T = TypeVar("T")
-# One try: the fallback is the retry. A dead or overloaded mirror costs one
-# failed request (and one log line), never a backoff, before the next source.
-MIRROR_ATTEMPTS = 1
-# A mirror on the CI's own network answers a connect in milliseconds; one that
-# does not within this is treated as down rather than waited for (the
-# registry client's default is 10 s). Reads may stall as long as upstream's.
-MIRROR_CONNECT_TIMEOUT_S = 3.0
-MIRROR_TIMEOUT_S = 60.0
-# What a failing source may raise that the next source can cure. Anything
-# else (a malformed image, a refused platform) is the image's own fault.
-FALLBACK_ERRORS = (RegistryError, DigestMismatch)
-
-
-def _registry_client(**options: Any) -> RegistryClient:
-    from pipeline.registry.client import RegistryClient
-
-    return RegistryClient(**options)
-
-
-def _mirror_options() -> dict[str, Any]:
-    import httpx
-
-    from pipeline.registry.retry import RetryPolicy
-
-    return {"retry": RetryPolicy(attempts=MIRROR_ATTEMPTS),
-            "timeout": httpx.Timeout(MIRROR_TIMEOUT_S, connect=MIRROR_CONNECT_TIMEOUT_S)}
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One place to ask for content: a registry (or mirror) host and a repository."""
-
-    registry: str
-    repository: str
-    mirror_of: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    def ask_for(self, ref: ImageRef) -> ImageRef:
-        """``ref`` as this source serves it: a mirror under its own host."""
-        return ref.with_registry(self.registry) if self.mirror_of else ref
 
 
 class CacheGuard:
@@ -126,26 +68,25 @@ class RunContext:
     manifest: Manifest
     terminal: Terminal
     frozen: bool = False
+    registries: RegistrySources = field(init=False)
     progress: TransferProgress = field(init=False)
+    cache: CacheLayout = field(init=False)
     guard: CacheGuard = field(default_factory=CacheGuard)
-    client_factory: Callable[..., RegistryClient] = _registry_client
     log_mode: str = "json"
     log_level: str = "info"
     """The log format of this run, for worker processes to log like the parent."""
-    _clients: dict[str, RegistryClient] = field(default_factory=dict)
-    _clients_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _chain_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _workers: WorkerPool | None = None
     _jobs_here: int = 0
 
     def __post_init__(self) -> None:
         self.progress = TransferProgress(self.terminal)
-
-    # Paths ------------------------------------------------------------------
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.manifest.settings.cache_dir
+        self.cache = CacheLayout(self.manifest.settings.cache_dir)
+        self.registries = RegistrySources(
+            mirrors={host: settings.mirrors for host, settings
+                     in self.manifest.registries.items() if settings.mirrors},
+            insecure_hosts=self.manifest.insecure_hosts)
 
     @property
     def output_dir(self) -> Path:
@@ -155,62 +96,10 @@ class RunContext:
     def lock_path(self) -> Path:
         return self.manifest.lock_path
 
-    @property
-    def blobs(self) -> BlobCache:
-        return BlobCache(self.cache_dir / "blobs")
-
-    @property
-    def layers_root(self) -> Path:
-        return self.cache_dir / "layers"
-
-    @property
-    def flat_root(self) -> Path:
-        return self.cache_dir / "flat"
-
-    @property
-    def base_root(self) -> Path:
-        """Base images of derived ext4 builds (``ext4base``)."""
-        return self.cache_dir / "base"
-
     def chain_lock(self, key: str) -> threading.Lock:
         """One flatten per chain at a time: two images may share the same layers."""
-        with self._clients_lock:
+        with self._lock:
             return self._chain_locks.setdefault(key, threading.Lock())
-
-    # Registries -------------------------------------------------------------
-
-    def client(self, *, mirror: bool = False) -> RegistryClient:
-        """The shared client (created on first use): thread-safe, one pool for all hosts."""
-        kind = "mirror" if mirror else "upstream"
-        with self._clients_lock:
-            found = self._clients.get(kind)
-            if found is None:
-                options: dict[str, object] = {"insecure_hosts": self.manifest.insecure_hosts}
-                if mirror:
-                    options.update(_mirror_options())
-                found = self._clients[kind] = self.client_factory(**options)
-            return found
-
-    def sources(self, registry: str, repository: str) -> list[Source]:
-        """Mirrors of ``registry`` in order, then the registry itself."""
-        found = [Source(m, repository, mirror_of=registry)
-                 for m in self.manifest.mirrors_for(registry)]
-        return found + [Source(registry, repository)]
-
-    def from_sources(self, sources: list[Source], what: str,
-                     attempt: Callable[[RegistryClient, Source], T]) -> T:
-        """``attempt`` on each source until one works; one log line per fallback."""
-        if not sources:
-            raise AssertionError(f"internal error: no source for {what}")
-        for position, source in enumerate(sources):
-            try:
-                return attempt(self.client(mirror=source.mirror_of is not None), source)
-            except FALLBACK_ERRORS as err:
-                if position == len(sources) - 1:
-                    raise
-                log.warning("source failed, trying the next", what=what, source=str(source),
-                            next=str(sources[position + 1]), error=str(err))
-        raise AssertionError("internal error: unreachable")
 
     # Worker processes ---------------------------------------------------------
 
@@ -222,10 +111,11 @@ class RunContext:
         a second and ~60 MB). A job that arrives while another runs here goes
         to a worker process, so the two use both cores instead of one GIL.
         """
+        from pipeline.tasks.jobs import PRELOAD
         from pipeline.tasks.workers import WorkerPool, pool_size
 
         size = pool_size(self.manifest.settings.jobs)
-        with self._clients_lock:
+        with self._lock:
             here = size < 2 or not self._jobs_here
             if here:
                 self._jobs_here += 1
@@ -233,7 +123,7 @@ class RunContext:
                 # doit's console script is __main__, and multiprocessing runs __main__
                 # again in every worker: with doit imported in the server, that is free.
                 self._workers = WorkerPool(size, log_mode=self.log_mode,
-                                           log_level=self.log_level, preload=["doit"])
+                                           log_level=self.log_level, preload=[*PRELOAD, "doit"])
             workers = self._workers
         if not here:
             assert workers is not None
@@ -241,14 +131,12 @@ class RunContext:
         try:
             return job(*args)
         finally:
-            with self._clients_lock:
+            with self._lock:
                 self._jobs_here -= 1
 
     def close(self) -> None:
-        with self._clients_lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+        self.registries.close()
+        with self._lock:
             workers, self._workers = self._workers, None
         if workers is not None:
             workers.close()

@@ -34,8 +34,9 @@ from pipeline.base.terminal import format_bytes
 from pipeline.errors import DigestMismatch
 from pipeline.layers.limits import Limits
 from pipeline.oci.resolved import LayerRef
-from pipeline.tasks.context import RunContext, Source
-from pipeline.tasks.plan import BuildPlan, LayerPlan
+from pipeline.registry.sources import Source
+from pipeline.tasks.context import RunContext
+from pipeline.tasks.plan import LayerPlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 from pipeline.tasks.unpack import DEFAULT_LIMITS, layer_finished
 
@@ -57,7 +58,7 @@ def blob_intact(task: Any, values: dict[str, Any], path: Path, size: int) -> boo
 def _sources(ctx: RunContext, plan: LayerPlan) -> list[Source]:
     found: list[Source] = []
     for registry, repository in plan.origins:
-        for source in ctx.sources(registry, repository):
+        for source in ctx.registries.sources(registry, repository):
             if source not in found:
                 found.append(source)
     return found
@@ -70,7 +71,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     With ``limits`` (the unpack task's), a layer without a finished store is
     unpacked from the bytes as they download (``overlap.OverlappedUnpack``).
     """
-    layer, cache = plan.layer, ctx.blobs
+    layer, cache = plan.layer, ctx.cache.blobs
     path = cache.path(layer.digest)
     if file_stamp(path) is not None:
         try:
@@ -79,7 +80,7 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
             return {"stamp": list(file_stamp(path) or ())}
         except DigestMismatch as err:
             # Never use it: the blob cache only trusts bytes it verified itself.
-            log.warning("cached blob is corrupt, fetching it again", error=str(err))
+            log.warning("blobcache.corrupt_refetch", error=str(err))
             path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
@@ -91,11 +92,11 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     progress = ctx.progress.start(layer.size)
     # Unpack while downloading when the layer still needs it; the unpack task
     # then finds the finished store (or, if the overlap gave up, does it itself).
-    tee = (None if layer_finished(ctx.layers_root, layer) or limits is None else
-           OverlappedUnpack(layer, ctx.layers_root, limits=limits))
+    tee = (None if layer_finished(ctx.cache.layers_root, layer) or limits is None else
+           OverlappedUnpack(layer, ctx.cache.layers_root, limits=limits))
     try:
         with tee or contextlib.nullcontext():
-            ctx.from_sources(
+            ctx.registries.first_success(
                 _sources(ctx, plan), f"blob {layer.digest}",
                 lambda client, source: cache.fetch(client, source.registry, source.repository,
                                                    layer.digest, layer.size, progress=progress,
@@ -110,14 +111,14 @@ def fetch_step(ctx: RunContext, plan: LayerPlan,
     return {"stamp": list(file_stamp(path) or ())}
 
 
-def fetch_tasks(ctx: RunContext, plan: BuildPlan,
+def fetch_tasks(ctx: RunContext, plan: RunPlan,
                 limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield group("download every layer blob the images need (verified, cached by digest)",
                 basename="fetch-blob")
     for layer_plan in plan.layers:
         layer = layer_plan.layer
         name = f"fetch-blob:{layer.digest}"
-        path = ctx.blobs.path(layer.digest)
+        path = ctx.cache.blobs.path(layer.digest)
         yield {
             "basename": "fetch-blob",
             "name": str(layer.digest),

@@ -20,7 +20,7 @@ from pipeline.base.files import remove_path
 from pipeline.flat.image import HEADER_NAME
 from pipeline.layers.store import LayerStore
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 from pipeline.tasks.unpack import check_diff_id
 
@@ -37,20 +37,19 @@ def flat_finished(flat_root: Path, chain_key: str) -> bool:
 
 
 def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
-    from pipeline.tasks.workers import (
+    from pipeline.tasks.jobs import (
         flatten_job,  # the flattener loads only when an image is flattened
     )
 
     for layer in image.resolved.layers:
-        check_diff_id(LayerStore.open(ctx.layers_root, layer.digest), layer)
+        check_diff_id(LayerStore.open(ctx.cache.layers_root, layer.digest), layer)
     with ctx.chain_lock(image.chain_key):
         # Pure Python from end to end: beside another job, a worker process runs it.
-        flat = ctx.run_job(flatten_job, str(ctx.layers_root), list(image.chain),
-                           str(ctx.flat_root))
-    note(flat=flat, layers=len(image.chain))
+        flat = ctx.run_job(flatten_job, ctx.cache, list(image.chain))
+    note(flat=str(flat), layers=len(image.chain))
 
 
-def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
+def flatten_tasks(ctx: RunContext, plan: RunPlan) -> Iterator[dict[str, Any]]:
     yield group("flatten each image's layers into a staging tree (once per layer chain)",
                 basename="flatten")
     for image in plan.images:
@@ -63,8 +62,8 @@ def flatten_tasks(ctx: RunContext, plan: BuildPlan) -> Iterator[dict[str, Any]]:
             "actions": [action(flatten_step, ctx, image, name=name, images=[image.name])],
             "task_dep": [f"unpack:{digest}" for digest in dict.fromkeys(image.chain)],
             "uptodate": [config_changed(flatten_config(image)),
-                         (flat_finished, [ctx.flat_root, image.chain_key], {})],
-            "clean": [(remove_path, [ctx.flat_root / image.chain_key])],
+                         (flat_finished, [ctx.cache.flat_root, image.chain_key], {})],
+            "clean": [(remove_path, [ctx.cache.flat_root / image.chain_key])],
             "io": IO,
             "meta": {"images": [image.name]},
         }

@@ -2,7 +2,7 @@
 
 Kept: the blobs (layers and config), layer stores and flat images of every
 lock entry of an image still in the manifest, and for an image its mkfs step
-derives (``ext4derive.plan_build``, from its layer stores' stats) the base
+derives (``ext4derive.choose_build``, from its layer stores' stats) the base
 image and the base chain's flat image it derives from. Everything else under
 ``blobs/``, ``layers/``, ``flat/`` and ``base/`` goes, including leftovers of
 killed runs. The step takes the cache exclusively, so within one run it waits for
@@ -49,7 +49,7 @@ def keep_for(ctx: RunContext) -> Keep:
             base = _base_of(ctx, chain, spec.ext4)
         except ToolError as err:
             # Without the tool versions no base key can be worked out: keep them all.
-            log.warning("gc keeps every base image", reason=str(err))
+            log.warning("gc.keeps_all_bases", reason=str(err))
             keep_all_bases = True
             continue
         if base is not None:
@@ -63,23 +63,23 @@ def _base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[s
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
     is worth keeping: a new build unpacks, flattens and builds its base again)."""
-    from pipeline.ext4.derive.plan import DerivedBuild, layer_stats, plan_build
+    from pipeline.ext4.derive.build import DerivedBuild, choose_build, layer_stats
 
     try:
-        stats = layer_stats(ctx.layers_root, chain)
+        stats = layer_stats(ctx.cache.layers_root, chain)
     except LayerError:
         return None
-    plan = plan_build(stats, options, cached_tool_versions(ctx.cache_dir))
+    plan = choose_build(stats, options, cached_tool_versions(ctx.cache.root))
     if not isinstance(plan, DerivedBuild):
         return None
     return chain_key(plan.base_chain), plan.base_key
 
 
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
-    result = collect(ctx.cache_dir, keep_for(ctx), dry_run=dry_run)
+    result = collect(ctx.cache, keep_for(ctx), dry_run=dry_run)
     for path in result.removed:
-        log.info("would remove" if dry_run else "removed", path=str(path))
-    log.info("cache collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
+        log.info("gc.would_remove" if dry_run else "removed", path=str(path))
+    log.info("gc.collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
              freed=format_bytes(result.freed_bytes))
     if result.errors:
         raise PipelineError(f"gc: {len(result.errors)} entries could not be removed, first: "

@@ -47,7 +47,7 @@ from pipeline.project.buildrecord import (
     write_record,
 )
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan, ImagePlan
+from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_intact",
@@ -92,7 +92,7 @@ def _remove_stale_temporaries(output: Path) -> None:
     for name in (output.name, record_path_for(output).name):
         for stale in output.parent.glob(f"{TEMP_PREFIX}{name}-*"):
             stale.unlink(missing_ok=True)
-            log.info("removed an interrupted build's file", path=str(stale))
+            log.info("mkfs.removed_leftover", path=str(stale))
 
 
 def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> None:
@@ -112,19 +112,17 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
         note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
-    flat = ctx.flat_root / image.chain_key
+    flat = ctx.cache.flat_root / image.chain_key
     if not (flat / HEADER_NAME).is_file():
         raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     # The seed is the chain and options only: the same inputs give the same UUID.
     seed = build_key({"chain": image.chain_key, "options": image.spec.ext4.to_dict()})
-    from pipeline.tasks.workers import image_job  # the builder loads only when an image is built
+    from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
-    cache = {"layers": str(ctx.layers_root), "flat": str(ctx.flat_root),
-             "base": str(ctx.base_root)}
     chain = [str(layer.digest) for layer in image.resolved.layers]
     # Its Python half holds the GIL: beside another job, a worker process runs it.
-    result = ctx.run_job(image_job, cache, chain, str(flat), str(output), image.spec.ext4,
+    result = ctx.run_job(image_job, ctx.cache, chain, flat, output, image.spec.ext4,
                          seed, dict(tools))
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
@@ -148,7 +146,7 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from))
 
 
-def mkfs_tasks(ctx: RunContext, plan: BuildPlan,
+def mkfs_tasks(ctx: RunContext, plan: RunPlan,
                tools: Mapping[str, str]) -> Iterator[dict[str, Any]]:
     yield group("build out/<image>.ext4 and out/<image>.json for every image",
                 basename="mkfs")

@@ -21,7 +21,7 @@ from pipeline.oci.resolved import LayerRef, ResolvedImage
 from pipeline.project.config import ImageSpec, Manifest
 from pipeline.project.lockfile import LockEntry
 
-__all__ = ["ImagePlan", "LayerPlan", "BuildPlan", "build_plan", "current_entry"]
+__all__ = ["ImagePlan", "LayerPlan", "RunPlan", "plan_run", "current_entry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class LayerPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class BuildPlan:
+class RunPlan:
     images: tuple[ImagePlan, ...]
     layers: tuple[LayerPlan, ...]
     unresolved: tuple[str, ...]
@@ -73,7 +73,7 @@ def current_entry(spec: ImageSpec, entries: Mapping[str, LockEntry]) -> LockEntr
     return None
 
 
-def build_plan(manifest: Manifest, entries: Mapping[str, LockEntry]) -> BuildPlan:
+def plan_run(manifest: Manifest, entries: Mapping[str, LockEntry]) -> RunPlan:
     images: list[ImagePlan] = []
     unresolved: list[str] = []
     layers: dict[str, tuple[LayerRef, list[str], list[tuple[str, str]]]] = {}
@@ -91,7 +91,7 @@ def build_plan(manifest: Manifest, entries: Mapping[str, LockEntry]) -> BuildPla
                 found[1].append(spec.name)
             if origin not in found[2]:
                 found[2].append(origin)
-    return BuildPlan(
+    return RunPlan(
         images=tuple(images),
         layers=tuple(LayerPlan(layer, tuple(names), tuple(origins))
                      for layer, names, origins in layers.values()),

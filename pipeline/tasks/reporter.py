@@ -4,7 +4,7 @@ doit's console reporter prints every task, up to date or not, and repeats
 a failure's traceback; in CI that buries the one line that matters. This
 reporter:
 
-- logs ``task done`` (with seconds) for every task that ran, ``task failed``
+- logs ``task.done`` (with seconds) for every task that ran, ``task.failed``
   for every failure, and ``task up to date`` at debug level, through
   structlog, so CI gets one JSON object per finished step and tests can count
   what ran;
@@ -59,12 +59,12 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
     def execute_task(self, task: Any) -> None:
         if _real(task):
             self._started[task.name] = time.monotonic()
-            log.debug("task started", task=task.name, images=_images(task))
+            log.debug("task.started", task=task.name, images=_images(task))
 
     def add_success(self, task: Any) -> None:
         if not _real(task):
             return
-        # The step logged its own "task done" line (steps.run_step), with
+        # The step logged its own "task.done" line (steps.run_step), with
         # what it did; here we only count.
         self.ran += 1
         self._started.pop(task.name, None)
@@ -72,11 +72,11 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
     def skip_uptodate(self, task: Any) -> None:
         if _real(task):
             self.up_to_date += 1
-            log.debug("task up to date", task=task.name)
+            log.debug("task.up_to_date", task=task.name)
 
     def skip_ignore(self, task: Any) -> None:
         if _real(task):
-            log.info("task ignored", task=task.name)
+            log.info("task.ignored", task=task.name)
 
     def add_failure(self, task: Any, fail: BaseFail) -> None:
         if isinstance(fail, UnmetDependency):
@@ -84,18 +84,18 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
             # itself was already reported once.
             if _real(task):
                 self.blocked += 1
-                log.info("task not run", task=task.name, reason=f"{fail.message} failed")
+                log.info("task.not_run", task=task.name, reason=f"{fail.message} failed")
             return
         self.failed += 1
         images = _images(task)
         who = f" ({', '.join(images)})" if images else ""
         if isinstance(fail, TaskFailed):
             self.write(f"FAILED {task.name}{who}: {fail.message}\n")
-            log.error("task failed", task=task.name, images=images, error=fail.message)
+            log.error("task.failed", task=task.name, images=images, error=fail.message)
         else:
             # Not a PipelineError: a bug, or doit itself failing; keep the traceback.
             self.write(f"ERROR {task.name}{who}: {fail.get_msg()}\n")
-            log.error("task error", task=task.name, images=images, error=fail.message,
+            log.error("task.error", task=task.name, images=images, error=fail.message,
                       traceback="".join(fail.traceback))
         self._started.pop(task.name, None)
 
@@ -111,7 +111,7 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
             parts.append(f"{self.failed} failed")
         if self.blocked:
             parts.append(f"{self.blocked} not run because a dependency failed")
-        log.info("run finished", ran=self.ran, up_to_date=self.up_to_date, failed=self.failed,
+        log.info("run.finished", ran=self.ran, up_to_date=self.up_to_date, failed=self.failed,
                  not_run=self.blocked, seconds=seconds)
         if self.failed or self.blocked or self.runtime_errors:
             self.write(f"tasks: {', '.join(parts)}\n")

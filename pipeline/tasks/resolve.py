@@ -36,7 +36,8 @@ from pipeline.errors import LockError, PipelineError
 from pipeline.oci.resolved import ResolvedImage
 from pipeline.project.config import ImageSpec
 from pipeline.project.lockfile import LockEntry, read_lock, update_lock
-from pipeline.tasks.context import RunContext, Source
+from pipeline.registry.sources import Source
+from pipeline.tasks.context import RunContext
 
 if TYPE_CHECKING:
     from pipeline.base.digest import Digest
@@ -69,9 +70,9 @@ def resolve_spec(ctx: RunContext, spec: ImageSpec) -> ResolvedImage:
     ref = spec.ref
 
     def attempt(client: RegistryClient, source: Source) -> ResolvedImage:
-        return resolve_image(client, source.ask_for(ref), spec.platform, ctx.blobs)
+        return resolve_image(client, source.ask_for(ref), spec.platform, ctx.cache.blobs)
 
-    resolved = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+    resolved = ctx.registries.first_success(ctx.registries.sources(ref.registry, ref.repository),
                                 f"image {spec.name!r} ({spec.ref_text})", attempt)
     return dataclasses.replace(resolved, ref=ref, registry=ref.registry,
                                repository=ref.repository)
@@ -101,10 +102,10 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
         return head_digest(client, source.ask_for(ref))
 
     try:
-        current = ctx.from_sources(ctx.sources(ref.registry, ref.repository),
+        current = ctx.registries.first_success(ctx.registries.sources(ref.registry, ref.repository),
                                    f"image {spec.name!r} ({spec.ref_text})", attempt)
     except PipelineError as err:
-        log.debug("update: HEAD failed, resolving in full", image=spec.name, error=str(err))
+        log.debug("resolve.head_failed", image=spec.name, error=str(err))
         return None
     return entry.resolved if current == pinned else None
 
@@ -118,7 +119,7 @@ def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
         return {name: entry for name, entry in entries.items() if name in declared}
 
     if update_lock(ctx.lock_path, change):
-        log.debug("lock written", path=str(ctx.lock_path), images=sorted(new))
+        log.debug("lock.written", path=str(ctx.lock_path), images=sorted(new))
 
 
 def _entry(spec: ImageSpec, resolved: ResolvedImage) -> LockEntry:

@@ -7,7 +7,7 @@ build), and turns a PipelineError into doit's ``TaskFailed`` carrying the
 error's one-sentence message. Anything else is a bug and propagates, so doit
 shows its traceback.
 
-A finished step logs exactly one ``task done`` line at info level; what the
+A finished step logs exactly one ``task.done`` line at info level; what the
 step wants said about its work (bytes, rate, output, ...) it hands to
 ``note(...)``, which adds the fields to that line instead of logging its own.
 Library modules log their details at debug level, so a CI log holds one line
@@ -36,13 +36,13 @@ __all__ = ["run_step", "action", "note", "group", "IO"]
 
 log = structlog.get_logger("pipeline.run")
 
-# Fields for the running step's "task done" line; one dict per step, per
+# Fields for the running step's "task.done" line; one dict per step, per
 # thread (doit's thread workers each run one step at a time).
 _notes: ContextVar[dict[str, Any] | None] = ContextVar("pipeline_step_notes", default=None)
 
 
 def note(**fields: Any) -> None:
-    """Add ``fields`` to the running step's ``task done`` line."""
+    """Add ``fields`` to the running step's ``task.done`` line."""
     notes = _notes.get()
     if notes is None:
         raise AssertionError("internal error: note() called outside run_step")
@@ -93,14 +93,14 @@ def run_step(step: Callable[..., Any], ctx: RunContext, *args: Any, name: str,
             try:
                 result = step(ctx, *args)
             except PipelineError as err:
-                log.debug("step failed", error=str(err), error_type=type(err).__name__,
+                log.debug("step.failed", error=str(err), error_type=type(err).__name__,
                           seconds=round(time.monotonic() - started, 3))
                 return TaskFailed(str(err))
             except OSError as err:
                 if err.errno not in ENVIRONMENTAL_ERRNOS:
                     raise
                 return TaskFailed(_environmental(err))
-            log.info("task done", images=list(images),
+            log.info("task.done", images=list(images),
                      seconds=round(time.monotonic() - started, 3), **notes)
     finally:
         _notes.reset(token)

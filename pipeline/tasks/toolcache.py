@@ -94,5 +94,5 @@ def cached_tool_versions(cache_dir: Path) -> dict[str, str]:
         try:
             write_atomic(file, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
         except OSError as err:  # only a cache: the next run asks again
-            log.debug("tool versions not remembered", path=str(file), error=str(err))
+            log.debug("tools.not_remembered", path=str(file), error=str(err))
     return versions

@@ -20,7 +20,7 @@ from pipeline.layers.limits import Limits
 from pipeline.layers.store import MARKER_NAME, LayerStore
 from pipeline.oci.resolved import LayerRef
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.plan import BuildPlan
+from pipeline.tasks.plan import RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["unpack_tasks", "unpack_step", "layer_finished", "unpack_config", "check_diff_id"]
@@ -52,12 +52,13 @@ def unpack_step(ctx: RunContext, layer: LayerRef, limits: Limits) -> None:
         unpack_layer,  # the layer reader loads only when a layer is unpacked
     )
 
-    store = unpack_layer(ctx.blobs.path(layer.digest), layer, ctx.layers_root, limits=limits)
+    cache = ctx.cache
+    store = unpack_layer(cache.blobs.path(layer.digest), layer, cache.layers_root, limits=limits)
     check_diff_id(store, layer)
     note(entries=store.entries_count, files=store.files_count, bytes=store.stream_bytes)
 
 
-def unpack_tasks(ctx: RunContext, plan: BuildPlan,
+def unpack_tasks(ctx: RunContext, plan: RunPlan,
                  limits: Limits = DEFAULT_LIMITS) -> Iterator[dict[str, Any]]:
     yield group("unpack every layer into a content store (once per layer digest)",
                 basename="unpack")
@@ -72,8 +73,8 @@ def unpack_tasks(ctx: RunContext, plan: BuildPlan,
                                images=layer_plan.images, digest=str(layer.digest))],
             "task_dep": [f"fetch-blob:{layer.digest}"],
             "uptodate": [config_changed(unpack_config(layer, limits)),
-                         (layer_finished, [ctx.layers_root, layer], {})],
-            "clean": [(remove_path, [LayerStore.path_for(ctx.layers_root, layer.digest)])],
+                         (layer_finished, [ctx.cache.layers_root, layer], {})],
+            "clean": [(remove_path, [LayerStore.path_for(ctx.cache.layers_root, layer.digest)])],
             "io": IO,
             "meta": {"images": list(layer_plan.images)},
         }

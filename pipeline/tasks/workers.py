@@ -21,8 +21,8 @@ holding the GIL, so two steps use two cores.
 - Jobs take and return plain picklable values (paths as strings, digests,
   options, results); locks and clients stay in the parent.
 - A PipelineError raised in a worker is raised again in the parent with its
-  class, message and attributes (not every error class pickles by itself);
-  any other exception keeps the worker's traceback as its cause. A worker
+  class, message and attributes (``PipelineError.__reduce__``); any other
+  exception keeps the worker's traceback as its cause. A worker
   that dies (killed, out of memory) fails its step with one line.
 - Workers log through structlog configured like the parent (same format and
   level, to stderr), with the step's bound fields (task, image, digest).
@@ -30,7 +30,6 @@ holding the GIL, so two steps use two cores.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import select
@@ -41,18 +40,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from pipeline.errors import PipelineError
 
-if TYPE_CHECKING:
-    from pipeline.ext4.build import Ext4Result
-    from pipeline.ext4.options import Ext4Options
-
-__all__ = ["WorkerPool", "flatten_job", "image_job", "pool_size"]
+__all__ = ["WorkerPool", "pool_size"]
 
 T = TypeVar("T")
 
@@ -113,54 +107,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _call(func: Callable[..., T], args: Sequence[Any],
-          bindings: Mapping[str, Any]) -> T | _Raised:
+def _call(func: Callable[..., T], args: Sequence[Any], bindings: Mapping[str, Any]) -> T:
     with structlog.contextvars.bound_contextvars(**bindings):
-        try:
-            return func(*args)
-        except PipelineError as err:
-            return _Raised.of(err)
-
-
-class _Raised:
-    """A PipelineError on its way from a worker to the parent, rebuilt there."""
-
-    def __init__(self, module: str, name: str, message: str, attrs: dict[str, Any]) -> None:
-        self.module, self.name, self.message, self.attrs = module, name, message, attrs
-
-    @classmethod
-    def of(cls, err: PipelineError) -> _Raised:
-        return cls(type(err).__module__, type(err).__qualname__, str(err), dict(vars(err)))
-
-    def rebuild(self) -> PipelineError:
-        kind = getattr(importlib.import_module(self.module), self.name, None)
-        if not (isinstance(kind, type) and issubclass(kind, PipelineError)):
-            raise AssertionError(f"internal error: a worker raised {self.module}.{self.name},"
-                                 " which is not a PipelineError")
-        err = kind.__new__(kind)
-        Exception.__init__(err, self.message)
-        err.__dict__.update(self.attrs)
-        return err
-
-
-def flatten_job(layers_root: str, digests: Sequence[str], flat_root: str) -> str:
-    """Flatten the layer stores of ``digests`` (oldest first); the flat image's path."""
-    from pipeline.flat.staging import flatten_image
-    from pipeline.layers.store import LayerStore
-
-    stores = [LayerStore.open(Path(layers_root), digest) for digest in digests]
-    return str(flatten_image(stores, Path(flat_root)))
-
-
-def image_job(cache: Mapping[str, str], chain: Sequence[str], flat: str, output: str,
-              options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
-    """``ext4derive.build_image``: the image derived from its base's ext4 when its layers
-    say so, else in full; ``cache`` holds the ``layers``, ``flat`` and ``base`` roots."""
-    from pipeline.ext4.derive.plan import build_image
-
-    return build_image(layers_root=Path(cache["layers"]), flat_root=Path(cache["flat"]),
-                       base_root=Path(cache["base"]), chain=chain, flat_dir=Path(flat),
-                       output=Path(output), options=options, seed=seed, tools=tools)
+        return func(*args)
 
 
 # In the parent ------------------------------------------------------------------
@@ -172,8 +121,7 @@ class WorkerPool:
     def __init__(self, size: int, *, log_mode: str = "json", log_level: str = "info",
                  preload: Sequence[str] = ()) -> None:
         self.size = size
-        self.preload = [__name__, "pipeline.flat.staging", "pipeline.ext4.build",
-                        "pipeline.ext4.derive.plan", *preload]
+        self.preload = [__name__, *preload]
         self.log_mode = log_mode
         self.log_level = log_level
         self._lock = threading.Lock()
@@ -206,8 +154,6 @@ class WorkerPool:
             executor.shutdown(wait=False, cancel_futures=True)
             raise PipelineError("a worker process died while running this step (killed, or"
                                 " out of memory?); run doit again") from None
-        if isinstance(result, _Raised):
-            raise result.rebuild()
         return result
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import structlog
 
 from pipeline.base.log import bound, choose_level, choose_mode, configure_logging
 from pipeline.base.terminal import Terminal
+from pipeline.errors import SettingError
 
 
 class TTY(io.StringIO):
@@ -75,8 +76,9 @@ def test_choose_mode(requested, env, stream, mode) -> None:
 
 
 def test_choose_mode_rejects_unknown() -> None:
-    with pytest.raises(ValueError, match="log format 'xml' is not one of json, console"):
+    with pytest.raises(SettingError) as err:
         choose_mode("xml", {}, io.StringIO())
+    assert str(err.value) == "log='xml' is not valid: expected one of json, console"
 
 
 @pytest.mark.parametrize(("requested", "env", "level"), [
@@ -89,6 +91,7 @@ def test_choose_level(requested, env, level) -> None:
 
 
 def test_choose_level_rejects_unknown() -> None:
-    with pytest.raises(ValueError, match="log level 'loud' is not one of debug, info, warning, "
-                                         "error"):
+    with pytest.raises(SettingError) as err:
         choose_level(None, {"ROOTFS_LOG_LEVEL": "loud"})
+    assert str(err.value) == ("ROOTFS_LOG_LEVEL='loud' is not valid: expected one of debug, "
+                              "info, warning, error")

@@ -42,6 +42,9 @@ from tests.ext4.test_build import (
 )
 from tests.harness.debian import debian_like
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 __all__ = ["shared_dir"]                     # the fixture, imported for this module
 
 # TCG boots Debian's kernel and initramfs in about 25 s on one core; four times
@@ -135,7 +138,7 @@ import json, sys
 from pathlib import Path
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.derive.base import ensure_base
-from pipeline.ext4.derive.plan import derive_ext4
+from pipeline.ext4.derive.build import derive_ext4
 flat_base, flat, output, bases = map(Path, sys.argv[1:5])
 _, base = ensure_base(lambda: flat_base, bases, "0" * 64, Ext4Options())
 result = derive_ext4(base, flat_base, flat, output, Ext4Options(), seed="seed")
@@ -155,7 +158,6 @@ def derive_rootless(flat_base: Path, flat: Path, image: Path, bases: Path) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("build", ["full", "derived"])
 def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: Path,
                                                                     build: str) -> None:

@@ -32,6 +32,7 @@ from pipeline.base.units import Headroom, MiB
 from pipeline.errors import Ext4Error
 from pipeline.ext4.build import _MKE2FS_CONF, Ext4Result, build_ext4, derive_uuids
 from pipeline.ext4.debugfs import DirectoryListing
+from pipeline.ext4.disk import FIRST_INO
 from pipeline.ext4.fixup import time_fields
 from pipeline.ext4.inodes import InodeMap, expected_listings, listing_error, predict_inodes
 from pipeline.ext4.options import (
@@ -42,7 +43,7 @@ from pipeline.ext4.options import (
 )
 from pipeline.ext4.output import sha256_sparse
 from pipeline.ext4.readback import read_inodes
-from pipeline.ext4.size import FIRST_INO, TreeUsage, layout, plan_size
+from pipeline.ext4.size import TreeUsage, layout, plan_size
 from pipeline.ext4.tools import FS_EPOCH, tool_versions
 from pipeline.flat.image import (
     ENTRIES_NAME,

@@ -2,7 +2,7 @@
 
 ``run_doit`` starts ``doit -f <repo>/dodo.py -d <project> ...`` as a
 subprocess of this interpreter with JSON logs, and returns what ran (the
-reporter's ``task done`` events), what failed, and, when asked, an audit
+reporter's ``task.done`` events), what failed, and, when asked, an audit
 trail written by a Python audit hook inside the doit process: every file it
 opened, every socket it connected and, at the end, every module it had
 imported. That trail is how the tests prove a
@@ -80,11 +80,11 @@ class Run:
     @property
     def ran(self) -> list[str]:
         """Names of the tasks that ran and succeeded, in completion order."""
-        return self.tasks("task done")
+        return self.tasks("task.done")
 
     @property
     def failed(self) -> list[str]:
-        return self.tasks("task failed")
+        return self.tasks("task.failed")
 
     def opened(self, under: Path) -> list[str]:
         prefix = str(under) + os.sep

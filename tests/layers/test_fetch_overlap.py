@@ -24,6 +24,9 @@ from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 BIG = 3 << 20
 """Bytes of incompressible data in image a's top layer: a reset at 1 MB is mid-blob."""
 
@@ -31,7 +34,7 @@ BIG = 3 << 20
 def overlaps(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """What each fetch task's overlapped unpack did, by digest."""
     return {e["digest"]: e["overlap"] for e in run.events
-            if e.get("event") == "task done" and "overlap" in e}
+            if e.get("event") == "task.done" and "overlap" in e}
 
 
 def store_digest(store: Path) -> str:
@@ -112,7 +115,7 @@ def test_faults_mid_blob_end_with_the_same_stores(
     assert overlaps(run)[big.digest] == overlap
     assert len([r for r in proxy.requests(method="GET", path=big.digest) if r.range]) == ranges
     unpack = [e for e in run.events if e.get("task") == f"unpack:{big.digest}"
-              and e.get("event") == "task done"]
+              and e.get("event") == "task.done"]
     assert len(unpack) == 1 and unpack[0]["entries"] == 2
     big_hex = big.digest.split(":")[1]
     assert layer_stores(world.project)[big_hex] == reference_store(big, tmp_path)

@@ -36,7 +36,6 @@ from pipeline.oci.platform import parse_platform
 from pipeline.oci.reference import parse_reference
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.resolve import resolve_image
 from tests.harness.images import (
     Layer,
@@ -117,12 +116,6 @@ def snapshot(path: Path) -> dict[str, tuple[int, int, int, str]]:
 
 def host_tmp() -> dict[str, bool]:
     return {name: os.path.lexists(f"/tmp/{name}") for name in ("passwd", "evil", "x")}
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials()) as c:
-        yield c
 
 
 @pytest.fixture

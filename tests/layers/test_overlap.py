@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,6 @@ from pipeline.layers.unpack import unpack_layer
 from pipeline.oci.resolved import LayerRef
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
-from pipeline.registry.retry import RetryPolicy
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Layer, Member, dir, file, make_layer
 from tests.harness.push import push
@@ -36,18 +34,6 @@ RESET_AT = 1_000_000
 """Bytes of the ~3 MiB blob sent before a reset: mid-blob, after the unpacker started."""
 HANG_GUARD_S = 120
 """A fetch that takes this long is a deadlock between download and unpacker."""
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials(),
-                        retry=RetryPolicy(sleep=lambda _: None, jitter=lambda: 0.0)) as c:
-        yield c
-
-
-@pytest.fixture
-def proxy(fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
-    return fault_proxy()
 
 
 def files_layer(seed: str, *, compression: str = "gzip",

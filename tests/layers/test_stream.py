@@ -63,8 +63,10 @@ def test_layer_stream_detects_wrong_diff_id() -> None:
     hasher = VerifyingHasher(digest_of(b"other"), what="layer x uncompressed (diff_id)")
     stream = LayerStream(iter([b"data"]), hasher, limit=100, layer=LAYER)
     stream.drain()
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as err:
         hasher.verify()
+    assert str(err.value) == (f"layer x uncompressed (diff_id): expected {digest_of(b'other')},"
+                              f" got {digest_of(b'data')}")
 
 
 def test_layer_stream_limit() -> None:

@@ -25,7 +25,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,6 @@ from pipeline.oci.platform import parse_platform
 from pipeline.oci.reference import parse_reference
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.resolve import resolve_image
 from tests.harness.debian import debian_like
 from tests.harness.images import make_image
@@ -43,6 +41,8 @@ from tests.harness.push import push
 from tests.harness.registry import Registry
 
 pytestmark = [
+    # End to end with real tools: seconds per test (the fast loop skips them).
+    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="umoci unpack needs root for real owners"),
     pytest.mark.skipif(not (shutil.which("umoci") and shutil.which("skopeo")),
                        reason="umoci and skopeo are needed (scripts/test.sh installs them)"),
@@ -145,12 +145,6 @@ def our_tree(flat: Path) -> tuple[dict[str, Row], set[frozenset[str]]]:
     return rows, {frozenset(v) for v in groups.values()}
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials()) as c:
-        yield c
-
-
 def pull_both(tmp_path: Path, registry: Registry, repo: str, client: RegistryClient, *,
               files: int, size: int) -> tuple[Path, Path, str]:
     """Our flat image and umoci's rootfs of one pushed image, and how long each took.
@@ -201,7 +195,6 @@ def test_debian_like_matches_umoci(tmp_path: Path, registry: Registry, repo: str
     print(f"\n[test 7] {entries} entries, {timing}")
 
 
-@pytest.mark.slow
 def test_large_debian_like_matches_umoci(tmp_path: Path, registry: Registry, repo: str,
                                          client: RegistryClient) -> None:
     """The largest test image: ~30 000 files, ~200 MiB; also the timing we report."""

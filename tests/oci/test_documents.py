@@ -14,8 +14,8 @@ from pipeline.oci.documents import (
     CONFIG_MAX_BYTES,
     MANIFEST_MAX_BYTES,
     Descriptor,
-    Index,
-    Manifest,
+    ImageIndex,
+    ImageManifest,
     is_attestation,
     offered_platforms,
     parse_image_config,
@@ -68,32 +68,34 @@ def raw(doc: Any) -> bytes:
 
 def test_oci_manifest() -> None:
     parsed = parse_manifest_document(raw(manifest()), mt.OCI_MANIFEST, where=W)
-    assert parsed == Manifest(mt.OCI_MANIFEST, Descriptor(mt.OCI_CONFIG, parse_digest(D1), 100),
-                              (Descriptor(mt.OCI_LAYER_GZIP, parse_digest(D2), 1000),))
+    assert parsed == ImageManifest(mt.OCI_MANIFEST,
+                                   Descriptor(mt.OCI_CONFIG, parse_digest(D1), 100),
+                                   (Descriptor(mt.OCI_LAYER_GZIP, parse_digest(D2), 1000),))
 
 
 def test_docker_manifest_with_charset_parameter() -> None:
     doc = manifest(media_type=mt.DOCKER_MANIFEST, config_type=mt.DOCKER_CONFIG,
                    layers=[desc(mt.DOCKER_LAYER_GZIP, D2, 5)])
     parsed = parse_manifest_document(raw(doc), mt.DOCKER_MANIFEST + "; charset=utf-8", where=W)
-    assert isinstance(parsed, Manifest) and parsed.media_type == mt.DOCKER_MANIFEST
+    assert isinstance(parsed, ImageManifest) and parsed.media_type == mt.DOCKER_MANIFEST
 
 
 def test_oci_manifest_without_media_type_field_uses_content_type() -> None:
     parsed = parse_manifest_document(raw(manifest(media_type=None)), mt.OCI_MANIFEST, where=W)
-    assert isinstance(parsed, Manifest)
+    assert isinstance(parsed, ImageManifest)
 
 
 def test_generic_content_type_uses_media_type_field() -> None:
     parsed = parse_manifest_document(raw(index([entry("linux/amd64")])), "application/json",
                                      where=W)
-    assert isinstance(parsed, Index) and parsed.manifests[0].platform == Platform("linux", "amd64")
+    assert isinstance(parsed, ImageIndex)
+    assert parsed.manifests[0].platform == Platform("linux", "amd64")
 
 
 def test_index_descriptor_fields() -> None:
     doc = index([entry("linux/arm/v7", annotations={"k": "v"}, urls=["https://x"])])
     parsed = parse_manifest_document(raw(doc), mt.OCI_INDEX, where=W)
-    assert isinstance(parsed, Index)
+    assert isinstance(parsed, ImageIndex)
     (item,) = parsed.manifests
     assert item.platform == Platform("linux", "arm", "v7")
     assert item.annotation("k") == "v" and item.urls == ("https://x",)
@@ -199,9 +201,9 @@ def test_manifest_size_cap() -> None:
                                f" {MANIFEST_MAX_BYTES} byte limit")
 
 
-def parsed_index(entries: list[dict[str, Any]]) -> Index:
+def parsed_index(entries: list[dict[str, Any]]) -> ImageIndex:
     result = parse_manifest_document(raw(index(entries)), mt.OCI_INDEX, where=W)
-    assert isinstance(result, Index)
+    assert isinstance(result, ImageIndex)
     return result
 
 
@@ -229,8 +231,10 @@ def test_attestation_by_annotation_alone_is_never_chosen() -> None:
 
 def test_unknown_unknown_is_never_chosen_even_when_asked() -> None:
     idx = parsed_index([entry("unknown/unknown", D1)])
-    with pytest.raises(PlatformNotFound):
+    with pytest.raises(PlatformNotFound) as err:
         select_manifest(idx, Platform("unknown", "unknown"), where=W)
+    assert str(err.value) == ("reg.test/app:1 has no image for platform unknown/unknown; it "
+                              "offers: none (set `platform` for this image in images.toml)")
 
 
 def test_platform_not_found_lists_offer() -> None:
@@ -252,7 +256,7 @@ def test_select_variant_fallback_and_docker_list() -> None:
                  entry("linux/arm64/v8", D2, mt.DOCKER_MANIFEST)],
                 media_type=mt.DOCKER_MANIFEST_LIST)
     idx = parse_manifest_document(raw(doc), mt.DOCKER_MANIFEST_LIST, where=W)
-    assert isinstance(idx, Index)
+    assert isinstance(idx, ImageIndex)
     assert select_manifest(idx, parse_platform("linux/arm/v7"), where=W).digest == parse_digest(D1)
     chosen = select_manifest(idx, parse_platform("linux/arm64"), where=W)
     assert chosen.digest == parse_digest(D2) and chosen.platform == Platform("linux", "arm64")

@@ -149,8 +149,11 @@ def test_with_registry_for_mirrors() -> None:
     mirrored = ref.with_registry("mirror.example.com:5000")
     assert str(mirrored) == "mirror.example.com:5000/library/alpine:3.19"
     assert mirrored.with_registry("index.docker.io") == ref
-    with pytest.raises(BadReference):
+    with pytest.raises(BadReference) as err:
         ref.with_registry("bad host")
+    assert str(err.value) == ("invalid image reference 'bad host': invalid registry host "
+                              "'bad host': DNS labels of letters, digits and '-', an IPv4 "
+                              "address, or an IPv6 address in brackets")
 
 
 def test_with_digest_keeps_tag() -> None:
@@ -180,5 +183,7 @@ def test_api_host_and_validate_registry() -> None:
     assert api_host_for("docker.io") == "registry-1.docker.io"
     assert api_host_for("ghcr.io") == "ghcr.io"
     assert validate_registry("registry-1.docker.io") == "docker.io"
-    with pytest.raises(BadReference):
+    with pytest.raises(BadReference) as err:
         validate_registry("")
+    assert str(err.value) == ("invalid image reference '': a registry must be a non-empty "
+                              "host[:port] string")

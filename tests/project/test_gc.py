@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.base.digest import digest_of
+from pipeline.project.cache import CacheLayout
 from pipeline.project.gc import Keep, collect, plan
 
 KEPT_BLOB = digest_of(b"kept blob")
@@ -56,7 +57,7 @@ def test_collect_removes_only_unreferenced_entries(tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "canary").write_text("alive")
     populate(cache, outside)
-    result = collect(cache, KEEP)
+    result = collect(CacheLayout(cache), KEEP)
     assert result.errors == ()
     assert result.kept == 4
     assert {str(p.relative_to(cache)) for p in result.removed} == {
@@ -80,7 +81,7 @@ def test_dry_run_removes_nothing(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     populate(cache, tmp_path)
     before = tree(cache)
-    result = collect(cache, KEEP, dry_run=True)
+    result = collect(CacheLayout(cache), KEEP, dry_run=True)
     assert len(result.removed) == 6
     assert tree(cache) == before
 
@@ -88,13 +89,13 @@ def test_dry_run_removes_nothing(tmp_path: Path) -> None:
 def test_empty_keep_empties_the_cache_but_not_its_bookkeeping(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     populate(cache, tmp_path)
-    collect(cache, Keep())
+    collect(CacheLayout(cache), Keep())
     assert tree(cache) == {"blobs", "blobs/sha256", "blobs/sha512", "layers", "flat",
                            "doit.db", "run.lock"}
 
 
 def test_missing_cache_is_empty(tmp_path: Path) -> None:
-    assert plan(tmp_path / "nothing", KEEP) == ([], 0)
+    assert plan(CacheLayout(tmp_path / "nothing"), KEEP) == ([], 0)
 
 
 @pytest.mark.parametrize("where", ["layers", "flat"])
@@ -103,7 +104,7 @@ def test_a_file_where_a_directory_belongs_is_removed(tmp_path: Path, where: str)
     (cache / where).mkdir(parents=True)
     name = KEPT_LAYER.hex if where == "layers" else KEPT_CHAIN
     (cache / where / name).write_text("not a directory")
-    assert plan(cache, KEEP) == ([cache / where / name], 0)
+    assert plan(CacheLayout(cache), KEEP) == ([cache / where / name], 0)
 
 
 def test_base_images_are_kept_by_key(tmp_path: Path) -> None:
@@ -114,9 +115,9 @@ def test_base_images_are_kept_by_key(tmp_path: Path) -> None:
         (base / name / "base.ext4").write_bytes(b"e" * 100)
     for name in (f".lock-{'a' * 64}", f".lock-{'b' * 64}"):
         (base / name).write_bytes(b"")
-    doomed, kept = plan(cache, Keep.of(bases=["a" * 64]))
+    doomed, kept = plan(CacheLayout(cache), Keep.of(bases=["a" * 64]))
     assert kept == 1
     assert {p.name for p in doomed} == {"b" * 64, f".tmp-{'c' * 64}-12-ab", f".lock-{'a' * 64}",
                                         f".lock-{'b' * 64}"}
     # Keys that could not be worked out (no tool versions): every base stays.
-    assert plan(cache, Keep.of(bases=None)) == ([], 0)
+    assert plan(CacheLayout(cache), Keep.of(bases=None)) == ([], 0)

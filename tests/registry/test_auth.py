@@ -22,7 +22,7 @@ from pipeline.registry.auth import (
 )
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import Credential, DockerConfig, NoCredentials
-from pipeline.registry.retry import RetryPolicy
+from tests.harness.clients import Sleeps, recording_retry
 from tests.harness.dockerconfig import DockerConfig as ConfigFixture
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Image, file, make_image, make_layer
@@ -113,11 +113,6 @@ def test_registry_of(url: str, name: str) -> None:
 
 # -- fixtures --------------------------------------------------------------------------
 
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -126,14 +121,9 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
 def client_with(credentials: object, sleeps: Sleeps) -> RegistryClient:
     return RegistryClient(credentials=credentials,  # type: ignore[arg-type]
-                          retry=RetryPolicy(sleep=sleeps, jitter=lambda: 1.0))
+                          retry=recording_retry(sleeps))
 
 
 @pytest.fixture
@@ -268,7 +258,7 @@ def test_token_server_outage_is_retried(anonymous: RegistryClient, token_registr
     token_server.fail(503, 1)
     assert anonymous.get_manifest(token_registry.host, repo, "v1").body == public.manifest
     assert [r.status for r in token_server.requests()] == [503, 200]
-    assert sleeps == [0.5]
+    assert sleeps == [0.25]
 
 
 def test_token_expiry_from_expires_in(token_registry: Registry, token_server: TokenServer,

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from pipeline.base.digest import Digest, digest_of, parse_digest
 from pipeline.errors import BadDigest, DigestMismatch, RegistryError
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
-from pipeline.registry.retry import RetryPolicy
+from tests.harness.clients import Sleeps
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Blob
 from tests.harness.push import push
@@ -29,23 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOB_BYTES = 3 * 1024 * 1024
 
 
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-def client(sleeps: Sleeps) -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials(),
-                        retry=RetryPolicy(sleep=sleeps, jitter=lambda: 0.0)) as c:
-        yield c
-
-
 @pytest.fixture
 def blob(registry: Registry, repo: str) -> Blob:
     """3 MiB of incompressible bytes pushed to ``repo``."""
@@ -53,11 +34,6 @@ def blob(registry: Registry, repo: str) -> Blob:
     b = Blob(data, "application/octet-stream")
     push(registry, repo, None, b)
     return b
-
-
-@pytest.fixture
-def proxy(fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
-    return fault_proxy()
 
 
 def blob_gets(proxy: FaultProxy) -> list[tuple[str | None, int]]:
@@ -243,8 +219,9 @@ def test_damaged_file_is_detected_and_refetched(client: RegistryClient, registry
 ], ids=["traversal", "uppercase", "md5", "slash", "short"])
 def test_digests_are_validated_before_use(tmp_path: Path, digest: str) -> None:
     cache = BlobCache(tmp_path)
-    with pytest.raises(BadDigest):
+    with pytest.raises(BadDigest) as err:
         cache.path(digest)
+    assert str(err.value).startswith(f"invalid digest {digest!r}: ")
     with pytest.raises(BadDigest):
         cache.has(digest)
 

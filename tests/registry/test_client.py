@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,28 +13,12 @@ from pipeline.oci import mediatypes as mt
 from pipeline.oci.documents import MANIFEST_MAX_BYTES
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import NoCredentials
-from pipeline.registry.retry import MAX_RETRY_AFTER_S, RetryPolicy
+from pipeline.registry.retry import MAX_RETRY_AFTER_S
+from tests.harness.clients import Sleeps
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Image, file, make_image, make_layer
 from tests.harness.push import push
 from tests.harness.registry import Registry
-
-
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-def client(sleeps: Sleeps) -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials(),
-                        retry=RetryPolicy(sleep=sleeps, jitter=lambda: 1.0)) as c:
-        yield c
 
 
 @pytest.fixture
@@ -43,11 +26,6 @@ def image(registry: Registry, repo: str) -> Image:
     img = make_image([make_layer([file("hello", b"world\n")])])
     push(registry, repo, "v1", img)
     return img
-
-
-@pytest.fixture
-def proxy(fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
-    return fault_proxy()
 
 
 def manifest_gets(proxy: FaultProxy) -> list[int]:
@@ -124,11 +102,11 @@ def test_403_fails_at_once(client: RegistryClient, proxy: FaultProxy, repo: str,
 @pytest.mark.parametrize("fault, waited", [
     (Fault.too_many_requests(retry_after=2), [2.0]),
     (Fault.too_many_requests(retry_after=None, retry_after_date=30), "date"),
-    (Fault.unavailable(), [0.5]),
-    (Fault.status(500), [0.5]),
-    (Fault.status(502), [0.5]),
-    (Fault.reset(after_bytes=0), [0.5]),
-    (Fault.reset(after_bytes=20), [0.5]),
+    (Fault.unavailable(), [0.25]),
+    (Fault.status(500), [0.25]),
+    (Fault.status(502), [0.25]),
+    (Fault.reset(after_bytes=0), [0.25]),
+    (Fault.reset(after_bytes=20), [0.25]),
 ], ids=["429-seconds", "429-http-date", "503", "500", "502", "reset-before-body",
         "truncated-body"])
 def test_temporary_faults_are_retried(client: RegistryClient, proxy: FaultProxy, repo: str,
@@ -150,7 +128,7 @@ def test_retries_are_bounded(client: RegistryClient, proxy: FaultProxy, repo: st
     with pytest.raises(RegistryError) as info:
         client.get_manifest(proxy.host, repo, "v1")
     assert info.value.status == 503 and info.value.temporary
-    assert sleeps == [0.5, 1.0, 2.0, 4.0]
+    assert sleeps == [0.25, 0.5, 1.0, 2.0]  # base 0.5 s doubling, jitter at its low end
     assert len(manifest_gets(proxy)) == 5
 
 

@@ -21,7 +21,10 @@ from tests.harness.images import dir, file, make_image, make_index, make_layer
 from tests.harness.push import push
 from tests.harness.registry import Registry, free_port, start_registry
 
-FALLBACK = "source failed, trying the next"
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
+FALLBACK = "source.fallback"
 
 
 def test_default_manifest_builds_from_a_mirror_named_only_in_the_environment(

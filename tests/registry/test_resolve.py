@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,11 @@ from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import parse_reference
 from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.resolve import BlobRef, LayerRef, ResolvedImage, head_digest, resolve_image
-from pipeline.registry.retry import RetryPolicy
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.images import Image, Index, dir, file, make_image, make_index, make_layer
 from tests.harness.push import push, push_manifest
 from tests.harness.registry import Registry
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient(credentials=NoCredentials(),
-                        retry=RetryPolicy(sleep=lambda s: None)) as c:
-        yield c
 
 
 @pytest.fixture
@@ -240,16 +231,21 @@ def test_lying_docker_content_digest(client: RegistryClient, repo: str, blobs: B
                                      proxied: tuple[FaultProxy, Image]) -> None:
     proxy, image = proxied
     proxy.add(Fault.headers(docker_content_digest="sha256:" + "e" * 64), path="/manifests/")
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as err:
         resolve_image(client, parse_reference(f"{proxy.host}/{repo}:p"), DEFAULT_PLATFORM, blobs)
+    assert str(err.value).endswith(
+        f"/manifests/p: manifest vs. Docker-Content-Digest: expected sha256:{'e' * 64}, "
+        f"got {image.digest}")
 
 
 def test_tampered_config_blob(client: RegistryClient, repo: str, blobs: BlobCache,
                               proxied: tuple[FaultProxy, Image]) -> None:
     proxy, image = proxied
     proxy.add(Fault.corrupt(), path="/blobs/", times=None)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as err:
         resolve_image(client, parse_reference(f"{proxy.host}/{repo}:p"), DEFAULT_PLATFORM, blobs)
+    assert str(err.value).startswith(f"blob {image.config.digest} from {proxy.host}/{repo}: "
+                                     f"expected {image.config.digest}, got sha256:")
     assert not blobs.has(image.config.digest)
 
 

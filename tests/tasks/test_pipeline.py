@@ -2,7 +2,7 @@
 
 Every test builds its own project directory from images pushed to the
 session's registry and runs ``doit -f <repo>/dodo.py -d <project>`` as a
-subprocess. What ran is read from the reporter's JSON ``task done`` lines;
+subprocess. What ran is read from the reporter's JSON ``task.done`` lines;
 what was opened or connected, from an audit hook inside the doit process.
 """
 
@@ -33,6 +33,9 @@ from tests.harness.doitrun import (
 from tests.harness.images import Layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def world(registry: Registry, repo: str, tmp_path: Path) -> World:
@@ -53,7 +56,7 @@ def cold_tasks(world: World) -> list[str]:
 def overlaps(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """What each fetch's overlapped unpack did, by digest."""
     return {e["digest"]: e["overlap"] for e in run.events
-            if e.get("event") == "task done" and "overlap" in e}
+            if e.get("event") == "task.done" and "overlap" in e}
 
 
 def stamps(project: Path, names) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-def]
@@ -63,7 +66,7 @@ def stamps(project: Path, names) -> dict[str, tuple[int, int]]:  # type: ignore[
 
 def fetched(run) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted(e["digest"] for e in run.events
-                  if e.get("event") == "task done" and e.get("outcome") == "fetched")
+                  if e.get("event") == "task.done" and e.get("outcome") == "fetched")
 
 
 def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
@@ -79,7 +82,7 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
     dep_file = (world.project / ".cache/doit.db").read_bytes()
     noop = run_doit(world.project, audit=True).check()
     assert noop.ran == []
-    assert [e for e in noop.events if e.get("event") == "run finished"][0]["up_to_date"] == 17
+    assert [e for e in noop.events if e.get("event") == "run.finished"][0]["up_to_date"] == 17
     cache = world.project / ".cache"
     assert noop.opened(cache / "blobs") == []
     assert noop.opened(cache / "layers") == []
@@ -145,7 +148,7 @@ def test_corrupt_cached_blob_is_detected_and_fetched_again(world: World) -> None
     again = run_doit(world.project).check()
     assert again.ran == [f"fetch-blob:{d(world.base)}"]
     assert fetched(again) == [d(world.base)]
-    assert any(e["event"] == "cached blob is corrupt, fetching it again" for e in again.events)
+    assert any(e["event"] == "blobcache.corrupt_refetch" for e in again.events)
     assert "sha256:" + sha256_file(blob) == d(world.base)
     # The layer store never saw the bad bytes; with it gone, the good bytes fetched again
     # are unpacked as they arrive, and the unpack task (its config unchanged) has nothing to do.
@@ -327,7 +330,7 @@ def test_list_info_clean_forget_need_no_network(world: World) -> None:
     again = run_doit(world.project, audit=True).check()
     assert sorted(again.ran) == ["mkfs:b", "mkfs:c"] and again.connects == []
     forgotten = [e for e in again.events if e.get("task") == "mkfs:c"]
-    assert any(e["event"] == "task done" and e.get("outcome") == "already built"
+    assert any(e["event"] == "task.done" and e.get("outcome") == "already built"
                for e in forgotten)  # no rebuild needed
     verify_outputs(world.project, "abc")
 

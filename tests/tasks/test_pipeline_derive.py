@@ -14,6 +14,9 @@ from tests.harness.doitrun import World, run_doit, top_layer, verify_outputs
 from tests.harness.images import make_layer
 from tests.harness.registry import Registry
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 NAMES = "abcd"
 
 
@@ -42,7 +45,7 @@ def test_a_batch_builds_its_base_once_and_derives_every_image(world: World) -> N
     built = bases_built(cold)
     assert len(built) == 1, "four parallel mkfs tasks must build their shared base once"
     assert {r["derived_from"] for r in records(world.project).values()} == {built[0]}
-    assert [e["outcome"] for e in cold.events if e.get("event") == "task done"
+    assert [e["outcome"] for e in cold.events if e.get("event") == "task.done"
             and e["task"].startswith("mkfs:")] == ["derived"] * len(NAMES)
     verify_outputs(world.project, NAMES)
     cache = world.project / ".cache"
@@ -77,7 +80,7 @@ def test_derive_false_builds_in_full_and_only_that_mkfs_reruns(world: World) -> 
     full = run_doit(world.project).check()
     assert full.ran == ["mkfs:b"]
     assert [e["outcome"] for e in full.events if e.get("task") == "mkfs:b"
-            and e.get("event") == "task done"] == ["built"]
+            and e.get("event") == "task.done"] == ["built"]
     record = records(world.project)["b"]
     assert record["derived_from"] is None
     # Another way of building is other bytes (and another UUID, from the options).

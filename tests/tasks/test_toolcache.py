@@ -19,6 +19,9 @@ import pytest
 from pipeline.ext4.tools import tool_versions as ask_the_tools
 from pipeline.tasks.toolcache import TOOLS_FILE
 
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
+
 ASK = """
 import json, sys
 from pathlib import Path

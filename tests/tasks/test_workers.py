@@ -134,7 +134,7 @@ def test_workers_die_with_the_run(tmp_path: Path) -> None:
 
 
 def log_a_warning() -> None:
-    structlog.get_logger("pipeline.test").warning("staging_copied", files=3)
+    structlog.get_logger("pipeline.test").warning("staging.copied", files=3)
 
 
 LOGS = """
@@ -156,5 +156,5 @@ def test_workers_log_like_the_run_with_the_steps_fields() -> None:
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert [(e["event"], e["level"], e["task"], e["image"], e["files"]) for e in events] == [
-        ("staging_copied", "warning", "flatten:a", "a", 3)]
+        ("staging.copied", "warning", "flatten:a", "a", 3)]
     assert proc.stdout == ""

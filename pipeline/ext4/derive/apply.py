@@ -44,7 +44,8 @@ from pipeline.ext4 import inodes
 from pipeline.ext4.debugfs import MAX_LINE_BYTES, Script, quote
 from pipeline.ext4.derive.diff import DeriveRefused, TreeDiff
 from pipeline.ext4.derive.grow import FreeBlocks
-from pipeline.ext4.inodes import LOST_FOUND, ROOT_INO, InodeMap, basename
+from pipeline.ext4.disk import ROOT_INO
+from pipeline.ext4.inodes import LOST_FOUND, InodeMap, basename
 from pipeline.ext4.readback import InodeFields
 from pipeline.ext4.size import BLOCKS_PER_GROUP
 from pipeline.flat.image import ROOTFS_NAME, FileType, FlatEntry

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.errors import BadPlatform, ManifestError, PipelineError
 from pipeline.ext4.options import Ext4Options
-from pipeline.oci.platform import Platform, parse_platform
+from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
 from pipeline.oci.reference import ImageRef, parse_reference
 from pipeline.project.config.environment import check_host, parse_insecure_env, parse_mirrors_env
 from pipeline.project.config.source import SourceLines
@@ -37,7 +37,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["ImageSpec", "Manifest", "RegistrySettings", "Settings", "load_manifest",
            "parse_manifest", "lock_path_for"]
 
-DEFAULT_PLATFORM = "linux/amd64"
 DEFAULT_OUTPUT_DIR = "out"
 DEFAULT_CACHE_DIR = ".cache"
 DEFAULT_JOBS = 4
@@ -203,7 +202,7 @@ def _platform(text: str) -> Platform:
 
 def _settings(c: _Checker, raw: dict[str, Any], base: Path) -> Settings:
     c.known(raw, SETTINGS_KEYS, "settings")
-    platform = c.parsed(_platform, raw.get("platform", DEFAULT_PLATFORM),
+    platform = c.parsed(_platform, raw.get("platform", str(DEFAULT_PLATFORM)),
                         "settings", "platform")
     dirs = {}
     for key, default in (("output_dir", DEFAULT_OUTPUT_DIR), ("cache_dir", DEFAULT_CACHE_DIR)):

@@ -23,14 +23,14 @@ from structlog.testing import capture_logs
 
 from pipeline.base.units import MiB
 from pipeline.ext4.build import Ext4Result, build_ext4
-from pipeline.ext4.derive.plan import (
+from pipeline.ext4.derive.build import (
     MIN_BASE_ENTRIES,
     DerivedBuild,
     FullBuild,
     LayerStats,
     build_image,
+    choose_build,
     layer_stats,
-    plan_build,
 )
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.tools import tool_versions
@@ -64,6 +64,9 @@ from tests.harness.images import (
     zeros,
 )
 from tests.layers.test_unpack import unpack
+
+# End to end with real tools: seconds per test (the fast loop skips them).
+pytestmark = pytest.mark.slow
 
 # ~1,500 entries and ~6 MB: above MIN_BASE_ENTRIES, so a top layer of up to
 # 150 entries and 1.5 MB is derived.
@@ -343,7 +346,7 @@ def test_a_shrinking_tree_is_built_in_full(tmp_path: Path) -> None:
     # The ballast is part of the base (two layers of base); the top deletes it.
     layers = [list(BASE), [dir("opt"), zeros("opt/ballast", 96 * MiB)], [whiteout("opt")]]
     stats = layer_stats(tmp_path / "layers", [s.digest for s in cache.stores(layers)])
-    plan = plan_build(stats, Ext4Options(), TOOLS)
+    plan = choose_build(stats, Ext4Options(), TOOLS)
     assert isinstance(plan, DerivedBuild) and len(plan.base_chain) == 2
     with capture_logs() as logs:
         result = cache.build(layers)
@@ -392,7 +395,7 @@ def _stats(*layers: tuple[int, int]) -> tuple[LayerStats, ...]:
 ])
 def test_plan_build(layers: list[tuple[int, int]], base_layers: int | None) -> None:
     stats = _stats(*layers)
-    plan = plan_build(stats, Ext4Options(), TOOLS)
+    plan = choose_build(stats, Ext4Options(), TOOLS)
     if base_layers is None:
         assert plan == FullBuild()
     else:
@@ -402,14 +405,14 @@ def test_plan_build(layers: list[tuple[int, int]], base_layers: int | None) -> N
 
 def test_the_base_key_follows_chain_options_and_tools() -> None:
     stats = _stats((5000, 100 << 20), (10, 1 << 20))
-    key = plan_build(stats, Ext4Options(), TOOLS)
+    key = choose_build(stats, Ext4Options(), TOOLS)
     assert isinstance(key, DerivedBuild)
     # Size and headroom are the image's own: they share a base.
-    assert plan_build(stats, Ext4Options(size=256 * MiB), TOOLS) == key
-    assert plan_build(stats, Ext4Options(inode_size=512), TOOLS) != key
+    assert choose_build(stats, Ext4Options(size=256 * MiB), TOOLS) == key
+    assert choose_build(stats, Ext4Options(inode_size=512), TOOLS) != key
     # derive = false in the manifest: always in full, whatever the layers.
-    assert plan_build(stats, Ext4Options(derive=False), TOOLS) == FullBuild()
-    assert plan_build(stats, Ext4Options(), {**TOOLS, "resize2fs": "9.9"}) != key
+    assert choose_build(stats, Ext4Options(derive=False), TOOLS) == FullBuild()
+    assert choose_build(stats, Ext4Options(), {**TOOLS, "resize2fs": "9.9"}) != key
     other = (stats[0], replace(stats[1], digest="sha256:" + "f" * 64, entries=20))
-    assert plan_build(other, Ext4Options(), TOOLS) == key     # the top is not in the key
+    assert choose_build(other, Ext4Options(), TOOLS) == key     # the top is not in the key
     assert chain_key(key.base_chain) != chain_key([s.digest for s in stats])

@@ -7,7 +7,7 @@ cache holds or which other images are built. Each step is one too: the base
 is content-keyed and built by the full path; the diff depends on content
 only (``ext4diff``); every fallback below is decided from content alone.
 
-1. ``plan_build`` (pure): for a chain L1..Ln, the smallest k < n such that
+1. ``choose_build`` (pure): for a chain L1..Ln, the smallest k < n such that
    L(k+1)..Ln hold at most MAX_TOP_ENTRIES_PERCENT of the entries and
    MAX_TOP_BYTES_PERCENT of the content bytes of L1..Lk, with L1..Lk at least
    MIN_BASE_ENTRIES entries: ``DerivedBuild(base_chain, base_key)``; none:
@@ -28,7 +28,7 @@ only (``ext4diff``); every fallback below is decided from content alone.
 
 For the mkfs task (``build_image`` does all of it)::
 
-    plan = plan_build(layer_stats(layers_root, chain), options, tools)
+    plan = choose_build(layer_stats(layers_root, chain), options, tools)
     FullBuild    -> build_ext4(flat, output, options, seed=seed)
     DerivedBuild -> flat_base, base = ensure_base(
                         lambda: flatten_image(<stores of plan.base_chain>, flat_root),
@@ -88,7 +88,7 @@ from pipeline.ext4.derive.grow import (
     resize,
     set_identity,
 )
-from pipeline.ext4.disk import superblock_counts
+from pipeline.ext4.disk import XATTR_MAGIC, superblock_counts
 from pipeline.ext4.fixup import fixup_script
 from pipeline.ext4.inodes import listing_error
 from pipeline.ext4.options import Ext4Options
@@ -98,7 +98,7 @@ from pipeline.ext4.size import BLOCK_SIZE, SizePlan
 from pipeline.ext4.tools import fake_time_env, fsck_image, tool_versions
 from pipeline.flat.image import FlatEntry, chain_key
 
-__all__ = ["LayerStats", "FullBuild", "DerivedBuild", "plan_build", "layer_stats",
+__all__ = ["LayerStats", "FullBuild", "DerivedBuild", "choose_build", "layer_stats",
            "derive_ext4", "build_image",
            "MAX_TOP_ENTRIES_PERCENT", "MAX_TOP_BYTES_PERCENT", "MIN_BASE_ENTRIES"]
 
@@ -139,7 +139,7 @@ class DerivedBuild:
     base_key: str
 
 
-def plan_build(layers: Sequence[LayerStats], options: Ext4Options,
+def choose_build(layers: Sequence[LayerStats], options: Ext4Options,
                tools: Mapping[str, str]) -> FullBuild | DerivedBuild:
     """How to build an image of these layers (oldest first); pure, see the module docstring."""
     if not options.derive:
@@ -170,8 +170,8 @@ def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: S
                 flat_dir: Path, output: Path, options: Ext4Options, seed: str,
                 tools: Mapping[str, str]) -> Ext4Result:
     """Build ``output`` for the image of ``chain`` (flat image ``flat_dir``), derived when
-    ``plan_build`` says so; every step as in the module docstring."""
-    plan = plan_build(layer_stats(layers_root, chain), options, tools)
+    ``choose_build`` says so; every step as in the module docstring."""
+    plan = choose_build(layer_stats(layers_root, chain), options, tools)
     if isinstance(plan, DerivedBuild):
         from pipeline.flat.staging import flatten_image
         from pipeline.layers.store import LayerStore
@@ -323,13 +323,10 @@ class _Derivation:
                           timings=self.timings, inode_map=diff.inodes)
 
 
-_XATTR_MAGIC = 0xEA020000
-
-
 def _xattr_block_shared(image: Path, block: int) -> bool:
     """Whether an external xattr block is referenced by more than one inode (h_refcount)."""
     with open(image, "rb") as f:
         magic: int
         refcount: int
         magic, refcount = struct.unpack("<II", os.pread(f.fileno(), 8, block * BLOCK_SIZE))
-    return magic != _XATTR_MAGIC or refcount != 1
+    return magic != XATTR_MAGIC or refcount != 1
