@@ -1,0 +1,80 @@
+"""The pieces with an outside reference: the htree hash against debugfs's own
+``dx_hash``, the crc32c convention, time and device encodings, extent tree shapes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+
+from pipeline.ext4.native.checksum import ext4_crc
+from pipeline.ext4.native.dirhash import half_md4, seed_words
+from pipeline.ext4.native.extents import build_tree, extents_for
+from pipeline.ext4.native.inode import device_block, encode_time
+
+SEED = "11111111-2222-4333-8444-666666666666"
+NAMES = [b"a", b"hello", b"lost+found", b"x" * 31, b"y" * 32, b"z" * 33, b"w" * 255,
+         "café".encode(), b"\xff\xfe\x80", b"\x80" * 70, b"name with spaces"]
+
+
+def test_half_md4_matches_debugfs(tmp_path: os.PathLike[str]) -> None:
+    """debugfs (e2fsprogs built on x86: signed chars) hashes each name as we do."""
+    image = os.path.join(tmp_path, "tiny.ext4")
+    subprocess.run(["mkfs.ext4", "-q", "-F", image, "1M"], check=True, capture_output=True)
+    with tempfile.NamedTemporaryFile("wb", suffix=".debugfs") as script:
+        for name in NAMES:
+            quoted = name.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            script.write(b'dx_hash -h half_md4 -s ' + SEED.encode() + b' "' + quoted + b'"\n')
+        script.flush()
+        out = subprocess.run(["debugfs", "-f", script.name, image], capture_output=True,
+                             check=True).stdout
+    got = [(int(a, 16), int(b, 16)) for a, b in
+           re.findall(rb"is 0x([0-9a-f]+) \(minor 0x([0-9a-f]+)\)", out)]
+    seed = seed_words(uuid.UUID(SEED).bytes)
+    assert got == [half_md4(n, seed, signed=True) for n in NAMES]
+
+
+def test_unsigned_hash_differs_only_for_high_bytes() -> None:
+    seed = seed_words(uuid.UUID(SEED).bytes)
+    assert half_md4(b"plain", seed, signed=True) == half_md4(b"plain", seed, signed=False)
+    assert half_md4(b"\xff", seed, signed=True) != half_md4(b"\xff", seed, signed=False)
+
+
+def test_crc32c_is_ext4s_convention() -> None:
+    # The standard CRC-32C check value is 0xE3069283; ext4 keeps the register uninverted.
+    assert ext4_crc(0xFFFFFFFF, b"123456789") ^ 0xFFFFFFFF == 0xE3069283
+
+
+@pytest.mark.parametrize("ns, large, want", [
+    (0, True, (0, 0)),
+    (1_700_000_000_000_000_005, True, (1_700_000_000, 5 << 2)),
+    (-1, True, (2**32 - 1, 999_999_999 << 2)),                 # 1969: sign in the low word
+    (2**31 * 10**9, True, (2**31, 1)),                          # 2038 + 1 s: epoch bit
+    (2**40 * 10**9, True, ((3 * 2**32 - 2**31 - 1) & 0xFFFFFFFF, 2)),    # clamped
+    (-(2**40) * 10**9, True, (2**31, 0)),                       # clamped to 1901
+    (2**31 * 10**9, False, (2**31 - 1, 0)),                     # small inode: clamped
+])
+def test_time_encoding(ns: int, large: bool, want: tuple[int, int]) -> None:
+    assert encode_time(ns, large=large) == want
+
+
+def test_device_encodings() -> None:
+    assert device_block("d", 1, 3)[:8] == bytes.fromhex("0301000000000000")
+    assert device_block("d", 259, 70000)[:8] == (b"\0" * 4 + (
+        (70000 & 0xFF) | 259 << 8 | (70000 & ~0xFF) << 12).to_bytes(4, "little"))
+
+
+def test_extent_trees_grow_levels_as_needed() -> None:
+    counter = iter(range(10**6, 2 * 10**6))
+    four = [(i * 2, 100 + i * 2, 1) for i in range(4)]
+    root, blocks = build_tree(four, lambda: next(counter), None)
+    assert blocks == [] and root[6] == 0                       # depth 0 in the inode
+    many = [(i * 2, 100 + i * 2, 1) for i in range(341 * 4 + 1)]
+    root, blocks = build_tree(many, lambda: next(counter), 7)
+    assert root[6] == 2 and len(blocks) == 5 + 1               # 5 leaves, 1 index block
+    assert extents_for(0, [(10, 70000)]) == [(0, 10, 32768), (32768, 32778, 32768),
+                                            (65536, 65546, 4464)]
