@@ -127,6 +127,10 @@ class LockError(PipelineError):
     """images.lock.json is missing, stale (frozen mode) or unreadable."""
 
 
+class ShardError(PipelineError):
+    """A shard selection (``shard=K/N`` or the CI's index variables) is malformed."""
+
+
 class BadReference(PipelineError):
     """An image reference string does not follow the reference grammar."""
 
