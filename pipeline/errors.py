@@ -31,7 +31,8 @@ Hierarchy::
     ├── Ext4Error                  the ext4 image cannot be built as asked
     ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
     ├── BusyError                  another pipeline run holds the same directory
-    └── SettingError               a doit variable or ROOTFS_* setting has a bad value
+    ├── SettingError               a doit variable or ROOTFS_* setting has a bad value
+    └── ShardError                 a shard=K/N or the CI's shard index variables are malformed
 
 Messages are one sentence: where, what, the offending value quoted, expected
 versus got, and the next step when there is one. Secrets never appear in a
@@ -74,6 +75,7 @@ __all__ = [
     "RegistryError",
     "RootTypeChange",
     "SettingError",
+    "ShardError",
     "TooManySymlinks",
     "ToolError",
     "UnknownMediaType",
