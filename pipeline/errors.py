@@ -32,7 +32,8 @@ Hierarchy::
     ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
     ├── BusyError                  another pipeline run holds the same directory
     ├── SettingError               a doit variable or ROOTFS_* setting has a bad value
-    └── ShardError                 a shard=K/N or the CI's shard index variables are malformed
+    ├── ShardError                 shard=K/N or the CI's shard variables are malformed
+    └── RemoteArtifactError        a cached or published artifact is bad or another key's
 
 Messages are one sentence: where, what, the offending value quoted, expected
 versus got, and the next step when there is one. Secrets never appear in a
@@ -73,6 +74,7 @@ __all__ = [
     "PipelineError",
     "PlatformNotFound",
     "RegistryError",
+    "RemoteArtifactError",
     "RootTypeChange",
     "SettingError",
     "ShardError",
@@ -131,6 +133,10 @@ class LockError(PipelineError):
 
 class ShardError(PipelineError):
     """A shard selection (``shard=K/N`` or the CI's index variables) is malformed."""
+
+
+class RemoteArtifactError(PipelineError):
+    """A remote-cache or published artifact is malformed, tampered, truncated or for another key."""
 
 
 class BadReference(PipelineError):
