@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.errors import ShardError
 from pipeline.project.lockfile import LockEntry
 
-__all__ = ["MAX_SHARDS", "Shard", "partition", "shard_from_env", "parse_shard"]
+__all__ = ["MAX_SHARDS", "Shard", "matrix", "partition", "shard_from_env", "parse_shard"]
 
 # A fan-out wider than this is a typo (or a runner per image of a huge
 # manifest, which the CI engines themselves cap well below this).
@@ -149,3 +150,9 @@ def partition(entries: Mapping[str, LockEntry], total: int) -> list[list[str]]:
         load[chosen] += unit_cost
         shards[chosen].extend(names)
     return [sorted(names) for names in shards]
+
+
+def matrix(entries: Mapping[str, LockEntry], total: int) -> dict[str, list[dict[str, Any]]]:
+    """The GitHub Actions matrix (``fromJSON``): one include per shard, shards in order."""
+    return {"include": [{"shard": str(Shard(k + 1, total)), "images": names}
+                        for k, names in enumerate(partition(entries, total))]}

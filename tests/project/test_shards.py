@@ -17,7 +17,7 @@ from pipeline.oci.platform import Platform
 from pipeline.oci.reference import parse_reference
 from pipeline.oci.resolved import BlobRef, LayerRef, ResolvedImage
 from pipeline.project.lockfile import LockEntry
-from pipeline.project.shards import Shard, parse_shard, partition, shard_from_env
+from pipeline.project.shards import Shard, matrix, parse_shard, partition, shard_from_env
 
 MiB = 1 << 20
 
@@ -151,3 +151,11 @@ def test_plan_is_identical_across_processes_and_hash_seeds(tmp_path: Path) -> No
         outputs.add(done.stdout)
     assert len(outputs) == 1
     assert json.loads(outputs.pop()) == partition(fleet(50), 4)
+
+
+def test_matrix_is_a_github_actions_include_list() -> None:
+    entries = fleet(9)
+    doc = matrix(entries, 3)
+    assert [row["shard"] for row in doc["include"]] == ["1/3", "2/3", "3/3"]
+    assert doc["include"][0]["images"] == partition(entries, 3)[0]
+    assert json.loads(json.dumps(doc)) == doc
