@@ -11,6 +11,7 @@ from pipeline.errors import RegistryError, RemoteArtifactError
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import push_artifact
 from pipeline.remote.fetch import fetch_artifact
+from pipeline.remote.pull import main as pull_main
 from tests.harness.registry import Registry
 
 CHUNK = 64 << 10
@@ -107,3 +108,28 @@ def test_config_for_another_key_is_a_miss(client: RegistryClient, registry: Regi
         f"{registry.host}/{repo}:rk-k1: the config is for key 'k1', expected 'k2'; it is "
         "treated as a cache miss (push it again from a good build, or delete the tag)")
     assert not out.exists()
+
+
+def test_rootfs_pull_writes_a_published_image(client: RegistryClient, registry: Registry,
+                                              repo: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src = image(tmp_path)
+    push_artifact(client, registry.host, repo, src, name="web", key="k1", material=MATERIAL,
+                  tags=["v1"], chunk_bytes=CHUNK)
+    out = tmp_path / "pulled.ext4"
+    assert pull_main([f"{registry.host}/{repo}:v1", str(out)]) == 0
+    assert out.read_bytes() == src.read_bytes()
+    assert f"{out}: {src.stat().st_size} bytes, sha256:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("reference", "message"), [
+    ("UPPER/case:v1", "rootfs-pull: "),
+    ("{host}/test/nothing-here:v1", "404 Not Found"),
+], ids=["bad-reference", "missing-tag"])
+def test_rootfs_pull_fails_in_one_line(registry: Registry, tmp_path: Path, reference: str,
+                                       message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pulled.ext4"
+    assert pull_main([reference.format(host=registry.host), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rootfs-pull: ") and message in err and err.count("\n") == 1
+    assert "Traceback" not in err and not out.exists()
