@@ -123,7 +123,8 @@ def test_rootfs_pull_writes_a_published_image(client: RegistryClient, registry: 
 
 
 @pytest.mark.parametrize(("reference", "message"), [
-    ("UPPER/case:v1", "rootfs-pull: "),
+    ("bad ref!", "rootfs-pull: invalid image reference 'bad ref!': invalid repository path "
+                 "component 'bad ref!'"),
     ("{host}/test/nothing-here:v1", "404 Not Found"),
 ], ids=["bad-reference", "missing-tag"])
 def test_rootfs_pull_fails_in_one_line(registry: Registry, tmp_path: Path, reference: str,
