@@ -33,7 +33,9 @@ Hierarchy::
     ├── Ext4Error                  the ext4 image cannot be built as asked
     ├── ToolError                  an external tool (mkfs.ext4, debugfs...) failed
     ├── BusyError                  another pipeline run holds the same directory
-    └── SettingError               a doit variable or ROOTFS_* setting has a bad value
+    ├── SettingError               a doit variable or ROOTFS_* setting has a bad value
+    ├── ShardError                 shard=K/N or the CI's shard variables are malformed
+    └── RemoteArtifactError        a cached or published artifact is bad or another key's
 
 Messages are one sentence: where, what, the offending value quoted, expected
 versus got, and the next step when there is one. Secrets never appear in a
@@ -76,8 +78,10 @@ __all__ = [
     "PlatformNotFound",
     "RegistryError",
     "SourcesFailed",
+    "RemoteArtifactError",
     "RootTypeChange",
     "SettingError",
+    "ShardError",
     "TooManySymlinks",
     "ToolError",
     "UnknownMediaType",
@@ -129,6 +133,14 @@ class ManifestError(PipelineError):
 
 class LockError(PipelineError):
     """images.lock.json is missing, stale (frozen mode) or unreadable."""
+
+
+class ShardError(PipelineError):
+    """A shard selection (``shard=K/N`` or the CI's index variables) is malformed."""
+
+
+class RemoteArtifactError(PipelineError):
+    """A remote-cache or published artifact is malformed, tampered, truncated or for another key."""
 
 
 class BadReference(PipelineError):

@@ -19,7 +19,7 @@ MAX_MODULE_LINES = 400
 # `errors` sits under everything; registry and layers are siblings that never
 # import each other (the overlap tee is a protocol, not a registry import).
 STAGE_RANK = {"errors": 0, "base": 1, "oci": 2, "registry": 3, "layers": 3, "local": 3, "flat": 4,
-              "ext4": 5, "project": 6, "tasks": 7,
+              "ext4": 5, "remote": 5, "project": 6, "tasks": 7,
               # The command line (`rootfs`, `python -m pipeline`) runs doit with the tasks.
               "cli": 8, "__main__": 9}
 

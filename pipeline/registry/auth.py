@@ -154,14 +154,19 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port or default)
 
 
-def _scope_for(path: str) -> str:
-    """``repository:<name>:pull`` for /v2/<name>/(manifests|blobs)/..., else empty."""
+def _scope_for(path: str, method: str = "GET") -> str:
+    """``repository:<name>:pull`` for /v2/<name>/(manifests|blobs)/..., else empty.
+
+    Writes (POST, PUT, PATCH) ask for ``pull,push``: an upload also HEADs and
+    mounts, and one token for both saves a round trip per request.
+    """
     if not path.startswith("/v2/"):
         return ""
     for marker in ("/manifests/", "/blobs/", "/tags/"):
         name, found, _ = path[4:].rpartition(marker)
         if found and name:
-            return f"repository:{name}:pull"
+            action = "pull" if method in ("GET", "HEAD") else "pull,push"
+            return f"repository:{name}:{action}"
     return ""
 
 
@@ -204,7 +209,7 @@ class RegistryAuth(httpx.Auth):
             self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         registry = registry_of(request.url)
         origin = _origin(request.url)
-        scope = _scope_for(request.url.path)
+        scope = _scope_for(request.url.path, request.method)
         sent = self._authorize_up_front(request, origin, registry, scope)
         response = yield request
         for round_ in range(2):

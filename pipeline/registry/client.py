@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,8 +253,18 @@ class RegistryClient:
     # Plumbing ---------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _open(self, method: str, url: str, headers: dict[str, str]) -> Iterator[httpx.Response]:
-        request = self._http.build_request(method, url, headers=headers)
+    def send(self, method: str, url: str, headers: dict[str, str], *,
+             content: bytes | Iterable[bytes] | None = None,
+             ok: tuple[int, ...] = (200, 206)) -> Iterator[httpx.Response]:
+        """One authenticated request with a body (push.py); any status not in ``ok`` raises."""
+        with self._open(method, url, headers, content=content, ok=ok) as response:
+            yield response
+
+    @contextlib.contextmanager
+    def _open(self, method: str, url: str, headers: dict[str, str], *,
+              content: bytes | Iterable[bytes] | None = None,
+              ok: tuple[int, ...] = (200, 206)) -> Iterator[httpx.Response]:
+        request = self._http.build_request(method, url, headers=headers, content=content)
         try:
             response = self._http.send(request, auth=self._auth, stream=True)
         except httpx.TooManyRedirects:
@@ -264,7 +274,7 @@ class RegistryClient:
             raise RegistryError(f"{type(err).__name__}: {err or 'connection failed'}",
                                 method=method, url=url, temporary=True) from None
         try:
-            if response.status_code not in (200, 206):
+            if response.status_code not in ok:
                 raise self._error(response, method, url)
             yield response
         finally:

@@ -1,0 +1,159 @@
+"""The remote-cache artifact: an ext4 image as an OCI 1.1 artifact of zstd chunks.
+
+Shape (one image, one manifest)::
+
+    manifest  artifactType ARTIFACT_TYPE
+      config  CONFIG_MEDIA_TYPE: {"key": <hex>, "material": {...}, "size": N,
+                                  "sha256": <hex of the whole ext4>}
+      layers  CHUNK_MEDIA_TYPE, one per <= CHUNK_MAX_BYTES of the image, each
+              annotated with its offset, uncompressed size and digest, and
+              titled ``<name>.ext4.<index>.zst`` so ``oras pull`` writes files
+              a shell can ``zstd -d`` and ``cat`` back together.
+
+The config carries the key material so that a hit is checked against the key
+computed locally (a tag can be moved by anyone with push rights); the
+uncompressed digests let a reader verify what it writes, chunk by chunk, and
+the whole-image sha256 is the final word before a byte lands in ``out/``.
+
+Pushing: blobs first (each only if the registry lacks it: HEAD, mount), the
+manifest last: the manifest PUT is the atomic publish, so a push killed
+half-way leaves orphan blobs and no tag, which reads as a miss.
+
+Memory: a chunk is compressed to a spool file while both digests are taken,
+then uploaded from that file in pieces; nothing holds a chunk in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from pipeline.base.digest import Digest
+from pipeline.oci import mediatypes as mt
+from pipeline.registry.client import RegistryClient
+from pipeline.registry.push import ensure_blob, put_manifest
+
+__all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CHUNK_MEDIA_TYPE", "CHUNK_MAX_BYTES",
+           "Chunk", "push_artifact", "ANN_OFFSET", "ANN_SIZE", "ANN_DIGEST", "ANN_TITLE"]
+
+ARTIFACT_TYPE = "application/vnd.rootfs-pipeline.ext4.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.rootfs-pipeline.ext4.config.v1+json"
+CHUNK_MEDIA_TYPE = "application/vnd.rootfs-pipeline.ext4.chunk.v1+zstd"
+ANN_OFFSET = "org.rootfs-pipeline.chunk.offset"
+ANN_SIZE = "org.rootfs-pipeline.chunk.size"
+ANN_DIGEST = "org.rootfs-pipeline.chunk.digest"
+ANN_TITLE = "org.opencontainers.image.title"
+# The issue's bound: big enough that a 10 GiB image is 40 blobs, small enough
+# that one lost connection costs little and registries' per-blob limits hold.
+CHUNK_MAX_BYTES = 256 << 20
+# Read, compress and upload in pieces of this size: the memory per chunk.
+IO_PIECE_BYTES = 1 << 20
+# zstd level 3: the library default, ~300 MB/s per core; higher levels buy
+# little on ext4 images (mostly already-compressed payloads and zeros).
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk of the image: where it goes and what it must hash to."""
+
+    index: int
+    offset: int
+    size: int
+    raw_digest: Digest
+    digest: Digest
+    compressed_size: int
+
+    def descriptor(self, name: str) -> dict[str, Any]:
+        return {"mediaType": CHUNK_MEDIA_TYPE, "digest": str(self.digest),
+                "size": self.compressed_size,
+                "annotations": {ANN_OFFSET: str(self.offset), ANN_SIZE: str(self.size),
+                                ANN_DIGEST: str(self.raw_digest),
+                                ANN_TITLE: f"{name}.ext4.{self.index:04d}.zst"}}
+
+
+def _spool_chunk(src: Any, size: int, spool: Any) -> tuple[Digest, Digest, int]:
+    raw = hashlib.sha256()
+    spool.seek(0)
+    spool.truncate()
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    with compressor.stream_writer(spool, size=size, closefd=False) as writer:
+        left = size
+        while left:
+            piece = src.read(min(IO_PIECE_BYTES, left))
+            if not piece:
+                raise OSError(f"image shrank while being pushed ({left} bytes short)")
+            raw.update(piece)
+            writer.write(piece)
+            left -= len(piece)
+    spool.flush()
+    compressed_size = spool.tell()
+    spool.seek(0)
+    packed = hashlib.sha256()
+    while piece := spool.read(IO_PIECE_BYTES):
+        packed.update(piece)
+    return (Digest("sha256", raw.hexdigest()), Digest("sha256", packed.hexdigest()),
+            compressed_size)
+
+
+def _pieces(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(IO_PIECE_BYTES):
+            yield piece
+
+
+def push_artifact(client: RegistryClient, registry: str, repository: str, image: Path, *,
+                  name: str, key: str, material: Mapping[str, Any], tags: list[str],
+                  chunk_bytes: int = CHUNK_MAX_BYTES,
+                  mount_from: str | None = None) -> Digest:
+    """Push ``image`` as an artifact, blobs first, then the manifest under each tag."""
+    if not 0 < chunk_bytes <= CHUNK_MAX_BYTES:
+        raise ValueError(f"internal error: chunk size {chunk_bytes} out of range")
+    total = os.stat(image).st_size
+    whole = hashlib.sha256()
+    chunks: list[Chunk] = []
+    with open(image, "rb") as src, tempfile.TemporaryDirectory(
+            prefix=".push-", dir=image.parent) as spool_dir:
+        spool_path = os.path.join(spool_dir, "chunk.zst")
+        with open(spool_path, "w+b") as spool:
+            offset = 0
+            while offset < total or not chunks:
+                size = min(chunk_bytes, total - offset)
+                start = src.tell()
+                raw, packed, packed_size = _spool_chunk(src, size, spool)
+                # The whole-image hash reads the chunk again from the page cache.
+                src.seek(start)
+                left = size
+                while left:
+                    piece = src.read(min(IO_PIECE_BYTES, left))
+                    whole.update(piece)
+                    left -= len(piece)
+                chunk = Chunk(len(chunks), offset, size, raw, packed, packed_size)
+                ensure_blob(client, registry, repository, packed, packed_size,
+                            lambda: _pieces(spool_path), mount_from=mount_from)
+                chunks.append(chunk)
+                offset += size
+    config = json.dumps({"key": key, "material": dict(material), "size": total,
+                         "sha256": whole.hexdigest()}, sort_keys=True,
+                        separators=(",", ":")).encode()
+    config_digest = Digest("sha256", hashlib.sha256(config).hexdigest())
+    ensure_blob(client, registry, repository, config_digest, len(config), lambda: [config])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": str(config_digest),
+                   "size": len(config)},
+        "layers": [c.descriptor(name) for c in chunks],
+        "annotations": {"org.rootfs-pipeline.key": key},
+    }, sort_keys=True, separators=(",", ":")).encode()
+    digest = Digest("sha256", hashlib.sha256(manifest).hexdigest())
+    for tag in tags:
+        put_manifest(client, registry, repository, tag, mt.OCI_MANIFEST, manifest)
+    return digest

@@ -1,0 +1,187 @@
+"""Fetching an artifact (remote cache or published image) back into an ext4 file.
+
+Every byte is verified before the file is renamed into place: the manifest
+against its digest (client), the config against its descriptor and the key
+computed locally, each chunk's compressed bytes against its digest, its
+decompressed bytes against the annotated digest and size, and the whole image
+against the config's sha256. Anything wrong is a RemoteArtifactError (the
+caller treats it as a miss and builds locally) and the partial file is removed.
+
+Chunks that decompress to zeros are not written: the output is created at its
+full size with ``truncate`` and those ranges stay holes (sparse, like mkfs's).
+Memory is bounded by the decompressor's window and IO_PIECE_BYTES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from pipeline.base.digest import Digest, parse_digest
+from pipeline.base.files import temp_path
+from pipeline.errors import BadDigest, RemoteArtifactError
+from pipeline.registry.client import RegistryClient
+from pipeline.remote.artifact import (
+    ANN_DIGEST,
+    ANN_OFFSET,
+    ANN_SIZE,
+    ARTIFACT_TYPE,
+    CHUNK_MAX_BYTES,
+    CHUNK_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPE,
+)
+
+__all__ = ["Fetched", "fetch_artifact", "CONFIG_MAX_BYTES", "IMAGE_MAX_BYTES"]
+
+# The config is a key, its material (a few hundred bytes of options and tool
+# versions) and two numbers.
+CONFIG_MAX_BYTES = 64 << 10
+# A rootfs larger than 1 TiB is not a microVM disk: refuse before truncate().
+IMAGE_MAX_BYTES = 1 << 40
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What was written: the artifact's manifest digest, the image sha256 and size."""
+
+    digest: Digest
+    sha256: str
+    size: int
+    material: dict[str, Any]
+
+
+def _bad(where: str, what: str) -> RemoteArtifactError:
+    return RemoteArtifactError(f"{where}: {what}; it is treated as a cache miss (push it again "
+                               "from a good build, or delete the tag)")
+
+
+def _chunks(where: str, manifest: Any, size: int) -> list[tuple[Digest, int, int, int, Digest]]:
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise _bad(where, "the manifest has no chunk list")
+    out, expected_offset = [], 0
+    for i, layer in enumerate(layers):
+        try:
+            ann = layer["annotations"]
+            if layer["mediaType"] != CHUNK_MEDIA_TYPE:
+                raise ValueError(f"media type {layer['mediaType']!r}")
+            entry = (parse_digest(layer["digest"]), int(layer["size"]), int(ann[ANN_OFFSET]),
+                     int(ann[ANN_SIZE]), parse_digest(ann[ANN_DIGEST]))
+        except (KeyError, TypeError, ValueError, BadDigest) as err:
+            raise _bad(where, f"chunk {i} descriptor is malformed ({str(err)[:200]!r})") from None
+        if entry[2] != expected_offset or not 0 <= entry[3] <= CHUNK_MAX_BYTES:
+            raise _bad(where, f"chunk {i} covers offset {entry[2]} size {entry[3]}, expected "
+                              f"offset {expected_offset} and at most {CHUNK_MAX_BYTES} bytes")
+        expected_offset += entry[3]
+        out.append(entry)
+    if expected_offset != size:
+        raise _bad(where, f"chunks cover {expected_offset} bytes, the config says {size}")
+    return out
+
+
+def _read_config(client: RegistryClient, registry: str, repository: str, where: str,
+                 manifest: Any) -> dict[str, Any]:
+    try:
+        desc = manifest["config"]
+        digest, size = parse_digest(desc["digest"]), int(desc["size"])
+        if manifest.get("artifactType") != ARTIFACT_TYPE or desc["mediaType"] != CONFIG_MEDIA_TYPE:
+            raise ValueError("not a rootfs-pipeline ext4 artifact")
+    except (KeyError, TypeError, ValueError, BadDigest) as err:
+        raise _bad(where, f"the manifest is not ours ({str(err)[:200]!r})") from None
+    if size > CONFIG_MAX_BYTES:
+        raise _bad(where, f"the config is {size} bytes, more than {CONFIG_MAX_BYTES}")
+    body = b""
+    with client.open_blob(registry, repository, digest) as stream:
+        for piece in stream.chunks():
+            body += piece
+            if len(body) > size:
+                break
+    if len(body) != size or hashlib.sha256(body).hexdigest() != digest.hex:
+        raise _bad(where, f"the config blob does not match its descriptor {digest}")
+    try:
+        config = json.loads(body)
+        if (not isinstance(config, dict) or not isinstance(config.get("key"), str)
+                or not isinstance(config.get("size"), int)
+                or not isinstance(config.get("sha256"), str)
+                or not isinstance(config.get("material"), dict)):
+            raise ValueError("missing key, size, sha256 or material")
+    except ValueError as err:
+        raise _bad(where, f"the config is malformed ({str(err)[:200]!r})") from None
+    if not 0 <= config["size"] <= IMAGE_MAX_BYTES:
+        raise _bad(where, f"the config claims {config['size']} bytes")
+    return config
+
+
+def fetch_artifact(client: RegistryClient, registry: str, repository: str, reference: str,
+                   out: Path, *, key: str | None = None) -> Fetched:
+    """Download, verify and write the artifact at ``reference`` to ``out`` (atomically)."""
+    where = f"{registry}/{repository}:{reference}"
+    response = client.get_manifest(registry, repository, reference)
+    try:
+        manifest = json.loads(response.body)
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except ValueError as err:
+        raise _bad(where, f"the manifest is not JSON ({str(err)[:200]!r})") from None
+    config = _read_config(client, registry, repository, where, manifest)
+    if key is not None and config["key"] != key:
+        raise _bad(where, f"the config is for key {config['key'][:80]!r}, expected {key!r}")
+    size = config["size"]
+    chunks = _chunks(where, manifest, size)
+    tmp = temp_path(out)
+    whole = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            f.truncate(size)
+            for digest, packed_size, offset, raw_size, raw_digest in chunks:
+                _fetch_chunk(client, registry, repository, where, f, whole, digest,
+                             packed_size, offset, raw_size, raw_digest)
+            f.flush()
+            os.fsync(f.fileno())
+        if whole.hexdigest() != config["sha256"]:
+            raise _bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
+                              f"sha256:{config['sha256'][:80]}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Fetched(response.digest, config["sha256"], size, config["material"])
+
+
+def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
+                 whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
+                 raw_digest: Digest) -> None:
+    packed, raw = hashlib.sha256(), hashlib.sha256()
+    got_packed = got_raw = 0
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    f.seek(offset)
+    try:
+        with client.open_blob(registry, repository, digest) as stream:
+            for piece in stream.chunks():
+                got_packed += len(piece)
+                if got_packed > packed_size:
+                    raise _bad(where, f"chunk {digest} is longer than its {packed_size} bytes")
+                packed.update(piece)
+                data = decompressor.decompress(piece)
+                got_raw += len(data)
+                if got_raw > raw_size:
+                    raise _bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
+                raw.update(data)
+                whole.update(data)
+                if data.count(0) == len(data):
+                    f.seek(len(data), os.SEEK_CUR)  # a hole: truncate() made it zeros
+                else:
+                    f.write(data)
+    except zstandard.ZstdError as err:
+        raise _bad(where, f"chunk {digest} is not valid zstd ({err})") from None
+    if packed.hexdigest() != digest.hex:
+        raise _bad(where, f"chunk at offset {offset} hashes to sha256:{packed.hexdigest()}, "
+                          f"expected {digest}")
+    if got_raw != raw_size or raw.hexdigest() != raw_digest.hex:
+        raise _bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
+                          f"sha256:{raw.hexdigest()}, expected {raw_size} bytes {raw_digest}")
