@@ -274,6 +274,11 @@ def stamping_reporter(ctx: RunContext, tools_of: Any, *,
         def complete_run(self) -> None:
             if skipped is not None:
                 self.up_to_date += skipped.tasks
+                # The summary lists every image as the full graph would have: up to date.
+                outcomes = getattr(self, "_outcome", None)
+                if isinstance(outcomes, dict):
+                    for spec in ctx.manifest.images:
+                        outcomes.setdefault(spec.name, "up to date")
             super().complete_run()
             clean = (getattr(self, "failed", None) == 0 and getattr(self, "blocked", None) == 0
                      and not getattr(self, "runtime_errors", True))
