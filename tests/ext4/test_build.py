@@ -1024,3 +1024,18 @@ def test_size_beyond_the_host_filesystem_is_one_clear_error(tmp_path: Path) -> N
         " (File too large); choose a smaller `size` or an output_dir on a filesystem that"
         " allows larger files")
     assert list(out.iterdir()) == []
+
+
+def test_xattrs_at_the_limits_treelimits_allows_build_exactly(tmp_path: Path) -> None:
+    """The longest name and the largest value ``ext4.treelimits`` lets through are stored
+    whole: the limits are ext4's, not looser (a cut name would merge with another)."""
+    from pipeline.ext4.treelimits import MAX_XATTR_NAME_BYTES, max_xattr_value_bytes
+
+    long_a = "user." + "a" * (MAX_XATTR_NAME_BYTES - 1) + "1"
+    long_b = "user." + "a" * (MAX_XATTR_NAME_BYTES - 1) + "2"
+    biggest = b"v" * max_xattr_value_bytes(len("big"))
+    specs = [d("etc"), f("etc/names", xattrs={long_a: b"1", long_b: b"2"}),
+             f("etc/value", xattrs={"user.big": biggest})]
+    result = build(tmp_path, specs)
+    fsck_clean(result.path)
+    assert_image_matches(result.path, specs)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import Ext4Error
-from pipeline.ext4.treelimits import MAX_DEPTH, MAX_DIR_ENTRIES, check_tree
+from pipeline.ext4.treelimits import (
+    MAX_DEPTH,
+    MAX_DIR_ENTRIES,
+    MAX_XATTR_NAME_BYTES,
+    check_tree,
+    max_xattr_value_bytes,
+)
 from pipeline.flat.image import FileType, FlatEntry
 
 
@@ -51,3 +57,29 @@ def test_a_100000_entry_directory_is_refused_naming_it() -> None:
         "directory '/usr/share/\\x1bnoise' holds 100000 entries, more than the 40000 per"
         " directory mkfs.ext4 builds in reasonable time (its directory insert is quadratic);"
         " the image cannot be built with mkfs.ext4")
+
+
+def with_xattr(name: str, value: bytes) -> list[FlatEntry]:
+    return [FlatEntry(path="etc", type=FileType.DIRECTORY, mode=0o755, uid=0, gid=0,
+                      mtime_ns=0, xattrs=((name, value),))]
+
+
+def test_an_xattr_name_ext4_would_cut_is_refused_naming_path_and_attribute() -> None:
+    check_tree(with_xattr("user." + "n" * MAX_XATTR_NAME_BYTES, b"v"))
+    with pytest.raises(Ext4Error) as err:
+        check_tree(with_xattr("user." + "n" * 256, b"v"))
+    assert str(err.value) == (
+        f"'/etc': extended attribute 'user.{'n' * 256}' has a 256-byte name after its"
+        " prefix, more than the 255 ext4 stores (it would be cut, and two names could"
+        " merge); drop or rename it in the image")
+
+
+def test_an_xattr_value_larger_than_a_block_holds_is_refused() -> None:
+    limit = max_xattr_value_bytes(len("big"))
+    assert limit == 4096 - 32 - (16 + 4) - 4
+    check_tree(with_xattr("user.big", b"x" * limit))
+    with pytest.raises(Ext4Error) as err:
+        check_tree(with_xattr("user.big", b"x" * (limit + 1)))
+    assert str(err.value) == (f"'/etc': extended attribute 'user.big' has a {limit + 1}-byte"
+                              f" value, more than the {limit} bytes one ext4 xattr block"
+                              " holds; drop it from the image")

@@ -96,6 +96,7 @@ from pipeline.ext4.output import ImageOutput, Sha256Thread
 from pipeline.ext4.readback import read_inodes
 from pipeline.ext4.size import BLOCK_SIZE, SizePlan
 from pipeline.ext4.tools import fake_time_env, fsck_image, tool_versions
+from pipeline.ext4.treelimits import check_tree
 from pipeline.flat.image import FlatEntry, chain_key
 
 __all__ = ["LayerStats", "FullBuild", "DerivedBuild", "choose_build", "layer_stats",
@@ -224,6 +225,7 @@ class _Derivation:
         options = self.options
         versions = tool_versions()
         entries = read_flat_entries(self.flat_dir)
+        check_tree(entries)  # what the derivation adds, as a full build would check it
         base_entries = read_flat_entries(self.flat_base)
         base_map = self.base.inode_map(base_entries)
         usage = measure_usage(entries, options)
