@@ -41,7 +41,7 @@ from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error, ToolError
 from pipeline.ext4.debugfs import run_debugfs, tool_env
 from pipeline.ext4.disk import superblock_counts
-from pipeline.ext4.fixup import plan_fixups
+from pipeline.ext4.fixup import clamped_times, plan_fixups
 from pipeline.ext4.inodes import InodeMap, predict
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput, Sha256Thread
@@ -114,6 +114,8 @@ class Ext4Result:
     inode_map: InodeMap = field(default_factory=dict, repr=False)
     """The inode number of every entry, proven against the image (a base image keeps
     it so derived builds list no unchanged directory)."""
+    clamped_times: tuple[str, ...] = ()
+    """Paths whose time lies outside what the inode can hold, stored clamped to its range."""
 
 
 def derive_uuids(seed: str) -> tuple[str, str]:
@@ -216,7 +218,8 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     return Ext4Result(path=image, size=plan.size, sha256=digest, uuid=fs_uuid,
                       inodes=counts["inodes"], free_bytes=free_bytes,
                       free_inodes=counts["free_inodes"], tool_versions=versions,
-                      timings=timings, inode_map=inode_map)
+                      timings=timings, inode_map=inode_map,
+                      clamped_times=clamped_times(entries, large_inode=options.inode_size > 128))
 
 
 def measure_usage(entries: list[FlatEntry], options: Ext4Options) -> TreeUsage:

@@ -52,7 +52,7 @@ from pipeline.ext4.inodes import (
 from pipeline.ext4.readback import InodeFields, read_inodes
 from pipeline.flat.image import FileType, FlatEntry
 
-__all__ = ["fixup_script", "plan_fixups", "time_fields"]
+__all__ = ["clamped_times", "fixup_script", "plan_fixups", "time_fields"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,13 @@ def time_fields(mtime_ns: int, *, large_inode: bool) -> tuple[int, int | None]:
     signed_low = low - 2**32 if low >= 2**31 else low
     epoch = (seconds - signed_low) >> 32
     return low, (nanos << 2) | epoch
+
+
+def clamped_times(entries: Sequence[FlatEntry], *, large_inode: bool) -> tuple[str, ...]:
+    """The paths whose time ``time_fields`` clamps: what the build record reports."""
+    high = _MAX_TIME_LARGE if large_inode else _MAX_TIME_SMALL
+    return tuple(e.path for e in entries
+                 if not _MIN_TIME <= e.mtime_ns // 10**9 <= high)
 
 
 def fixup_script(entries: Sequence[FlatEntry], inodes: InodeMap,

@@ -88,6 +88,8 @@ class BuildRecord:
     from, or None for a full build."""
     runtime: Mapping[str, Any] | None = None
     """What the container would have run (``oci.runtime.RuntimeConfig.to_json``)."""
+    clamped_times: tuple[str, ...] = ()
+    """Paths whose time ext4 cannot hold, stored clamped to the inode's range."""
     pipeline_version: str = ""
     """The rootfs-pipeline version that wrote the record (informative: it does not
     key the build, so an upgrade does not rebuild every image)."""
@@ -112,6 +114,7 @@ class BuildRecord:
             "built_at": self.built_at,
             "derived_from": self.derived_from,
             "runtime": None if self.runtime is None else dict(self.runtime),
+            "clamped_times": list(self.clamped_times),
             "pipeline_version": self.pipeline_version,
         }
 

@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from pipeline import __version__
+from pipeline.base.escape import escape_text
 from pipeline.base.files import TEMP_PREFIX, remove_path
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
@@ -58,6 +59,8 @@ __all__ = ["mkfs_tasks", "mkfs_step", "mkfs_config", "ext4_config", "output_inta
 log = structlog.get_logger(__name__)
 
 _HASH_CHUNK = 1 << 20
+# A log line names this many clamped paths; the build record lists them all.
+_CLAMPED_SHOWN = 5
 # How the filesystem UUID is seeded: from the diff_id chain, so one image stored
 # compressed (a registry) or not (a docker-archive) gives the same bytes. Part of
 # the ext4 key: images built under the older chain-of-blobs seed are rebuilt once.
@@ -135,7 +138,8 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
             and _sha256(output) == old.get("sha256")):
         _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
-               output, old.get("derived_from"), runtime)
+               output, old.get("derived_from"), runtime,
+               tuple(str(p) for p in old.get("clamped_times") or ()))
         note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
@@ -152,7 +156,11 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
                          seed, dict(tools))
     assert result.sha256 is not None, "internal error: a published image was not hashed"
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
-           output, result.derived_from, runtime)
+           output, result.derived_from, runtime, result.clamped_times)
+    if result.clamped_times:
+        log.warning("mkfs.times_clamped", count=len(result.clamped_times),
+                    paths=[escape_text(p) for p in result.clamped_times[:_CLAMPED_SHOWN]],
+                    reason="outside the years ext4 inodes hold; out/<name>.json lists them")
     # Sizes as numbers (bytes): JSON readers compute with them; the terminal formats them.
     note(outcome="derived" if result.derived_from else "built", output=str(output),
          size=result.size, sha256=result.sha256, free=result.free_bytes,
@@ -161,7 +169,8 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
 
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
            tools: Mapping[str, str], key: str, ext4_key: str, output: Path,
-           derived_from: str | None, runtime: Mapping[str, Any]) -> None:
+           derived_from: str | None, runtime: Mapping[str, Any],
+           clamped: tuple[str, ...]) -> None:
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
@@ -170,7 +179,7 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
         ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime,
-        pipeline_version=__version__))
+        clamped_times=clamped, pipeline_version=__version__))
 
 
 def clean_base(ctx: RunContext, image: ImagePlan) -> None:

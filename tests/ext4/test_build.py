@@ -1039,3 +1039,15 @@ def test_xattrs_at_the_limits_treelimits_allows_build_exactly(tmp_path: Path) ->
     result = build(tmp_path, specs)
     fsck_clean(result.path)
     assert_image_matches(result.path, specs)
+
+
+def test_times_outside_ext4s_range_are_clamped_and_reported(tmp_path: Path) -> None:
+    year_2500 = 16_725_225_600 * 10**9     # past 2446, the last year a 256-byte inode holds
+    specs = [d("etc"), f("etc/future", b"x", mtime_ns=year_2500), f("etc/now", b"y")]
+    result = build(tmp_path, specs)
+    fsck_clean(result.path)
+    assert result.clamped_times == ("etc/future",)
+    with Ext4Image(result.path) as fs:
+        nodes = fs.walk()
+    assert nodes["etc/future"].mtime_ns == (3 * 2**32 - 2**31 - 1) * 10**9  # the last second
+    assert nodes["etc/now"].mtime_ns == MTIME_NS

@@ -89,7 +89,7 @@ from pipeline.ext4.derive.grow import (
     set_identity,
 )
 from pipeline.ext4.disk import XATTR_MAGIC, superblock_counts
-from pipeline.ext4.fixup import fixup_script
+from pipeline.ext4.fixup import clamped_times, fixup_script
 from pipeline.ext4.inodes import listing_error
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput, Sha256Thread
@@ -325,7 +325,9 @@ class _Derivation:
         return Ext4Result(path=tmp, size=blocks * BLOCK_SIZE, sha256=digest, uuid=fs_uuid,
                           inodes=counts["inodes"], free_bytes=free_bytes,
                           free_inodes=counts["free_inodes"], tool_versions=versions,
-                          timings=self.timings, inode_map=diff.inodes)
+                          timings=self.timings, inode_map=diff.inodes,
+                          clamped_times=clamped_times(
+                              entries, large_inode=self.options.inode_size > 128))
 
 
 def _xattr_block_shared(image: Path, block: int) -> bool:
