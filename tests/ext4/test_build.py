@@ -1051,3 +1051,30 @@ def test_times_outside_ext4s_range_are_clamped_and_reported(tmp_path: Path) -> N
         nodes = fs.walk()
     assert nodes["etc/future"].mtime_ns == (3 * 2**32 - 2**31 - 1) * 10**9  # the last second
     assert nodes["etc/now"].mtime_ns == MTIME_NS
+
+
+@pytest.fixture
+def tiny_output_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: an output filesystem that fills up (needs root to mount)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_output_filesystem_is_one_line_saying_so(tmp_path: Path,
+                                                         tiny_output_dir: Path) -> None:
+    flat = make_flat(tmp_path / "flat", [d("data"), f("data/blob", os.urandom(6 << 20))])
+    output = tiny_output_dir / "img.ext4"
+    with pytest.raises(Ext4Error) as err:
+        build_ext4(flat, output, Ext4Options(), seed="seed")
+    assert str(err.value).startswith(
+        f"the output filesystem holding {str(tiny_output_dir)!r} is full: the image needs up to ")
+    assert str(err.value).endswith("; free some space or set output_dir elsewhere")
+    assert list(tiny_output_dir.iterdir()) == []   # nothing half-written left behind
