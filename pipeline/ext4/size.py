@@ -33,7 +33,7 @@ from pipeline.ext4.disk import FIRST_INO, xattr_disk_name
 from pipeline.flat.image import FileType, FlatEntry
 
 __all__ = ["BLOCK_SIZE", "TreeUsage", "Layout", "SizePlan", "measure_tree", "layout",
-           "plan_size"]
+           "plan_size", "has_super"]
 
 BLOCK_SIZE = 4096
 BLOCKS_PER_GROUP = 8 * BLOCK_SIZE          # one block bitmap block per group
@@ -160,7 +160,8 @@ class Layout:
     """Every block that is not free for files after mkfs of an empty tree."""
 
 
-def _has_super(group: int, sparse: bool) -> bool:
+def has_super(group: int, sparse: bool) -> bool:
+    """Whether ``group`` holds a superblock copy (sparse_super: 0, 1 and powers of 3, 5, 7)."""
     if not sparse or group <= 1:
         return True
     for base in (3, 5, 7):
@@ -210,7 +211,7 @@ def layout(blocks: int, inodes: int, *, inode_size: int, journal: bool, desc_siz
         itable = math.ceil(ipg * inode_size / BLOCK_SIZE)
         backup = 1 + desc_blocks + rsv_gdt
         rem = blocks % BLOCKS_PER_GROUP
-        last_overhead = 2 + itable + (backup if _has_super(groups - 1, sparse_super) else 0)
+        last_overhead = 2 + itable + (backup if has_super(groups - 1, sparse_super) else 0)
         if rem and rem < last_overhead + 50:
             if groups == 1:
                 raise Ext4Error(f"{format_size(blocks * BLOCK_SIZE)} is too small for an "
@@ -219,7 +220,7 @@ def layout(blocks: int, inodes: int, *, inode_size: int, journal: bool, desc_siz
             continue
         break
     overhead = groups * (2 + itable)
-    overhead += sum(backup for g in range(groups) if _has_super(g, sparse_super))
+    overhead += sum(backup for g in range(groups) if has_super(g, sparse_super))
     if resize_inode:
         overhead += 1                       # the resize inode's double-indirect block
     journal_blocks = 0

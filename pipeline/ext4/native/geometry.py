@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.ext4.native.inputs import has_super
+
 __all__ = ["BLOCK_SIZE", "BLOCKS_PER_GROUP", "FLEX_GROUPS", "Geometry", "Placement",
            "make_geometry", "place_metadata"]
 
@@ -57,15 +59,7 @@ class Geometry:
         return min(BLOCKS_PER_GROUP, self.blocks - self.group_start(group))
 
     def has_super(self, group: int) -> bool:
-        if not self.sparse_super or group <= 1:
-            return True
-        for base in (3, 5, 7):
-            n = base
-            while n < group:
-                n *= base
-            if n == group:
-                return True
-        return False
+        return has_super(group, self.sparse_super)
 
     def backup_blocks(self, group: int) -> int:
         """Blocks at the start of ``group`` for its superblock and descriptor copies."""
