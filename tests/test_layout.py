@@ -73,3 +73,12 @@ def test_imports_point_down_the_stages(path: Path) -> None:
 def test_every_stage_is_ranked() -> None:
     stages = {_stage(p) for p in _modules()} - {"__init__"}
     assert stages <= set(STAGE_RANK), stages - set(STAGE_RANK)
+
+
+def test_every_stage_is_a_regular_package() -> None:
+    # A directory without __init__.py still imports (as a namespace package), so
+    # nothing else would notice one; packaging tools and readers expect one.
+    folders = {p.parent for p in _modules()} - {PACKAGE}
+    missing = sorted(str(f.relative_to(PACKAGE)) for f in folders
+                     if not (f / "__init__.py").is_file())
+    assert missing == [], f"no __init__.py in {missing}"
