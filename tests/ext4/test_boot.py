@@ -68,7 +68,7 @@ echo ROOTFS-BOOT-END
 # that says nothing about the image. A read-only remount stops that thread and
 # flushes, as a clean shutdown does.
 busybox sync
-busybox mount -o remount,ro /
+busybox mount -n -o remount,ro /dev/vda /
 busybox poweroff -f
 """.encode()
 
@@ -187,6 +187,7 @@ def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: 
     console = boot_image(image)
     assert "ROOTFS-BOOT-END" in console, console[-3000:]
     assert "EXT4-fs (vda): mounted filesystem" in console
+    assert "EXT4-fs (vda): re-mounted" in console     # read-only before the power-off
     assert not re.search(r"EXT4-fs (error|warning)", console), console
     body = console.split("ROOTFS-BOOT-BEGIN", 1)[1].split("ROOTFS-BOOT-END", 1)[0]
     seen: dict[str, tuple] = {}
