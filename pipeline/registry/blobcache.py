@@ -114,18 +114,10 @@ class BlobCache:
         ``tee`` gets the bytes of a download as they are written (none if the
         blob was here already), and ``verified()`` once they are the blob.
         """
-        d, size = _as_digest(digest), _check_size(size)
-        final = self.path(d)
-        if self._present(final, size):
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(d, blocking=True):
-            # Someone else may have finished it while we waited for the lock.
-            if self._present(final, size):
-                return final
-            self._remove_partials(d)
+        def download(d: Digest, size: int, final: Path) -> None:
             self._download(client, registry, repository, d, size, final, progress, tee)
-        return final
+
+        return self._fill(digest, size, download)
 
     def ingest(self, digest: Digest | str, size: int,
                opener: Callable[[], AbstractContextManager[Readable]], *, what: str,
@@ -135,15 +127,7 @@ class BlobCache:
         The same rules as a download: hashed and counted while copied, renamed
         into place only when digest and size match, ``tee`` fed on the way.
         """
-        d, size = _as_digest(digest), _check_size(size)
-        final = self.path(d)
-        if self._present(final, size):
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(d, blocking=True):
-            if self._present(final, size):
-                return final
-            self._remove_partials(d)
+        def copy(d: Digest, size: int, final: Path) -> None:
             tmp = final.parent / f".{d.hex}.{secrets.token_hex(6)}{_PARTIAL}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
@@ -169,7 +153,27 @@ class BlobCache:
                     tmp.unlink()
                 raise
             fsync_dir(final.parent)
-        log.debug("blobcache.ingested", digest=str(d), size=size, source=what)
+            log.debug("blobcache.ingested", digest=str(d), size=size, source=what)
+
+        return self._fill(digest, size, copy)
+
+    def _fill(self, digest: Digest | str, size: int,
+              write: Callable[[Digest, int, Path], None]) -> Path:
+        """The verified blob's path; ``write(d, size, final)`` puts it there if missing.
+
+        Under the digest's lock, so two processes wanting one blob write it once.
+        """
+        d, size = _as_digest(digest), _check_size(size)
+        final = self.path(d)
+        if self._present(final, size):
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(d, blocking=True):
+            # Someone else may have finished it while we waited for the lock.
+            if self._present(final, size):
+                return final
+            self._remove_partials(d)
+            write(d, size, final)
         return final
 
     def verify(self, digest: Digest | str, size: int) -> Path:
