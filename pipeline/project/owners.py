@@ -31,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from pipeline.base.files import write_atomic
+from pipeline.base.jsontext import loads_bounded
 from pipeline.flat.image import chain_key
 from pipeline.layers.configfile import config_layer_key
 from pipeline.oci.resolved import ResolvedImage
@@ -107,7 +108,7 @@ def _records(cache_root: Path) -> Iterable[tuple[Owner, list[str]]]:
         return
     for line in raw.splitlines():
         try:
-            data = json.loads(line)
+            data = loads_bounded(line)
         except ValueError:
             continue  # a torn append
         if not isinstance(data, dict):

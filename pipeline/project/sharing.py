@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from pipeline.base.files import write_atomic
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import PipelineError
 from pipeline.project.config import lock_path_for
 from pipeline.project.lockfile import read_lock
@@ -73,7 +74,8 @@ def registered_manifests(cache_root: Path) -> list[Path]:
             continue
         try:
             with open(entry, "rb") as f:
-                data = json.loads(f.read(REGISTRATION_MAX_BYTES + 1)[:REGISTRATION_MAX_BYTES])
+                data = loads_bounded(f.read(REGISTRATION_MAX_BYTES + 1)
+                                     [:REGISTRATION_MAX_BYTES])
             manifest = Path(data["manifest"]) if isinstance(data, dict) else None
         except (OSError, ValueError, KeyError, TypeError):
             manifest = None

@@ -19,13 +19,13 @@ the real run frees (``collect`` measures every entry before removing any).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from pipeline.base.jsontext import loads_bounded
 from pipeline.base.terminal import format_bytes
 from pipeline.errors import LayerError, PipelineError, ToolError
 from pipeline.ext4.options import Ext4Options
@@ -191,7 +191,7 @@ def _owners_of(root: Path, entry: str, kind: str,
         # A base is labelled by its chain's flat image, which its base.json names.
         try:
             with open(root / entry / "base.json", "rb") as f:
-                marker = json.loads(f.read(_MARKER_MAX_BYTES))
+                marker = loads_bounded(f.read(_MARKER_MAX_BYTES))
             chain = marker.get("chain") if isinstance(marker, dict) else None
         except (OSError, ValueError):
             chain = None

@@ -33,7 +33,8 @@ def test_a_torn_or_foreign_line_is_skipped_and_the_next_record_still_reads(
         f.write(b'{"manifest": "/p/images.toml", "image": "b", "entr')  # a crash mid-append
     record_owners(tmp_path, {B: ["flat/y"]})
     with open(tmp_path / OWNERS, "ab") as f:
-        f.write(b'[1, 2]\n{"manifest": 1, "image": "c", "entries": ["z"]}\n\xff\n')
+        f.write(b'[1, 2]\n{"manifest": 1, "image": "c", "entries": ["z"]}\n\xff\n'
+                + b"[" * 100_000 + b"\n")
     assert read_owners(tmp_path) == {"layers/x": [A], "flat/y": [B]}
 
 
