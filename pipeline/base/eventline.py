@@ -31,7 +31,7 @@ _HIDDEN = frozenset({"timestamp", "level", "event", "logger", "task", "image", "
 _LONG_DIGEST = re.compile(r"\b(sha256|sha512):([0-9a-f]{12})[0-9a-f]{52,116}\b")
 _LONG_KEY = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}(?:[0-9a-f]{64})?\b")
 # Values that read best without their name ("failed, connection refused").
-_SAID_ALONE = frozenset({"error", "reason", "message", "outcome"})
+_SAID_ALONE = frozenset({"error", "reason", "message", "outcome", "what"})
 # One value longer than this is cut: a line stays one line on a usual terminal.
 VALUE_MAX_CHARS = 160
 
@@ -53,8 +53,8 @@ def _value(key: str, value: object) -> str:
         return format_bytes(value) if key in ("bytes", "size") else f"{named} {format_bytes(value)}"
     if key in _SAID_ALONE:
         return _text(value)
-    if isinstance(value, (int, float)) and (key == "seconds" or key.endswith("_seconds")):
-        named = key.removesuffix("seconds").replace("_", " ")
+    if isinstance(value, (int, float)) and (key == "seconds" or key.endswith(("_seconds", "_s"))):
+        named = key.removesuffix("seconds").removesuffix("s").replace("_", " ")
         return f"{named}{value:.1f} s"
     if isinstance(value, Mapping):
         inner = ", ".join(f"{_text(k)} {_sized(v) if _is_bytes(key) else _text(v)}"

@@ -51,6 +51,11 @@ def reset_structlog():  # type: ignore[no-untyped-def]
                   "seconds": 1.54},
                  f"{'mkfs':<10} {'a':<32} base built, key abababababab, 4.0 MiB, 1.5 s",
                  id="library-event"),
+    pytest.param({"event": "registry.retry", "task": "resolve:a", "level": "warning",
+                  "what": "GET https://r.example/v2/a/manifests/1: 503", "attempt": 1,
+                  "attempts": 5, "delay_s": 0.408},
+                 f"{'resolve':<10} {'a':<32} warning: retry, GET https://r.example/v2/a/"
+                 "manifests/1: 503, attempt 1, attempts 5, delay 0.4 s", id="retry"),
     pytest.param({"event": "fetch.progress", "digest": f"sha256:{HEX}", "done_bytes": 1000,
                   "total_bytes": 5 << 20},
                  f"{'fetch':<10} {'sha256:abababababab':<32} progress, done 1000 B, total 5.0 MiB",
