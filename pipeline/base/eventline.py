@@ -86,8 +86,9 @@ def _words(name: str, f: Mapping[str, object]) -> str | None:
         return f"{verb} {_text(f.get('kind'))}, {_sized(f.get('bytes'))}, {who or 'no image'}"
     if name == "gc.by_image":
         verb = "would free" if f.get("dry_run") else "freed"
+        count = f.get("entries")
         return (f"{_text(f.get('images'))}: {verb} {_sized(f.get('bytes'))} in "
-                f"{f.get('entries')} {_text(f.get('kind'))} entries")
+                f"{count} {_text(f.get('kind'))} entr{'y' if count == 1 else 'ies'}")
     if name == "gc.collected":
         verb = "would free" if f.get("dry_run") else "freed"
         return (f"{verb} {_sized(f.get('freed_bytes'))} in {f.get('removed')} entries, "
