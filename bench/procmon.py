@@ -14,6 +14,16 @@ Not used: ``ru_maxrss`` of children. It gives only the largest single
 process, and on Linux a child's high-water mark survives ``execve``, so a
 small tool started from this Python process reports the bench's own size.
 
+A child that shares its parent's address space is counted once. Python's
+``subprocess`` starts every tool with ``vfork``: until the child calls
+``execve`` it runs in its parent's memory, and ``smaps_rollup`` of the child
+then reports the parent's whole footprint, Pss included (the pages are
+mapped once, by one mm). Sampled at that moment, a 200 MiB process starting
+``true`` read as 400 MiB; the pipeline starts mkfs.ext4 and debugfs from a
+process of 100 MiB thousands of times in a large build, so its peaks were
+one phantom copy of the doit process high. ``kcmp(KCMP_VM)`` tells whether
+two processes share an mm; where the kernel refuses it, both are counted.
+
 Page cache is not process memory and is not counted (cgroup v2's
 memory.peak would count it, and this host offers only cgroup v1 anyway).
 A process that lives less than one sample period can be missed; the
@@ -22,6 +32,7 @@ commands measured here run for seconds.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import threading
@@ -84,20 +95,34 @@ def _rollup(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)
+_KCMP_VM = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _shares_vm(parent: int, child: int) -> bool:
+    """True when ``child`` runs in ``parent``'s address space (vfork before execve)."""
+    if _SYS_KCMP is None:
+        return False
+    return int(_libc.syscall(_SYS_KCMP, parent, child, _KCMP_VM, 0, 0)) == 0
+
+
 def tree_memory(root: int) -> tuple[int, int]:
-    """(sum of Rss, sum of Pss) over ``root`` and all its descendants right now."""
+    """(sum of Rss, sum of Pss) over ``root`` and all its descendants right now, each
+    address space once."""
     rss = pss = 0
-    stack = [root]
+    stack: list[tuple[int, int | None]] = [(root, None)]
     seen: set[int] = set()
     while stack:
-        pid = stack.pop()
+        pid, parent = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        r, p = _rollup(pid)
-        rss += r
-        pss += p
-        stack += _children(pid)
+        if parent is None or not _shares_vm(parent, pid):
+            r, p = _rollup(pid)
+            rss += r
+            pss += p
+        stack += [(child, pid) for child in _children(pid)]
     return rss, pss
 
 

@@ -9,8 +9,9 @@ each step's phase timings and the library's own events). The format is
 chosen, in order, by ``doit log=json|console``, the ``ROOTFS_LOG``
 environment variable, and finally whether stderr is a terminal: JSON
 lines (one object per event, for CI and for tests that count what ran)
-when it is not, coloured console lines when it is (a finished step and the
-run's summary in the terminal view's short forms, ``base.terminal``). Task actions bind
+when it is not, short console lines when it is (a finished step and the
+run's summary in the terminal view's short forms, ``base.terminal``; every
+other event in the same columns, ``base.eventline``). Task actions bind
 ``task``, ``image`` and ``digest`` with ``bound(...)``; contextvars keep the
 binding per worker thread.
 """
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from pipeline.base.eventline import event_line
 from pipeline.base.terminal import Terminal, step_line, summary_table
 from pipeline.errors import SettingError
 
@@ -53,7 +55,8 @@ class _TerminalLogger:
 
 class _ReportRenderer:
     """Console lines: a finished step as one short line (``terminal.step_line``), the
-    run's summary as its table; every other event as structlog renders it."""
+    run's summary as its table, every other event as one short line too
+    (``eventline.event_line``); structlog's own form only for an exception's traceback."""
 
     def __init__(self, fallback: Any) -> None:
         self._fallback = fallback
@@ -64,8 +67,10 @@ class _ReportRenderer:
             return step_line(event)
         if kind == "run.summary" and isinstance(event.get("images"), list):
             return summary_table(event["images"], float(event.get("seconds") or 0))
-        text: str = self._fallback(logger, name, event)
-        return text
+        if event.get("exc_info") or event.get("exception"):
+            text: str = self._fallback(logger, name, event)
+            return text
+        return event_line(event)
 
 
 def _chosen(requested: str | None, environ: dict[str, str] | Any, doit_var: str, var: str,

@@ -10,7 +10,8 @@ manifest that builds in a cache registers itself there::
 
 The lock beside that manifest names its roots (``lockfile.lock_path_for``).
 gc keeps every registered manifest's entries while the manifest exists, and
-drops the registration of one that is gone. A registration is written once
+drops the registration of one that is gone (what its lock, if still there,
+used is recorded as that manifest's in ``owners``, for gc's listing). A registration is written once
 (a no-op run only checks that its file exists).
 
 A registration is a path from the cache directory, which anyone who can
@@ -27,6 +28,11 @@ from pathlib import Path
 import structlog
 
 from pipeline.base.files import write_atomic
+from pipeline.base.jsontext import loads_bounded
+from pipeline.errors import PipelineError
+from pipeline.project.config import lock_path_for
+from pipeline.project.lockfile import read_lock
+from pipeline.project.owners import entries_used, record_owners
 
 __all__ = ["MANIFESTS", "register_manifest", "registered_manifests", "registration_path"]
 
@@ -68,7 +74,8 @@ def registered_manifests(cache_root: Path) -> list[Path]:
             continue
         try:
             with open(entry, "rb") as f:
-                data = json.loads(f.read(REGISTRATION_MAX_BYTES + 1)[:REGISTRATION_MAX_BYTES])
+                data = loads_bounded(f.read(REGISTRATION_MAX_BYTES + 1)
+                                     [:REGISTRATION_MAX_BYTES])
             manifest = Path(data["manifest"]) if isinstance(data, dict) else None
         except (OSError, ValueError, KeyError, TypeError):
             manifest = None
@@ -78,6 +85,17 @@ def registered_manifests(cache_root: Path) -> list[Path]:
         if manifest.is_file():
             found.append(manifest)
         else:
+            _remember_lock(cache_root, manifest)
             entry.unlink(missing_ok=True)
             log.info("cache.unregistered", manifest=str(manifest), reason="manifest is gone")
     return found
+
+
+def _remember_lock(cache_root: Path, manifest: Path) -> None:
+    """A gone manifest's lock, if it is still there, says whose its entries were."""
+    try:
+        entries = read_lock(lock_path_for(manifest))
+    except PipelineError:
+        return
+    record_owners(cache_root, {(str(manifest), name): entries_used(entry.resolved)
+                               for name, entry in entries.items()})

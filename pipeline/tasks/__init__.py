@@ -80,6 +80,7 @@ from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
+from pipeline.tasks.listing import families_only
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
 from pipeline.tasks.plan import RunPlan, current_entry, plan_run
@@ -168,7 +169,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
     (default tasks, no task names) may skip the whole graph (``noop``).
     """
     skipped: NoopStamp | None = None
-    plain = False
+    plain = graphless = False
     install_interrupt_hook()
     try:
         check_vars(_command_line_vars() or {})
@@ -191,7 +192,10 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
             check_frozen(ctx)
         # gc run from any manifest sharing this cache keeps what this one uses.
         register_manifest(ctx.cache.root, ctx.manifest.path)
-        plain = plain_run(sys.argv[1:] if argv is None else argv)
+        args = sys.argv[1:] if argv is None else argv
+        plain = plain_run(args)
+        # `doit list` of the families needs no per-image task (tasks.listing).
+        graphless = families_only(args)
         if plain:
             started = time.monotonic()
             skipped = unchanged(ctx, cached_tool_versions)
@@ -208,14 +212,15 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         """Resolve image references into the lock file."""
         tasks = resolve_tasks(ctx)
         # Nothing changed: the family's group task alone (the default tasks name it).
-        yield from itertools.islice(tasks, 1) if skipped is not None else tasks
+        yield from itertools.islice(tasks, 1) if skipped is not None or graphless else tasks
 
     # mkfs:<image> exists for any task_dep before the creator runs (tasks.delayed).
     @create_after_named("resolve", "mkfs", (image.name for image in ctx.manifest.images))
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:
-            yield from build_tasks(ctx, _NOTHING if skipped is not None else None)
+            yield from build_tasks(ctx, _NOTHING if skipped is not None or graphless
+                                   else None)
         except PipelineError as err:
             raise InvalidDodoFile(str(err)) from None
 

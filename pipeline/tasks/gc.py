@@ -10,31 +10,44 @@ image and the base chain's flat image it derives from. Everything else under
 killed runs. The step takes the cache exclusively, so within one run it waits for
 build steps to finish and none starts under it; the run lock keeps other
 processes out. ``doit gc --dry-run`` only lists what would go: one line per
-entry with its kind and bytes, and the total, which is what the real run
-frees (``collect`` measures every entry before removing any).
+entry with its kind, bytes and the images that last used it
+(``project.owners``: recorded whenever an image's roots leave a lock; the
+locks of every manifest add their own images; "no image" when nobody ever
+said), one line per group of images and kind, and the total, which is what
+the real run frees (``collect`` measures every entry before removing any).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from pipeline.base.jsontext import loads_bounded
 from pipeline.base.terminal import format_bytes
 from pipeline.errors import LayerError, PipelineError, ToolError
 from pipeline.ext4.options import Ext4Options
 from pipeline.flat.image import chain_key
 from pipeline.layers.configfile import config_layer_key
+from pipeline.project.cache import FLAT
 from pipeline.project.config import Manifest, load_manifest
 from pipeline.project.gc import Keep, collect
-from pipeline.project.lockfile import read_lock
+from pipeline.project.lockfile import LockEntry, read_lock
+from pipeline.project.owners import (
+    Owner,
+    compact_owners,
+    entries_used,
+    read_owners,
+    record_owners,
+)
 from pipeline.project.sharing import registered_manifests
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import IO, run_step
 from pipeline.tasks.toolcache import cached_tool_versions
 
-__all__ = ["gc_task", "gc_step", "keep_for", "base_of"]
+__all__ = ["gc_task", "gc_step", "keep_for", "base_of", "record_former", "owners_for", "NO_IMAGE"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,10 +73,11 @@ def _manifests(ctx: RunContext) -> list[Manifest]:
     return found
 
 
-def keep_for(ctx: RunContext) -> Keep:
+def keep_for(ctx: RunContext, manifests: list[Manifest] | None = None) -> Keep:
     blobs, layers, chains, bases = [], [], [], []
     keep_all_bases = False
-    for manifest, spec in [(m, s) for m in _manifests(ctx) for s in m.images]:
+    every = _manifests(ctx) if manifests is None else manifests
+    for manifest, spec in [(m, s) for m in every for s in m.images]:
         entry = read_lock(manifest.lock_path).get(spec.name)
         if entry is None:
             continue
@@ -93,6 +107,32 @@ def keep_for(ctx: RunContext) -> Keep:
                    bases=None if keep_all_bases else bases)
 
 
+def record_former(ctx: RunContext, former: Mapping[str, LockEntry]) -> None:
+    """Remember the cache entries of lock entries about to be replaced or dropped."""
+    specs = {spec.name: spec for spec in ctx.manifest.images}
+    manifest = str(ctx.manifest.path.resolve())
+    record_owners(ctx.cache.root, {
+        (manifest, name): entries_used(entry.resolved, getattr(specs.get(name), "config_path",
+                                                               None))
+        for name, entry in former.items()})
+
+
+def owners_for(ctx: RunContext, manifests: list[Manifest]) -> dict[str, list[Owner]]:
+    """Each known entry's last users: what was recorded, then every lock entry of every
+    manifest (an image removed from its manifest still has one until the next build)."""
+    owners = read_owners(ctx.cache.root)
+    for manifest in manifests:
+        path = str(manifest.path.resolve())
+        specs = {spec.name: spec for spec in manifest.images}
+        for name, entry in read_lock(manifest.lock_path).items():
+            config_path = getattr(specs.get(name), "config_path", None)
+            for used in entries_used(entry.resolved, config_path):
+                users = owners.setdefault(used, [])
+                if (path, name) not in users:
+                    users.append((path, name))
+    return owners
+
+
 def base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
     """(flat image chain key, base key) of the base the image's mkfs step derives from,
     or None when it builds in full or its layer stores are gone (then nothing of it
@@ -110,18 +150,60 @@ def base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[st
 
 
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
-    result = collect(ctx.cache, keep_for(ctx), dry_run=dry_run)
+    manifests = _manifests(ctx)
+    keep = keep_for(ctx, manifests)
+    owners = owners_for(ctx, manifests)
+    result = collect(ctx.cache, keep, dry_run=dry_run)
     by_kind: dict[str, int] = {}
-    for path, kind, size in zip(result.removed, result.kinds, result.sizes):
+    groups: dict[tuple[str, str], list[int]] = {}
+    entries = [_short(ctx.cache.root, Path(path)) for path in result.removed]
+    for entry, kind, size in zip(entries, result.kinds, result.sizes):
         by_kind[kind] = by_kind.get(kind, 0) + size
-        log.info("gc.would_remove" if dry_run else "gc.removed", kind=kind,
-                 entry=_short(ctx.cache.root, Path(path)), bytes=size)
+        images = _labels(ctx, _owners_of(ctx.cache.root, entry, kind, owners))
+        log.info("gc.would_remove" if dry_run else "gc.removed", kind=kind, entry=entry,
+                 bytes=size, images=images)
+        group = groups.setdefault((", ".join(images) or NO_IMAGE, kind), [0, 0])
+        group[0] += 1
+        group[1] += size
+    # By image (the images that last used an entry, together) and kind: each entry is
+    # in exactly one group, so the groups add up to what is freed.
+    for (images_text, kind), (count, size) in sorted(groups.items()):
+        log.info("gc.by_image", images=images_text, kind=kind, entries=count, bytes=size,
+                 dry_run=dry_run)
     log.info("gc.collected", dry_run=dry_run, removed=len(result.removed), kept=result.kept,
              freed_bytes=result.freed_bytes, freed=format_bytes(result.freed_bytes),
              bytes_by_kind=by_kind)
+    if not dry_run:
+        compact_owners(ctx.cache.root, removed=entries)
     if result.errors:
         raise PipelineError(f"gc: {len(result.errors)} entries could not be removed, first: "
                             f"{result.errors[0]}")
+
+
+NO_IMAGE = "no image"
+# base.json is a few hundred bytes; more is not what ensure_base wrote.
+_MARKER_MAX_BYTES = 64 * 1024
+
+
+def _owners_of(root: Path, entry: str, kind: str,
+               owners: Mapping[str, list[Owner]]) -> list[Owner]:
+    if kind == "base":
+        # A base is labelled by its chain's flat image, which its base.json names.
+        try:
+            with open(root / entry / "base.json", "rb") as f:
+                marker = loads_bounded(f.read(_MARKER_MAX_BYTES))
+            chain = marker.get("chain") if isinstance(marker, dict) else None
+        except (OSError, ValueError):
+            chain = None
+        return list(owners.get(f"{FLAT}/{chain}", [])) if isinstance(chain, str) else []
+    return list(owners.get(entry, []))
+
+
+def _labels(ctx: RunContext, users: list[Owner]) -> list[str]:
+    """Image names; an image of another manifest names it too."""
+    own = str(ctx.manifest.path.resolve())
+    return sorted({image if manifest == own else f"{image} ({manifest})"
+                   for manifest, image in users})
 
 
 def _short(root: Path, path: Path) -> str:

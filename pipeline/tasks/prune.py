@@ -23,6 +23,7 @@ import structlog
 from pipeline.project.buildrecord import read_record, record_path_for
 from pipeline.project.lockfile import LockEntry, read_lock, update_lock
 from pipeline.tasks.context import RunContext
+from pipeline.tasks.gc import record_former
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["prune_tasks", "prune_step", "removed_images"]
@@ -51,7 +52,8 @@ def prune_step(ctx: RunContext, name: str) -> None:
         return
 
     def drop(entries: dict[str, LockEntry]) -> dict[str, LockEntry]:
-        entries.pop(name, None)
+        if name in entries:
+            record_former(ctx, {name: entries.pop(name)})
         return entries
 
     update_lock(ctx.lock_path, drop)

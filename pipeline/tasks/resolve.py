@@ -46,6 +46,7 @@ from pipeline.project.config import ImageSpec
 from pipeline.project.lockfile import LockEntry, lock_entry, read_lock, update_lock
 from pipeline.registry.sources import Source
 from pipeline.tasks.context import RunContext
+from pipeline.tasks.gc import record_former
 
 if TYPE_CHECKING:
     from pipeline.base.digest import Digest
@@ -155,12 +156,17 @@ def still_locked(ctx: RunContext, spec: ImageSpec,
 
 
 def _store(ctx: RunContext, new: dict[str, LockEntry]) -> None:
-    declared = {spec.name for spec in ctx.manifest.images}
+    specs = {spec.name: spec for spec in ctx.manifest.images}
 
     def change(entries: dict[str, LockEntry]) -> dict[str, LockEntry]:
+        # Roots leaving the lock are remembered, so gc can say whose they were
+        # (under the lock's own path lock: one writer at a time).
+        former = {name: old for name, old in entries.items()
+                  if name not in specs or (name in new and new[name] != old)}
+        record_former(ctx, former)
         entries.update(new)
         # Entries of images no longer in the manifest go with the next write.
-        return {name: entry for name, entry in entries.items() if name in declared}
+        return {name: entry for name, entry in entries.items() if name in specs}
 
     if update_lock(ctx.lock_path, change):
         log.debug("lock.written", path=str(ctx.lock_path), images=sorted(new))

@@ -185,6 +185,60 @@ def test_gc_in_a_shared_cache_keeps_what_any_registered_manifest_uses(world: Wor
     assert run_doit(world.project).check().ran == ["prune:b"]
 
 
+def test_gc_dry_run_lists_each_entry_under_the_image_that_last_used_it(
+        registry: Registry, repo: str, tmp_path: Path) -> None:
+    world = make_world(registry, repo, tmp_path, names="abc")
+    shared = tmp_path / "shared-cache"
+    other, third = tmp_path / "other", tmp_path / "third"
+    settings = f'[settings]\ncache_dir = "{shared}"\n'
+    c_top = world.tops.pop("c")
+    world.write_manifest()
+    (world.project / "images.toml").write_text(settings + (world.project / "images.toml")
+                                               .read_text())
+    for project, name in ((other, "c"), (third, "b")):
+        project.mkdir()
+        (project / "images.toml").write_text(settings + f'[images.{name}]\nref = '
+                                             f'"{world.ref(name)}"\n')
+    for project in (world.project, other, third):
+        run_doit(project).check()
+    old_a = world.tops["a"]
+    world.tops["a"] = top_layer("a", "2")
+    world.push("a", "v2", world.tops["a"])
+    text = (world.project / "images.toml").read_text()
+    (world.project / "images.toml").write_text(text.replace(world.ref("a"), world.ref("a", "v2")))
+    run_doit(world.project).check()  # a's former top goes out of every lock
+    (other / "images.toml").unlink()  # c's manifest is gone, its lock is still there
+    stray = shared / "layers" / ("e" * 64)
+    (stray / "files").mkdir(parents=True)
+    (stray / "files" / "000001").write_bytes(b"x" * 10_000)  # nobody ever said whose
+
+    dry = run_doit(world.project, "gc", "--dry-run").check()
+    listed = {e["entry"]: e["images"] for e in gc_events(dry, "gc.would_remove")}
+    hexes = {name: layer.digest.split(":")[1] for name, layer in
+             (("a", old_a), ("c", c_top))}
+    c_label = f"c ({other / 'images.toml'})"
+    assert listed[f"blobs/sha256/{hexes['a']}"] == ["a"] == listed[f"layers/{hexes['a']}"]
+    assert listed[f"blobs/sha256/{hexes['c']}"] == [c_label] == listed[f"layers/{hexes['c']}"]
+    assert listed[f"layers/{'e' * 64}"] == []
+    groups = {(e["images"], e["kind"]): e for e in gc_events(dry, "gc.by_image")}
+    assert {"a", c_label, "no image"} == {images for images, _ in groups}
+    assert groups[("a", "flat")]["entries"] == 1 and groups[("no image", "layer")]["bytes"] > 0
+    [would] = gc_events(dry, "gc.collected")
+    assert sum(g["bytes"] for g in groups.values()) == would["freed_bytes"] > 0
+    assert all(path.startswith(("blobs/", "layers/", "flat/", "base/")) for path in listed)
+
+    real = run_doit(world.project, "gc").check()
+    [freed] = gc_events(real, "gc.collected")
+    # The bytes the dry run announced are the bytes the real run freed, entry by entry.
+    assert freed["freed_bytes"] == would["freed_bytes"]
+    assert {e["entry"]: e["bytes"] for e in gc_events(real, "gc.removed")} == {
+        e["entry"]: e["bytes"] for e in gc_events(dry, "gc.would_remove")}
+    assert not stray.exists() and (shared / "blobs/sha256" / hexes["c"]).exists() is False
+    # b, used by this project and the third, stays; the owners log forgets what went.
+    assert (shared / "layers" / world.tops["b"].digest.split(":")[1]).is_dir()
+    assert hexes["a"] not in (shared / "owners.jsonl").read_text()
+
+
 def test_an_image_removed_from_the_manifest_loses_its_lock_entry_and_outputs(
         world: World) -> None:
     run_doit(world.project).check()

@@ -65,6 +65,9 @@ def test_a_batch_builds_its_base_once_and_derives_every_image(world: World) -> N
     (cache / "base" / ("0" * 64)).mkdir()
     (cache / "base" / f".tmp-{'1' * 64}-1-ab").mkdir()
     flats = {p.name for p in (cache / "flat").iterdir()}
+    # The base names its chain's flat image: gc --dry-run labels a base through it.
+    marker = json.loads((cache / "base" / built[0] / "base.json").read_text())
+    assert marker["chain"] in flats
     run_doit(world.project, "gc").check()
     assert sorted(p.name for p in (cache / "base").iterdir()) == [built[0]]
     kept = {p.name for p in (cache / "flat").iterdir()}

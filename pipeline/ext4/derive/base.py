@@ -193,8 +193,9 @@ def _build(flat_dir: Path, dest: Path, key: str, options: Ext4Options,
         raise DeriveRefused(f"the inode map of base {key[:12]} does not check: {problem}")
     (dest / _MAP_NAME).write_text(json.dumps([inodes[e.path] for e in entries]),
                                   encoding="ascii")
+    # "chain" (the flat image's name, the base chain's key) tells gc whose base it is.
     marker = {"format": BASE_FORMAT, "key": key, "entries_sha256": entries_sha256,
-              "size": result.size, "inodes": result.inodes}
+              "size": result.size, "inodes": result.inodes, "chain": flat_dir.name}
     with open(dest / _MARKER_NAME, "w", encoding="ascii") as f:
         json.dump(marker, f, indent=1, sort_keys=True)
         f.write("\n")
