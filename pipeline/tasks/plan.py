@@ -14,7 +14,7 @@ layout or archive that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.base.digest import Digest
@@ -94,11 +94,15 @@ def current_entry(spec: ImageSpec, entries: Mapping[str, LockEntry]) -> LockEntr
     return None
 
 
-def plan_run(manifest: Manifest, entries: Mapping[str, LockEntry]) -> RunPlan:
+def plan_run(manifest: Manifest, entries: Mapping[str, LockEntry], *,
+             only: Collection[str] | None = None) -> RunPlan:
+    """What a run builds from the lock: every image of ``manifest``, or those named in ``only``."""
     images: list[ImagePlan] = []
     unresolved: list[str] = []
     layers: dict[str, tuple[LayerRef, list[str], list[tuple[str, str]], list[LocalRef]]] = {}
     for spec in manifest.images:
+        if only is not None and spec.name not in only:
+            continue
         entry = current_entry(spec, entries)
         if entry is None:
             unresolved.append(spec.name)

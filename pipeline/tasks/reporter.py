@@ -192,7 +192,7 @@ class PipelineReporter(ConsoleReporter):  # type: ignore[misc]  # doit is untype
         if self.ctx is None:
             return []
         rows = []
-        for spec in self.ctx.manifest.images:
+        for spec in self.ctx.images:
             outcome = self._outcome.get(spec.name, "not built")
             size = None
             if outcome != "failed":

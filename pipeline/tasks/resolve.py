@@ -222,7 +222,7 @@ def update_step(ctx: RunContext, specs: Sequence[ImageSpec]) -> None:
 def resolve_tasks(ctx: RunContext) -> Iterator[dict[str, Any]]:
     yield group(f"resolve every image reference into {ctx.lock_path.name} (only new or "
                 "changed ones touch the registry)")
-    for spec in ctx.manifest.images:
+    for spec in ctx.images:
         config = resolve_config(spec)
         name = f"resolve:{spec.name}"
         yield {
@@ -260,7 +260,7 @@ def check_frozen(ctx: RunContext) -> None:
     if not entries and not ctx.lock_path.exists():
         raise LockError(f"{ctx.lock_path}: frozen mode: the lock file is missing; run `doit` "
                         "without frozen mode and commit it")
-    for spec in ctx.manifest.images:
+    for spec in ctx.images:
         current = current_entry(spec, entries)
         if current is not None and local_unchanged(current.resolved, ctx.manifest.path.parent):
             continue
