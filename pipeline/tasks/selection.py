@@ -30,6 +30,7 @@ from pipeline.project.shards import (
     partition,
     shard_from_env,
 )
+from pipeline.tasks.cmdline import requested_images
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import IO, action
 
@@ -82,7 +83,9 @@ def check_plan_request(argv: Sequence[str], shards: str | None) -> int | None:
     ``shards=`` without ``plan`` (or ``plan`` without it) is refused: a typo
     must not end in a run that builds everything, or in a plan of nothing.
     """
-    planning = "plan" in argv[1:]
+    command, _ = requested_images(argv)
+    # `doit list plan`, `doit info plan`, `doit help plan` look at the task, not run it.
+    planning = "plan" in argv[1:] and command in (None, "run")
     if shards in (None, ""):
         if planning:
             raise ShardError("doit plan: give the number of shards, e.g. doit plan shards=4")
