@@ -4,7 +4,8 @@ Shape (one image, one manifest)::
 
     manifest  artifactType ARTIFACT_TYPE
       config  CONFIG_MEDIA_TYPE: {"key": <hex>, "material": {...}, "size": N,
-                                  "sha256": <hex of the whole ext4>}
+                                  "sha256": <hex of the whole ext4>,
+                                  "record": {...} (optional: uuid, runtime, ...)}
       layers  CHUNK_MEDIA_TYPE, one per <= CHUNK_MAX_BYTES of the image, each
               annotated with its offset, uncompressed size and digest, and
               titled ``<name>.ext4.<index>.zst`` so ``oras pull`` writes files
@@ -32,14 +33,13 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import zstandard
+from typing import TYPE_CHECKING, Any
 
 from pipeline.base.digest import Digest
 from pipeline.oci import mediatypes as mt
-from pipeline.registry.client import RegistryClient
-from pipeline.registry.push import ensure_blob, put_manifest
+
+if TYPE_CHECKING:  # loaded by the push itself: the task graph needs only the constants
+    from pipeline.registry.client import RegistryClient
 
 __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CHUNK_MEDIA_TYPE", "CHUNK_MAX_BYTES",
            "Chunk", "push_artifact", "ANN_OFFSET", "ANN_SIZE", "ANN_DIGEST", "ANN_TITLE"]
@@ -80,11 +80,14 @@ class Chunk:
                                 ANN_TITLE: f"{name}.ext4.{self.index:04d}.zst"}}
 
 
-def _spool_chunk(src: Any, size: int, spool: Any) -> tuple[Digest, Digest, int]:
+def _spool_chunk(src: Any, size: int, spool: Any,
+                 checksum: bool) -> tuple[Digest, Digest, int]:
+    import zstandard
+
     raw = hashlib.sha256()
     spool.seek(0)
     spool.truncate()
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=checksum)
     with compressor.stream_writer(spool, size=size, closefd=False) as writer:
         left = size
         while left:
@@ -112,9 +115,21 @@ def _pieces(path: str) -> Iterator[bytes]:
 
 def push_artifact(client: RegistryClient, registry: str, repository: str, image: Path, *,
                   name: str, key: str, material: Mapping[str, Any], tags: list[str],
-                  chunk_bytes: int = CHUNK_MAX_BYTES,
-                  mount_from: str | None = None) -> Digest:
-    """Push ``image`` as an artifact, blobs first, then the manifest under each tag."""
+                  chunk_bytes: int = CHUNK_MAX_BYTES, mount_from: str | None = None,
+                  record: Mapping[str, Any] | None = None, repair: bool = False) -> Digest:
+    """Push ``image`` as an artifact, blobs first, then the manifest under each tag.
+
+    ``record``: what a reader's build record should say beyond the bytes (the
+    image's uuid, runtime config...), kept in the config beside the key material.
+
+    ``repair``: the entry under these tags was found damaged. A registry keeps
+    the first bytes stored under a digest (distribution skips the move when the
+    blob exists) and a HEAD cannot tell a corrupted blob, so a repair writes
+    every chunk as zstd frames with a content checksum: other bytes, other
+    digests, uploaded afresh; the same image once decompressed.
+    """
+    from pipeline.registry.push import ensure_blob, put_manifest
+
     if not 0 < chunk_bytes <= CHUNK_MAX_BYTES:
         raise ValueError(f"internal error: chunk size {chunk_bytes} out of range")
     total = os.stat(image).st_size
@@ -128,7 +143,7 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
             while offset < total or not chunks:
                 size = min(chunk_bytes, total - offset)
                 start = src.tell()
-                raw, packed, packed_size = _spool_chunk(src, size, spool)
+                raw, packed, packed_size = _spool_chunk(src, size, spool, repair)
                 # The whole-image hash reads the chunk again from the page cache.
                 src.seek(start)
                 left = size
@@ -141,8 +156,10 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
                             lambda: _pieces(spool_path), mount_from=mount_from)
                 chunks.append(chunk)
                 offset += size
-    config = json.dumps({"key": key, "material": dict(material), "size": total,
-                         "sha256": whole.hexdigest()}, sort_keys=True,
+    fields = {"key": key, "material": dict(material), "size": total, "sha256": whole.hexdigest()}
+    if record:
+        fields["record"] = dict(record)
+    config = json.dumps(fields, sort_keys=True,
                         separators=(",", ":")).encode()
     config_digest = Digest("sha256", hashlib.sha256(config).hexdigest())
     ensure_blob(client, registry, repository, config_digest, len(config), lambda: [config])

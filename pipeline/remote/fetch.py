@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ from pipeline.remote.artifact import (
     CONFIG_MEDIA_TYPE,
 )
 
-__all__ = ["Fetched", "fetch_artifact", "CONFIG_MAX_BYTES", "IMAGE_MAX_BYTES"]
+__all__ = ["Fetched", "Found", "fetch_artifact", "find_artifact", "CONFIG_MAX_BYTES",
+           "IMAGE_MAX_BYTES"]
 
 # The config is a key, its material (a few hundred bytes of options and tool
-# versions) and two numbers.
-CONFIG_MAX_BYTES = 64 << 10
+# versions), two numbers and the build record's extras (the runtime config:
+# an image's env and labels can take some kilobytes; a record is at most 1 MiB).
+CONFIG_MAX_BYTES = 1 << 20
 # A rootfs larger than 1 TiB is not a microVM disk: refuse before truncate().
 IMAGE_MAX_BYTES = 1 << 40
 
@@ -54,6 +57,26 @@ class Fetched:
     sha256: str
     size: int
     material: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)
+    """What the pusher's build record said beyond the bytes (uuid, runtime...): as
+    trusted as the image itself, i.e. as whoever may push to the repository."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An artifact's manifest and config, read and checked, no chunk downloaded."""
+
+    digest: Digest
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return str(self.config["sha256"])
+
+    @property
+    def size(self) -> int:
+        return int(self.config["size"])
 
 
 def _bad(where: str, what: str) -> RemoteArtifactError:
@@ -115,12 +138,15 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
         raise _bad(where, f"the config is malformed ({str(err)[:200]!r})") from None
     if not 0 <= config["size"] <= IMAGE_MAX_BYTES:
         raise _bad(where, f"the config claims {config['size']} bytes")
+    if not isinstance(config.get("record", {}), dict):
+        raise _bad(where, "the config's record is not an object")
     return config
 
 
-def fetch_artifact(client: RegistryClient, registry: str, repository: str, reference: str,
-                   out: Path, *, key: str | None = None) -> Fetched:
-    """Download, verify and write the artifact at ``reference`` to ``out`` (atomically)."""
+def find_artifact(client: RegistryClient, registry: str, repository: str, reference: str, *,
+                  key: str | None = None,
+                  material: Mapping[str, Any] | None = None) -> Found:
+    """The artifact's manifest and config, checked against ``key`` and ``material``."""
     where = f"{registry}/{repository}:{reference}"
     response = client.get_manifest(registry, repository, reference)
     try:
@@ -132,6 +158,18 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
     config = _read_config(client, registry, repository, where, manifest)
     if key is not None and config["key"] != key:
         raise _bad(where, f"the config is for key {config['key'][:80]!r}, expected {key!r}")
+    if material is not None and config["material"] != dict(material):
+        raise _bad(where, f"the config's key material differs from this build's (key {key!r})")
+    return Found(response.digest, manifest, config)
+
+
+def fetch_artifact(client: RegistryClient, registry: str, repository: str, reference: str,
+                   out: Path, *, key: str | None = None,
+                   material: Mapping[str, Any] | None = None) -> Fetched:
+    """Download, verify and write the artifact at ``reference`` to ``out`` (atomically)."""
+    where = f"{registry}/{repository}:{reference}"
+    found = find_artifact(client, registry, repository, reference, key=key, material=material)
+    manifest, config = found.manifest, found.config
     size = config["size"]
     chunks = _chunks(where, manifest, size)
     tmp = temp_path(out)
@@ -150,7 +188,8 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return Fetched(response.digest, config["sha256"], size, config["material"])
+    return Fetched(found.digest, config["sha256"], size, config["material"],
+                   dict(config.get("record") or {}))
 
 
 def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
