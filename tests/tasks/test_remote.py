@@ -102,3 +102,17 @@ def test_unless_built_runs_the_task_checks_as_doit_would(built: bool, conditions
     check = UnlessBuilt(lambda: built, conditions)
     check.configure_task(task)
     assert check(task, {}) is expected
+
+
+def test_creating_every_task_with_a_remote_cache_loads_no_network_client(project: Path) -> None:
+    from tests.tasks.test_tasks import HEAVY_MODULES, LOAD_DODO, REPO, loaded_modules
+
+    (project / "images.toml").write_text(REMOTE + MANIFEST)
+    (project / ".cache").mkdir()
+    from pipeline.tasks.toolcache import cached_tool_versions
+
+    cached_tool_versions(project / ".cache")
+    found = loaded_modules(LOAD_DODO, str(REPO / "dodo.py"), cwd=project)
+    assert "pipeline.tasks.remote" in found and "pipeline.tasks.share" in found
+    assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
+                  or m in HEAVY_MODULES) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,23 @@ def test_publish_then_pull_back(world: World, client: RegistryClient, tmp_path: 
     run_doit(other, env=env(world)).check()
     assert '"PUT /v2/' + world.namespace + '/published/a/blobs' not in \
         world.registry.log_text()[mark:]
+
+
+def test_two_runners_pushing_the_same_keys_at_once_both_succeed(
+        world: World, client: RegistryClient) -> None:
+    from tests.harness.doitrun import doit_command, doit_env
+
+    run_doit(world.project, "resolve").check()
+    runners = [fresh(world, f"runner{i}") for i in (1, 2)]
+    procs = [subprocess.Popen(doit_command(d), cwd=d, env=doit_env(env(world)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for d in runners]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert outputs(runners[0]) == outputs(runners[1])
+    assert len(tags(client, world)) == 3
+    third = fresh(world, "runner3")
+    mark = len(world.registry.log_text())
+    run_doit(third, env=env(world)).check()
+    assert layer_gets(world, mark) == []
+    assert outputs(third) == outputs(runners[0])
