@@ -174,3 +174,33 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
     for tag in tags:
         put_manifest(client, registry, repository, tag, mt.OCI_MANIFEST, manifest)
     return digest
+
+
+def copy_artifact(client: RegistryClient, registry: str, repository: str, digest: Digest, *,
+                  to_registry: str, to_repository: str, tag: str) -> Digest:
+    """Publish an artifact already in ``registry/repository`` (by manifest digest) under
+    ``to_registry/to_repository:tag``: the same manifest bytes, so the same digest, and
+    every blob mounted (or, across registries, streamed through) instead of rebuilt."""
+    import json
+
+    from pipeline.base.digest import parse_digest
+    from pipeline.errors import BadDigest, RemoteArtifactError
+    from pipeline.registry.push import ensure_blob, put_manifest
+
+    body = client.get_manifest(registry, repository, digest).body  # verified: by digest
+    try:
+        manifest = json.loads(body)
+        blobs = [(parse_digest(d["digest"]), int(d["size"]))
+                 for d in [manifest["config"], *manifest["layers"]]]
+    except (KeyError, TypeError, ValueError, BadDigest) as err:
+        raise RemoteArtifactError(f"{registry}/{repository}@{digest}: not an artifact to "
+                                  f"publish ({str(err)[:200]!r})") from None
+    for blob, size in blobs:
+
+        def pieces(blob: Digest = blob) -> Iterator[bytes]:
+            with client.open_blob(registry, repository, blob) as stream:
+                yield from stream.chunks()
+
+        ensure_blob(client, to_registry, to_repository, blob, size, pieces,
+                    mount_from=repository if to_registry == registry else None)
+    return put_manifest(client, to_registry, to_repository, tag, mt.OCI_MANIFEST, body)

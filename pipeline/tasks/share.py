@@ -66,41 +66,61 @@ class SharedUpToDate:
         return "would share: the output is not yet pushed or published as configured"
 
 
-def _push(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], remote: RemoteCache,
-          record: Mapping[str, Any]) -> None:
+def _from_cache(remote: RemoteCache, record: Mapping[str, Any]) -> str | None:
+    """The artifact digest when the output was fetched from this very cache, else None."""
     came = record.get("remote_cache")
-    material = key_material(image, tools)
-    from pipeline.project.buildrecord import build_key
-
-    key = build_key(material)
     if isinstance(came, dict) and came.get("repository") == str(remote):
+        digest = came.get("digest")
+        return digest if isinstance(digest, str) else None
+    return None
+
+
+def _push(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], remote: RemoteCache,
+          record: Mapping[str, Any]) -> str | None:
+    """Push a local build to the cache; the artifact digest in the cache (None: unknown)."""
+    came = _from_cache(remote, record)
+    if came is not None:
         note(pushed="came from the cache")
-        return
+        return came
+    from pipeline.project.buildrecord import build_key
     from pipeline.remote.artifact import push_artifact
 
+    material = key_material(image, tools)
+    key = build_key(material)
     repair = key in ctx.damaged_entries
     digest = push_artifact(ctx.registries.client(), remote.registry, remote.repository,
                            output_path(ctx, image.name), name=image.name, key=key,
                            material=material, tags=[cache_tag(key)],
                            record={k: record.get(k) for k in RECORD_EXTRAS}, repair=repair)
-    ctx.damaged_entries.discard(key)
     note(pushed=str(digest), **({"repaired": True} if repair else {}))
+    return str(digest)
 
 
 def _publish(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], ref: ImageRef,
-             record: Mapping[str, Any]) -> None:
+             record: Mapping[str, Any], cached: str | None) -> None:
+    """Publish the cache's artifact ``cached`` as is when there is one (the chunks the hit
+    verified, mounted), else push the output from the file."""
+    from pipeline.base.digest import parse_digest
     from pipeline.project.buildrecord import build_key
-    from pipeline.remote.artifact import push_artifact
+    from pipeline.remote.artifact import copy_artifact, push_artifact
 
     remote = ctx.manifest.remote
-    material = key_material(image, tools)
-    # Same registry: blobs the cache holds are mounted, not uploaded (HEAD first).
-    mount = remote.repository if remote is not None and remote.registry == ref.registry else None
     assert ref.tag is not None, "internal error: a publish reference without a tag"
-    digest = push_artifact(ctx.registries.client(), ref.registry, ref.repository,
-                           output_path(ctx, image.name), name=image.name,
-                           key=build_key(material), material=material, tags=[ref.tag],
-                           record={k: record.get(k) for k in RECORD_EXTRAS}, mount_from=mount)
+    client = ctx.registries.client()
+    if remote is not None and cached is not None:
+        digest = copy_artifact(client, remote.registry, remote.repository,
+                               parse_digest(cached), to_registry=ref.registry,
+                               to_repository=ref.repository, tag=ref.tag)
+    else:
+        material = key_material(image, tools)
+        # Same registry: blobs the cache holds are mounted, not uploaded (HEAD first).
+        mount = (remote.repository if remote is not None and remote.registry == ref.registry
+                 else None)
+        digest = push_artifact(client, ref.registry, ref.repository,
+                               output_path(ctx, image.name), name=image.name,
+                               key=build_key(material), material=material, tags=[ref.tag],
+                               record={k: record.get(k) for k in RECORD_EXTRAS},
+                               mount_from=mount, repair=build_key(material) in ctx.damaged_entries)
     note(published=f"{ref}@{digest}")
 
 
@@ -113,10 +133,12 @@ def share_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> d
     if isinstance(record.get("remote_cache"), dict):
         note(outcome="from remote cache")
     remote = ctx.manifest.remote
-    if remote is not None and remote.push:
-        _push(ctx, image, tools, remote, record)
+    cached = None
+    if remote is not None:
+        cached = _push(ctx, image, tools, remote, record) if remote.push else (
+            _from_cache(remote, record))
     if image.spec.publish is not None:
-        _publish(ctx, image, tools, image.spec.publish, record)
+        _publish(ctx, image, tools, image.spec.publish, record, cached)
     return {"shared": shared_plan(ctx, image, record["sha256"])}
 
 

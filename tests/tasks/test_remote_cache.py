@@ -224,10 +224,18 @@ def test_publish_then_pull_back(world: World, client: RegistryClient, tmp_path: 
     assert sha256_file(out) == outputs(world.project)["a.ext4"]
     # Published from a cache hit in a fresh directory: the same artifact, nothing uploaded.
     other = fresh(world, "runner2")
+    world.write_manifest(extra={"a": f'publish = "{target[:-3]}:v8"\n'})
+    shutil.copy(world.project / "images.toml", other / "images.toml")
     mark = len(world.registry.log_text())
-    run_doit(other, env=env(world)).check()
+    run = run_doit(other, env=env(world)).check()
     assert '"PUT /v2/' + world.namespace + '/published/a/blobs' not in \
         world.registry.log_text()[mark:]
+    published = [e["published"] for e in run.events
+                 if e.get("event") == "task.done" and "published" in e]
+    came = json.loads((other / "out/a.json").read_text())["remote_cache"]["digest"]
+    assert published == [f"{target[:-3]}:v8@{came}"]
+    assert pull_main([f"{target[:-3]}:v8", str(out)]) == 0
+    assert sha256_file(out) == outputs(world.project)["a.ext4"]
 
 
 def test_two_runners_pushing_the_same_keys_at_once_both_succeed(
