@@ -9,7 +9,9 @@ caller treats it as a miss and builds locally) and the partial file is removed.
 
 Chunks that decompress to zeros are not written: the output is created at its
 full size with ``truncate`` and those ranges stay holes (sparse, like mkfs's).
-Memory is bounded by the decompressor's window and IO_PIECE_BYTES.
+Memory is bounded by the decompressor's window and IO_PIECE_BYTES: chunks
+are decompressed through a reader, a piece at a time, never a network
+piece's whole expansion at once.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -36,6 +38,7 @@ from pipeline.remote.artifact import (
     CHUNK_MAX_BYTES,
     CHUNK_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
+    IO_PIECE_BYTES,
 )
 
 __all__ = ["Fetched", "Found", "fetch_artifact", "find_artifact", "CONFIG_MAX_BYTES",
@@ -192,35 +195,74 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
                    dict(config.get("record") or {}))
 
 
+class _Packed:
+    """A chunk's compressed bytes as a file for the decompressor: hashed, counted, bounded."""
+
+    def __init__(self, pieces: Iterator[bytes], limit: int, where: str, digest: Digest) -> None:
+        self._pieces, self._limit, self._where, self._digest = pieces, limit, where, digest
+        self._buffer = b""
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self.count += len(piece)
+            if self.count > self._limit:
+                raise _bad(self._where, f"chunk {self._digest} is longer than its "
+                                        f"{self._limit} bytes")
+            self.hash.update(piece)
+            self._buffer = piece
+        if size < 0 or size >= len(self._buffer):
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def drain(self) -> None:
+        while self.read():
+            pass
+
+
+# Compared against each full decompressed piece (a memcmp): all zeros stays a hole.
+_ZEROS = bytes(IO_PIECE_BYTES)
+
+
+def _zeros(data: bytes) -> bool:
+    return data == _ZEROS if len(data) == IO_PIECE_BYTES else data.count(0) == len(data)
+
+
 def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
                  whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
                  raw_digest: Digest) -> None:
-    packed, raw = hashlib.sha256(), hashlib.sha256()
-    got_packed = got_raw = 0
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    raw = hashlib.sha256()
+    got_raw = 0
     f.seek(offset)
     try:
         with client.open_blob(registry, repository, digest) as stream:
-            for piece in stream.chunks():
-                got_packed += len(piece)
-                if got_packed > packed_size:
-                    raise _bad(where, f"chunk {digest} is longer than its {packed_size} bytes")
-                packed.update(piece)
-                data = decompressor.decompress(piece)
+            packed = _Packed(iter(stream.chunks()), packed_size, where, digest)
+            # Decompressed in pieces of at most IO_PIECE_BYTES: a megabyte of zstd can
+            # stand for hundreds of megabytes of zeros.
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                cast("IO[bytes]", packed), read_size=IO_PIECE_BYTES, closefd=False)
+            while data := reader.read(IO_PIECE_BYTES):
                 got_raw += len(data)
                 if got_raw > raw_size:
                     raise _bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
                 raw.update(data)
                 whole.update(data)
-                if data.count(0) == len(data):
+                if _zeros(data):
                     f.seek(len(data), os.SEEK_CUR)  # a hole: truncate() made it zeros
                 else:
                     f.write(data)
+            packed.drain()
     except zstandard.ZstdError as err:
         raise _bad(where, f"chunk {digest} is not valid zstd ({err})") from None
-    if packed.hexdigest() != digest.hex:
-        raise _bad(where, f"chunk at offset {offset} hashes to sha256:{packed.hexdigest()}, "
-                          f"expected {digest}")
+    if packed.hash.hexdigest() != digest.hex:
+        raise _bad(where, f"chunk at offset {offset} hashes to "
+                          f"sha256:{packed.hash.hexdigest()}, expected {digest}")
     if got_raw != raw_size or raw.hexdigest() != raw_digest.hex:
         raise _bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
                           f"sha256:{raw.hexdigest()}, expected {raw_size} bytes {raw_digest}")
