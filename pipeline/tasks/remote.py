@@ -150,12 +150,14 @@ def write_fetched(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str],
                   remote: RemoteCache, tag: str, key: str,
                   material: Mapping[str, Any]) -> str:
     """Fetch the entry ``tag`` into out/<name>.ext4 and write its record; the artifact digest."""
-    from pipeline.remote.fetch import fetch_artifact
+    from pipeline.tasks.jobs import fetch_job
 
     output = output_path(ctx, image.name)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    fetched = fetch_artifact(ctx.registries.client(), remote.registry, remote.repository, tag,
-                             output, key=key, material=material)
+    # Hashing and decompressing hold the GIL between pieces: beside another fetch or
+    # build, a worker process runs it.
+    fetched = ctx.run_job(fetch_job, remote.registry, remote.repository, tag, output, key,
+                          dict(material), ctx.manifest.insecure_hosts)
     try:
         extras = _extras(fetched.record, f"{remote}:{tag}")
     except Exception:
