@@ -81,7 +81,7 @@ class Chunk:
 
 
 def _spool_chunk(src: Any, size: int, spool: Any,
-                 checksum: bool) -> tuple[Digest, Digest, int]:
+                 checksum: bool) -> tuple[Digest, Digest, int, Any]:
     import zstandard
 
     raw = hashlib.sha256()
@@ -104,7 +104,7 @@ def _spool_chunk(src: Any, size: int, spool: Any,
     while piece := spool.read(IO_PIECE_BYTES):
         packed.update(piece)
     return (Digest("sha256", raw.hexdigest()), Digest("sha256", packed.hexdigest()),
-            compressed_size)
+            compressed_size, raw)
 
 
 def _pieces(path: str) -> Iterator[bytes]:
@@ -143,14 +143,18 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
             while offset < total or not chunks:
                 size = min(chunk_bytes, total - offset)
                 start = src.tell()
-                raw, packed, packed_size = _spool_chunk(src, size, spool, repair)
-                # The whole-image hash reads the chunk again from the page cache.
-                src.seek(start)
-                left = size
-                while left:
-                    piece = src.read(min(IO_PIECE_BYTES, left))
-                    whole.update(piece)
-                    left -= len(piece)
+                raw, packed, packed_size, state = _spool_chunk(src, size, spool, repair)
+                if offset == 0:
+                    # The whole image's hash after its first chunk is that chunk's hash.
+                    whole = state
+                else:
+                    # Later chunks: the whole-image hash reads them again (page cache).
+                    src.seek(start)
+                    left = size
+                    while left:
+                        piece = src.read(min(IO_PIECE_BYTES, left))
+                        whole.update(piece)
+                        left -= len(piece)
                 chunk = Chunk(len(chunks), offset, size, raw, packed, packed_size)
                 ensure_blob(client, registry, repository, packed, packed_size,
                             lambda: _pieces(spool_path), mount_from=mount_from)

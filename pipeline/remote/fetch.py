@@ -237,7 +237,8 @@ def _zeros(data: bytes) -> bool:
 def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
                  whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
                  raw_digest: Digest) -> None:
-    raw = hashlib.sha256()
+    # The first chunk's digest is the whole image's hash state after it: one pass, not two.
+    raw = hashlib.sha256() if offset else None
     got_raw = 0
     f.seek(offset)
     try:
@@ -251,7 +252,8 @@ def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: 
                 got_raw += len(data)
                 if got_raw > raw_size:
                     raise _bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
-                raw.update(data)
+                if raw is not None:
+                    raw.update(data)
                 whole.update(data)
                 if _zeros(data):
                     f.seek(len(data), os.SEEK_CUR)  # a hole: truncate() made it zeros
@@ -263,6 +265,7 @@ def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: 
     if packed.hash.hexdigest() != digest.hex:
         raise _bad(where, f"chunk at offset {offset} hashes to "
                           f"sha256:{packed.hash.hexdigest()}, expected {digest}")
-    if got_raw != raw_size or raw.hexdigest() != raw_digest.hex:
+    got = (whole.copy() if raw is None else raw).hexdigest()
+    if got_raw != raw_size or got != raw_digest.hex:
         raise _bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
-                          f"sha256:{raw.hexdigest()}, expected {raw_size} bytes {raw_digest}")
+                          f"sha256:{got}, expected {raw_size} bytes {raw_digest}")

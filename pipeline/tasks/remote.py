@@ -13,7 +13,9 @@ output is already built for that config (then it makes no request), one
 fetched and verified (``remote.fetch``: config key and material against the
 local ones, every chunk, the whole image) into ``out/<name>.ext4`` with a
 build record saying where it came from. A damaged artifact is a miss with
-one warning line, and the image is built locally.
+one warning line, and the image is built locally; so is every image when
+the cache cannot be reached (``remote.unavailable``): the cache only speeds
+builds up, it never stops one.
 
 What keeps a hit lazy: every ``fetch-blob``, ``unpack`` and ``flatten``
 task of a run with a remote cache waits for the lookups of its images and
@@ -114,11 +116,19 @@ def remote_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> 
     material = key_material(image, tools)
     key = build_key(material)
     tag = cache_tag(key)
-    if not _lookup(ctx, remote, tag):
-        note(outcome="miss", key=key[:12])
-        return
     from pipeline.errors import DigestMismatch, RegistryError, RemoteArtifactError
 
+    try:
+        found = _lookup(ctx, remote, tag)
+    except RegistryError as err:
+        # The cache is an accelerator: unreachable or refusing, the image is built here.
+        log.warning("remote.unavailable", image=image.name, repository=str(remote),
+                    error=escape_text(str(err), 400), next="built locally")
+        note(outcome="cache unavailable, built locally", key=key[:12])
+        return
+    if not found:
+        note(outcome="miss", key=key[:12])
+        return
     try:
         digest = write_fetched(ctx, image, tools, remote, tag, key, material)
     except (RemoteArtifactError, RegistryError, DigestMismatch) as err:
@@ -158,9 +168,11 @@ def write_fetched(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str],
     # build, a worker process runs it.
     fetched = ctx.run_job(fetch_job, remote.registry, remote.repository, tag, output, key,
                           dict(material), ctx.manifest.insecure_hosts)
+    from pipeline.errors import RemoteArtifactError
+
     try:
         extras = _extras(fetched.record, f"{remote}:{tag}")
-    except Exception:
+    except RemoteArtifactError:
         output.unlink(missing_ok=True)
         raise
     stamp = file_stamp(output)

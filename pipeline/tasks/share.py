@@ -82,16 +82,23 @@ def _push(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], remote: R
     if came is not None:
         note(pushed="came from the cache")
         return came
+    from pipeline.errors import RegistryError
     from pipeline.project.buildrecord import build_key
     from pipeline.remote.artifact import push_artifact
 
     material = key_material(image, tools)
     key = build_key(material)
     repair = key in ctx.damaged_entries
-    digest = push_artifact(ctx.registries.client(), remote.registry, remote.repository,
-                           output_path(ctx, image.name), name=image.name, key=key,
-                           material=material, tags=[cache_tag(key)],
-                           record={k: record.get(k) for k in RECORD_EXTRAS}, repair=repair)
+    try:
+        digest = push_artifact(ctx.registries.client(), remote.registry, remote.repository,
+                               output_path(ctx, image.name), name=image.name, key=key,
+                               material=material, tags=[cache_tag(key)],
+                               record={k: record.get(k) for k in RECORD_EXTRAS}, repair=repair)
+    except RegistryError as err:
+        raise RegistryError(f"{image.name} is built ({output_path(ctx, image.name)}) but its "
+                            f"push to the remote cache {remote} failed: {err}; the next run "
+                            "pushes it again (ROOTFS_REMOTE_CACHE_PUSH=0 builds without "
+                            "pushing)", status=err.status) from err
     note(pushed=str(digest), **({"repaired": True} if repair else {}))
     return str(digest)
 

@@ -256,3 +256,17 @@ def test_two_runners_pushing_the_same_keys_at_once_both_succeed(
     run_doit(third, env=env(world)).check()
     assert layer_gets(world, mark) == []
     assert outputs(third) == outputs(runners[0])
+
+
+def test_an_unreachable_cache_builds_locally_and_a_failed_push_says_so(world: World) -> None:
+    from tests.harness.registry import free_port
+
+    gone = {"ROOTFS_REMOTE_CACHE": f"127.0.0.1:{free_port()}/nothing-here"}
+    read_only = run_doit(world.project, env={**gone, "ROOTFS_REMOTE_CACHE_PUSH": "0"}).check()
+    warnings = [e for e in read_only.events if e.get("event") == "remote.unavailable"]
+    assert sorted(e["image"] for e in warnings) == ["a", "b", "c"]
+    assert sorted(outputs(world.project)) == ["a.ext4", "b.ext4", "c.ext4"]
+    pushing = run_doit(world.project, env=gone)
+    assert pushing.returncode == 1
+    assert "a is built (" in pushing.stdout and "but its push to the remote cache" in \
+        pushing.stdout and "ROOTFS_REMOTE_CACHE_PUSH=0 builds without pushing" in pushing.stdout
