@@ -270,3 +270,19 @@ def test_an_unreachable_cache_builds_locally_and_a_failed_push_says_so(world: Wo
     assert pushing.returncode == 1
     assert "a is built (" in pushing.stdout and "but its push to the remote cache" in \
         pushing.stdout and "ROOTFS_REMOTE_CACHE_PUSH=0 builds without pushing" in pushing.stdout
+
+
+def test_publish_without_a_remote_cache_pushes_the_built_image(world: World,
+                                                               tmp_path: Path) -> None:
+    target = f"{world.registry.host}/{world.namespace}/published/b:v1"
+    world.write_manifest(extra={"b": f'publish = "{target}"\n'})
+    run = run_doit(world.project).check()
+    assert [e["task"] for e in run.events
+            if e.get("event") == "task.done" and "published" in e] == ["mkfs:b"]
+    out = tmp_path / "pulled.ext4"
+    assert pull_main([target, str(out)]) == 0
+    assert sha256_file(out) == outputs(world.project)["b.ext4"]
+    # Up to date afterwards: a second run publishes nothing again.
+    (world.project / ".cache/noop.json").unlink()
+    again = run_doit(world.project).check()
+    assert not [e for e in again.events if "published" in e]
