@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pipeline.ext4.options import Ext4Options
     from pipeline.remote.fetch import Fetched
 
-__all__ = ["flatten_job", "image_job", "fetch_job", "PRELOAD"]
+__all__ = ["flatten_job", "image_job", "fetch_job", "push_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
            "pipeline.ext4.derive.build")
@@ -56,3 +56,14 @@ def fetch_job(registry: str, repository: str, tag: str, output: Path, key: str,
     with RegistryClient(insecure_hosts=insecure_hosts) as client:
         return fetch_artifact(client, registry, repository, tag, output, key=key,
                               material=material)
+
+
+def push_job(registry: str, repository: str, image: Path, insecure_hosts: frozenset[str],
+             options: Mapping[str, Any]) -> str:
+    """``remote.artifact.push_artifact`` with a client of its own (compressing and hashing
+    beside another build or push use a core of their own); the manifest digest."""
+    from pipeline.registry.client import RegistryClient
+    from pipeline.remote.artifact import push_artifact
+
+    with RegistryClient(insecure_hosts=insecure_hosts) as client:
+        return str(push_artifact(client, registry, repository, image, **dict(options)))

@@ -84,16 +84,19 @@ def _push(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], remote: R
         return came
     from pipeline.errors import RegistryError
     from pipeline.project.buildrecord import build_key
-    from pipeline.remote.artifact import push_artifact
 
     material = key_material(image, tools)
     key = build_key(material)
     repair = key in ctx.damaged_entries
+    from pipeline.tasks.jobs import push_job
+
     try:
-        digest = push_artifact(ctx.registries.client(), remote.registry, remote.repository,
-                               output_path(ctx, image.name), name=image.name, key=key,
-                               material=material, tags=[cache_tag(key)],
-                               record={k: record.get(k) for k in RECORD_EXTRAS}, repair=repair)
+        # Compressing and hashing hold the GIL between pieces: a worker beside other jobs.
+        digest = ctx.run_job(push_job, remote.registry, remote.repository,
+                             output_path(ctx, image.name), ctx.manifest.insecure_hosts,
+                             {"name": image.name, "key": key, "material": material,
+                              "tags": [cache_tag(key)], "repair": repair,
+                              "record": {k: record.get(k) for k in RECORD_EXTRAS}})
     except RegistryError as err:
         raise RegistryError(f"{image.name} is built ({output_path(ctx, image.name)}) but its "
                             f"push to the remote cache {remote} failed: {err}; the next run "
