@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from .world import World, WorldImage
 __all__ = ["OursRun", "Ours", "write_manifest"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_FAMILIES = ("resolve", "fetch-blob", "unpack", "flatten", "mkfs")
+_FAMILIES = ("resolve", "remote", "fetch-blob", "unpack", "flatten", "mkfs")
 
 
 @dataclass(slots=True)
@@ -85,9 +85,10 @@ class Ours:
                                "that runs the bench (pip install -e .)")
 
     def build(self, directory: Path, *, profile: Path | None = None,
-              command: Sequence[str] = ()) -> OursRun:
+              command: Sequence[str] = (), env: Mapping[str, str] | None = None) -> OursRun:
         """Run doit in ``directory`` (its images.toml must exist); ``command`` is what
-        comes first on doit's command line (e.g. ``["list"]``), nothing for a build."""
+        comes first on doit's command line (e.g. ``["list"]``), nothing for a build;
+        ``env`` adds variables (the remote cache's)."""
         argv = [str(self.doit), *command, "-f", str(_REPO_ROOT / "dodo.py"), "-d",
                 str(directory)]
         if profile is not None:
@@ -97,8 +98,11 @@ class Ours:
                     "--format", "speedscope", "--rate", "200", "-o", str(profile), "--",
                     *argv]
         start = self.log.stat().st_size if self.log.exists() else 0
-        env = dict(os.environ)
+        extra, env = env or {}, dict(os.environ)
         env.pop("ROOTFS_MIRRORS", None)
+        for name in ("ROOTFS_REMOTE_CACHE", "ROOTFS_REMOTE_CACHE_PUSH"):
+            env.pop(name, None)
+        env.update(extra)
         # Users run with cached bytecode (pip compiles it at install); a host
         # that forbids writing .pyc files would time the compiler instead.
         env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -28,7 +28,8 @@ MEMORY_LIMIT = 300 * MiB
 _TITLES = {"1": "1 cold single image", "1f": "1f cold single, derive = false",
            "2": "2 cold batch of 10", "3": "3 no-op rerun of batch",
            "4": "4 tag bump (new top layer)", "5": "5 1 GiB image",
-           "layers": "L multi-layer whiteouts"}
+           "layers": "L multi-layer whiteouts",
+           "remote": "R batch from a warm remote cache"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ def targets(results: dict[str, Samples]) -> list[Target]:
                 lambda v: v < 0.02, "{:.1%}"),
         _target("tag bump / cold single", "<= 0.40", _ratio(get("4", 0), get("1", 0)),
                 lambda v: v <= 0.4, "{:.2f}"),
+        _target("batch from remote cache / cold batch", "<= 0.30",
+                _ratio(get("remote", 0), get("remote", 1)), lambda v: v <= 0.3, "{:.2f}"),
         _target("peak memory, any image (RSS sum)", "< 300 MiB",
                 max(ours_peaks) / MiB if ours_peaks else None,
                 lambda v: v < MEMORY_LIMIT / MiB, "{:.0f} MiB"),

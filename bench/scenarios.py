@@ -10,6 +10,9 @@ id    what is timed (ours: one ``doit`` run)           peer
 4     ``app00`` bumped ``v1`` -> ``v2`` (new top)      copy + unpack + mkfs of app00:v2
 5     ``big`` (~1 GiB uncompressed, fresh cache)       fresh layout
 L     ``layers`` (4 layers, whiteouts, opaque dirs)    fresh layout (no target: a check)
+R     a fresh directory getting the batch from a       our own cold local build of the
+      warm remote cache (the world's registry)         batch (floor column: the cold build
+                                                       that pushed, which warmed the cache)
 ====  ==============================================  ===================================
 
 Within one bench run the order is fixed (peer, floor, ours per scenario) and
@@ -38,7 +41,7 @@ from .world import World, WorldImage
 
 __all__ = ["SCENARIOS", "Sample", "Samples", "Bench", "with_dependencies", "ext4_inodes_used"]
 
-SCENARIOS = ("1", "1f", "2", "3", "4", "5", "layers")
+SCENARIOS = ("1", "1f", "2", "3", "4", "5", "layers", "remote")
 _NEEDS = {"1f": ("1",), "3": ("2",), "4": ("2", "1")}
 
 
@@ -198,4 +201,47 @@ class Bench:
                 self._side_by_side(sid, title, Peer(w, d / "peer", self.log_dir), [image],
                                    d / "ours")
                 shutil.rmtree(d)
+        if "remote" in selected:
+            self._remote(root / "sremote", index)
         shutil.rmtree(root, ignore_errors=True)
+
+    def _remote(self, d: Path, index: int) -> None:
+        """Scenario R: cold local batch, then a cold batch pushing to a cache repository of
+        the world's registry (new per run: a cold cache), then a fresh directory from it."""
+        w, samples = self.world, self._samples("remote")
+        assert w.registry is not None, "internal error: the world's registry is not running"
+        env = {"ROOTFS_REMOTE_CACHE": f"{w.registry.host}/bench/rootfs-cache-{os.getpid()}-"
+                                      f"{index}", "ROOTFS_REMOTE_CACHE_PUSH": "1"}
+        for name in ("local", "push", "fetch"):
+            write_manifest(d / name, w, w.batch)
+        os.sync()
+        cold = self.ours.build(d / "local")
+        samples.peer.append(Sample.of(cold))
+        shutil.rmtree(d / "local")
+        os.sync()
+        pushed = self.ours.build(d / "push", env=env)
+        samples.floor.append(Sample.of(pushed))
+        # The fresh directory has the lock file a runner would have checked out.
+        shutil.copy(d / "push/images.lock.json", d / "fetch/images.lock.json")
+        os.sync()
+        fetched = self.ours.build(d / "fetch", env=env)
+        samples.ours.append(Sample.of(fetched))
+        self.say(f"  [R] batch of {len(w.batch)}: cold local {cold.seconds:.2f} s, cold + push "
+                 f"{pushed.seconds:.2f} s, fresh directory from the cache "
+                 f"{fetched.seconds:.2f} s (ratio {fetched.seconds / cold.seconds:.2f})")
+        for mine, theirs in zip(fetched.outputs, pushed.outputs, strict=True):
+            same = _same_bytes(mine, theirs)
+            samples.checks.append({"image": mine.stem, "identical": same})
+            if not same:
+                self.say(f"  warning: {mine.stem}: the cached image differs from the build")
+        shutil.rmtree(d)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True

@@ -20,6 +20,9 @@ Two fields serve the pipeline itself:
 - ``derived_from``: the base image key when the image was derived from a
   cached base (``ext4derive``), else null; informative only (how the bytes
   were made is decided by the layers, so ``ext4_key`` already covers it);
+- ``remote_cache``: null for a local build; for an image fetched from the
+  remote cache instead of built, the repository, tag and artifact digest it
+  came from (``tasks.remote``);
 - ``ext4_stamp``: (size, mtime_ns) of the ext4 file when the record was
   written. A matching stamp shows the file is the one the record describes
   without reading gigabytes; a rewrite or truncation changes it (compared
@@ -93,6 +96,9 @@ class BuildRecord:
     pipeline_version: str = ""
     """The rootfs-pipeline version that wrote the record (informative: it does not
     key the build, so an upgrade does not rebuild every image)."""
+    remote_cache: Mapping[str, Any] | None = None
+    """Where the image came from when it was fetched from the remote cache instead of
+    built: ``{"repository", "tag", "digest"}`` (the artifact's manifest digest)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +122,7 @@ class BuildRecord:
             "runtime": None if self.runtime is None else dict(self.runtime),
             "clamped_times": list(self.clamped_times),
             "pipeline_version": self.pipeline_version,
+            "remote_cache": None if self.remote_cache is None else dict(self.remote_cache),
         }
 
 

@@ -4,7 +4,8 @@ Shape (one image, one manifest)::
 
     manifest  artifactType ARTIFACT_TYPE
       config  CONFIG_MEDIA_TYPE: {"key": <hex>, "material": {...}, "size": N,
-                                  "sha256": <hex of the whole ext4>}
+                                  "sha256": <hex of the whole ext4>,
+                                  "record": {...} (optional: uuid, runtime, ...)}
       layers  CHUNK_MEDIA_TYPE, one per <= CHUNK_MAX_BYTES of the image, each
               annotated with its offset, uncompressed size and digest, and
               titled ``<name>.ext4.<index>.zst`` so ``oras pull`` writes files
@@ -32,14 +33,13 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import zstandard
+from typing import TYPE_CHECKING, Any
 
 from pipeline.base.digest import Digest
 from pipeline.oci import mediatypes as mt
-from pipeline.registry.client import RegistryClient
-from pipeline.registry.push import ensure_blob, put_manifest
+
+if TYPE_CHECKING:  # loaded by the push itself: the task graph needs only the constants
+    from pipeline.registry.client import RegistryClient
 
 __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CHUNK_MEDIA_TYPE", "CHUNK_MAX_BYTES",
            "Chunk", "push_artifact", "ANN_OFFSET", "ANN_SIZE", "ANN_DIGEST", "ANN_TITLE"]
@@ -80,11 +80,14 @@ class Chunk:
                                 ANN_TITLE: f"{name}.ext4.{self.index:04d}.zst"}}
 
 
-def _spool_chunk(src: Any, size: int, spool: Any) -> tuple[Digest, Digest, int]:
+def _spool_chunk(src: Any, size: int, spool: Any,
+                 checksum: bool) -> tuple[Digest, Digest, int, Any]:
+    import zstandard
+
     raw = hashlib.sha256()
     spool.seek(0)
     spool.truncate()
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=checksum)
     with compressor.stream_writer(spool, size=size, closefd=False) as writer:
         left = size
         while left:
@@ -101,7 +104,7 @@ def _spool_chunk(src: Any, size: int, spool: Any) -> tuple[Digest, Digest, int]:
     while piece := spool.read(IO_PIECE_BYTES):
         packed.update(piece)
     return (Digest("sha256", raw.hexdigest()), Digest("sha256", packed.hexdigest()),
-            compressed_size)
+            compressed_size, raw)
 
 
 def _pieces(path: str) -> Iterator[bytes]:
@@ -112,9 +115,21 @@ def _pieces(path: str) -> Iterator[bytes]:
 
 def push_artifact(client: RegistryClient, registry: str, repository: str, image: Path, *,
                   name: str, key: str, material: Mapping[str, Any], tags: list[str],
-                  chunk_bytes: int = CHUNK_MAX_BYTES,
-                  mount_from: str | None = None) -> Digest:
-    """Push ``image`` as an artifact, blobs first, then the manifest under each tag."""
+                  chunk_bytes: int = CHUNK_MAX_BYTES, mount_from: str | None = None,
+                  record: Mapping[str, Any] | None = None, repair: bool = False) -> Digest:
+    """Push ``image`` as an artifact, blobs first, then the manifest under each tag.
+
+    ``record``: what a reader's build record should say beyond the bytes (the
+    image's uuid, runtime config...), kept in the config beside the key material.
+
+    ``repair``: the entry under these tags was found damaged. A registry keeps
+    the first bytes stored under a digest (distribution skips the move when the
+    blob exists) and a HEAD cannot tell a corrupted blob, so a repair writes
+    every chunk as zstd frames with a content checksum: other bytes, other
+    digests, uploaded afresh; the same image once decompressed.
+    """
+    from pipeline.registry.push import ensure_blob, put_manifest
+
     if not 0 < chunk_bytes <= CHUNK_MAX_BYTES:
         raise ValueError(f"internal error: chunk size {chunk_bytes} out of range")
     total = os.stat(image).st_size
@@ -128,21 +143,27 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
             while offset < total or not chunks:
                 size = min(chunk_bytes, total - offset)
                 start = src.tell()
-                raw, packed, packed_size = _spool_chunk(src, size, spool)
-                # The whole-image hash reads the chunk again from the page cache.
-                src.seek(start)
-                left = size
-                while left:
-                    piece = src.read(min(IO_PIECE_BYTES, left))
-                    whole.update(piece)
-                    left -= len(piece)
+                raw, packed, packed_size, state = _spool_chunk(src, size, spool, repair)
+                if offset == 0:
+                    # The whole image's hash after its first chunk is that chunk's hash.
+                    whole = state
+                else:
+                    # Later chunks: the whole-image hash reads them again (page cache).
+                    src.seek(start)
+                    left = size
+                    while left:
+                        piece = src.read(min(IO_PIECE_BYTES, left))
+                        whole.update(piece)
+                        left -= len(piece)
                 chunk = Chunk(len(chunks), offset, size, raw, packed, packed_size)
                 ensure_blob(client, registry, repository, packed, packed_size,
                             lambda: _pieces(spool_path), mount_from=mount_from)
                 chunks.append(chunk)
                 offset += size
-    config = json.dumps({"key": key, "material": dict(material), "size": total,
-                         "sha256": whole.hexdigest()}, sort_keys=True,
+    fields = {"key": key, "material": dict(material), "size": total, "sha256": whole.hexdigest()}
+    if record:
+        fields["record"] = dict(record)
+    config = json.dumps(fields, sort_keys=True,
                         separators=(",", ":")).encode()
     config_digest = Digest("sha256", hashlib.sha256(config).hexdigest())
     ensure_blob(client, registry, repository, config_digest, len(config), lambda: [config])
@@ -157,3 +178,33 @@ def push_artifact(client: RegistryClient, registry: str, repository: str, image:
     for tag in tags:
         put_manifest(client, registry, repository, tag, mt.OCI_MANIFEST, manifest)
     return digest
+
+
+def copy_artifact(client: RegistryClient, registry: str, repository: str, digest: Digest, *,
+                  to_registry: str, to_repository: str, tag: str) -> Digest:
+    """Publish an artifact already in ``registry/repository`` (by manifest digest) under
+    ``to_registry/to_repository:tag``: the same manifest bytes, so the same digest, and
+    every blob mounted (or, across registries, streamed through) instead of rebuilt."""
+    import json
+
+    from pipeline.base.digest import parse_digest
+    from pipeline.errors import BadDigest, RemoteArtifactError
+    from pipeline.registry.push import ensure_blob, put_manifest
+
+    body = client.get_manifest(registry, repository, digest).body  # verified: by digest
+    try:
+        manifest = json.loads(body)
+        blobs = [(parse_digest(d["digest"]), int(d["size"]))
+                 for d in [manifest["config"], *manifest["layers"]]]
+    except (KeyError, TypeError, ValueError, BadDigest) as err:
+        raise RemoteArtifactError(f"{registry}/{repository}@{digest}: not an artifact to "
+                                  f"publish ({str(err)[:200]!r})") from None
+    for blob, size in blobs:
+
+        def pieces(blob: Digest = blob) -> Iterator[bytes]:
+            with client.open_blob(registry, repository, blob) as stream:
+                yield from stream.chunks()
+
+        ensure_blob(client, to_registry, to_repository, blob, size, pieces,
+                    mount_from=repository if to_registry == registry else None)
+    return put_manifest(client, to_registry, to_repository, tag, mt.OCI_MANIFEST, body)

@@ -9,7 +9,9 @@ caller treats it as a miss and builds locally) and the partial file is removed.
 
 Chunks that decompress to zeros are not written: the output is created at its
 full size with ``truncate`` and those ranges stay holes (sparse, like mkfs's).
-Memory is bounded by the decompressor's window and IO_PIECE_BYTES.
+Memory is bounded by the decompressor's window and IO_PIECE_BYTES: chunks
+are decompressed through a reader, a piece at a time, never a network
+piece's whole expansion at once.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -35,13 +38,16 @@ from pipeline.remote.artifact import (
     CHUNK_MAX_BYTES,
     CHUNK_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
+    IO_PIECE_BYTES,
 )
 
-__all__ = ["Fetched", "fetch_artifact", "CONFIG_MAX_BYTES", "IMAGE_MAX_BYTES"]
+__all__ = ["Fetched", "Found", "fetch_artifact", "find_artifact", "CONFIG_MAX_BYTES",
+           "IMAGE_MAX_BYTES"]
 
 # The config is a key, its material (a few hundred bytes of options and tool
-# versions) and two numbers.
-CONFIG_MAX_BYTES = 64 << 10
+# versions), two numbers and the build record's extras (the runtime config:
+# an image's env and labels can take some kilobytes; a record is at most 1 MiB).
+CONFIG_MAX_BYTES = 1 << 20
 # A rootfs larger than 1 TiB is not a microVM disk: refuse before truncate().
 IMAGE_MAX_BYTES = 1 << 40
 
@@ -54,6 +60,26 @@ class Fetched:
     sha256: str
     size: int
     material: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)
+    """What the pusher's build record said beyond the bytes (uuid, runtime...): as
+    trusted as the image itself, i.e. as whoever may push to the repository."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An artifact's manifest and config, read and checked, no chunk downloaded."""
+
+    digest: Digest
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return str(self.config["sha256"])
+
+    @property
+    def size(self) -> int:
+        return int(self.config["size"])
 
 
 def _bad(where: str, what: str) -> RemoteArtifactError:
@@ -115,12 +141,15 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
         raise _bad(where, f"the config is malformed ({str(err)[:200]!r})") from None
     if not 0 <= config["size"] <= IMAGE_MAX_BYTES:
         raise _bad(where, f"the config claims {config['size']} bytes")
+    if not isinstance(config.get("record", {}), dict):
+        raise _bad(where, "the config's record is not an object")
     return config
 
 
-def fetch_artifact(client: RegistryClient, registry: str, repository: str, reference: str,
-                   out: Path, *, key: str | None = None) -> Fetched:
-    """Download, verify and write the artifact at ``reference`` to ``out`` (atomically)."""
+def find_artifact(client: RegistryClient, registry: str, repository: str, reference: str, *,
+                  key: str | None = None,
+                  material: Mapping[str, Any] | None = None) -> Found:
+    """The artifact's manifest and config, checked against ``key`` and ``material``."""
     where = f"{registry}/{repository}:{reference}"
     response = client.get_manifest(registry, repository, reference)
     try:
@@ -132,6 +161,18 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
     config = _read_config(client, registry, repository, where, manifest)
     if key is not None and config["key"] != key:
         raise _bad(where, f"the config is for key {config['key'][:80]!r}, expected {key!r}")
+    if material is not None and config["material"] != dict(material):
+        raise _bad(where, f"the config's key material differs from this build's (key {key!r})")
+    return Found(response.digest, manifest, config)
+
+
+def fetch_artifact(client: RegistryClient, registry: str, repository: str, reference: str,
+                   out: Path, *, key: str | None = None,
+                   material: Mapping[str, Any] | None = None) -> Fetched:
+    """Download, verify and write the artifact at ``reference`` to ``out`` (atomically)."""
+    where = f"{registry}/{repository}:{reference}"
+    found = find_artifact(client, registry, repository, reference, key=key, material=material)
+    manifest, config = found.manifest, found.config
     size = config["size"]
     chunks = _chunks(where, manifest, size)
     tmp = temp_path(out)
@@ -150,38 +191,81 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return Fetched(response.digest, config["sha256"], size, config["material"])
+    return Fetched(found.digest, config["sha256"], size, config["material"],
+                   dict(config.get("record") or {}))
+
+
+class _Packed:
+    """A chunk's compressed bytes as a file for the decompressor: hashed, counted, bounded."""
+
+    def __init__(self, pieces: Iterator[bytes], limit: int, where: str, digest: Digest) -> None:
+        self._pieces, self._limit, self._where, self._digest = pieces, limit, where, digest
+        self._buffer = b""
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self.count += len(piece)
+            if self.count > self._limit:
+                raise _bad(self._where, f"chunk {self._digest} is longer than its "
+                                        f"{self._limit} bytes")
+            self.hash.update(piece)
+            self._buffer = piece
+        if size < 0 or size >= len(self._buffer):
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def drain(self) -> None:
+        while self.read():
+            pass
+
+
+# Compared against each full decompressed piece (a memcmp): all zeros stays a hole.
+_ZEROS = bytes(IO_PIECE_BYTES)
+
+
+def _zeros(data: bytes) -> bool:
+    return data == _ZEROS if len(data) == IO_PIECE_BYTES else data.count(0) == len(data)
 
 
 def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
                  whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
                  raw_digest: Digest) -> None:
-    packed, raw = hashlib.sha256(), hashlib.sha256()
-    got_packed = got_raw = 0
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    # The first chunk's digest is the whole image's hash state after it: one pass, not two.
+    raw = hashlib.sha256() if offset else None
+    got_raw = 0
     f.seek(offset)
     try:
         with client.open_blob(registry, repository, digest) as stream:
-            for piece in stream.chunks():
-                got_packed += len(piece)
-                if got_packed > packed_size:
-                    raise _bad(where, f"chunk {digest} is longer than its {packed_size} bytes")
-                packed.update(piece)
-                data = decompressor.decompress(piece)
+            packed = _Packed(iter(stream.chunks()), packed_size, where, digest)
+            # Decompressed in pieces of at most IO_PIECE_BYTES: a megabyte of zstd can
+            # stand for hundreds of megabytes of zeros.
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                cast("IO[bytes]", packed), read_size=IO_PIECE_BYTES, closefd=False)
+            while data := reader.read(IO_PIECE_BYTES):
                 got_raw += len(data)
                 if got_raw > raw_size:
                     raise _bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
-                raw.update(data)
+                if raw is not None:
+                    raw.update(data)
                 whole.update(data)
-                if data.count(0) == len(data):
+                if _zeros(data):
                     f.seek(len(data), os.SEEK_CUR)  # a hole: truncate() made it zeros
                 else:
                     f.write(data)
+            packed.drain()
     except zstandard.ZstdError as err:
         raise _bad(where, f"chunk {digest} is not valid zstd ({err})") from None
-    if packed.hexdigest() != digest.hex:
-        raise _bad(where, f"chunk at offset {offset} hashes to sha256:{packed.hexdigest()}, "
-                          f"expected {digest}")
-    if got_raw != raw_size or raw.hexdigest() != raw_digest.hex:
+    if packed.hash.hexdigest() != digest.hex:
+        raise _bad(where, f"chunk at offset {offset} hashes to "
+                          f"sha256:{packed.hash.hexdigest()}, expected {digest}")
+    got = (whole.copy() if raw is None else raw).hexdigest()
+    if got_raw != raw_size or got != raw_digest.hex:
         raise _bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
-                          f"sha256:{raw.hexdigest()}, expected {raw_size} bytes {raw_digest}")
+                          f"sha256:{got}, expected {raw_size} bytes {raw_digest}")

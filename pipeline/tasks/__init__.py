@@ -21,7 +21,11 @@ fetch-blob:<digest>   the verified blob is unchanged              fetch.py
                       (copied from a local source, else fetched)
 unpack:<digest>       the layer store is finished                 unpack.py
 flatten:<image>       the flat image of the layer chain exists    flatten.py
+remote:<image>        the output is built (else: one HEAD, a hit    remote.py
+                      is fetched)
 mkfs:<image>          out/<image>.ext4 and .json match the config mkfs.py
+                      (and were pushed/published as asked)        share.py
+collect               never (checks the remote cache)             collect.py
 update                never (re-resolves every image)             resolve.py
 gc                    never (collects the cache)                  gc.py
 prune:<image>         never (made only for a removed image)       prune.py
@@ -75,6 +79,7 @@ from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
 from pipeline.project.sharing import register_manifest
 from pipeline.tasks.cmdline import check_requested, check_vars, install_interrupt_hook, parse_switch
+from pipeline.tasks.collect import collect_task
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
@@ -85,9 +90,11 @@ from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
 from pipeline.tasks.plan import RunPlan, current_entry, plan_run
 from pipeline.tasks.prune import prune_tasks
+from pipeline.tasks.remote import lazy_layer_tasks, remote_tasks
 from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.selection import check_plan_request, choose_shard, plan_task, shard_images
+from pipeline.tasks.share import sharing_tasks
 from pipeline.tasks.toolcache import cached_tool_versions
 from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
 
@@ -127,11 +134,13 @@ def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
     if plan is None:
         plan = plan_run(ctx.manifest, read_lock(ctx.lock_path), only=ctx.selected)
     tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
+    # With a remote cache, each image is looked up first; a hit needs no layer task.
+    yield from remote_tasks(ctx, plan, tools)
     # The same limits for the unpack overlapped with a download and the unpack task.
-    yield from fetch_tasks(ctx, plan, DEFAULT_LIMITS)
-    yield from unpack_tasks(ctx, plan, DEFAULT_LIMITS)
-    yield from flatten_tasks(ctx, plan)
-    yield from mkfs_tasks(ctx, plan, tools)
+    yield from lazy_layer_tasks(ctx, plan, tools, itertools.chain(
+        fetch_tasks(ctx, plan, DEFAULT_LIMITS), unpack_tasks(ctx, plan, DEFAULT_LIMITS),
+        flatten_tasks(ctx, plan)))
+    yield from sharing_tasks(ctx, plan, tools, mkfs_tasks(ctx, plan, tools))
 
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
@@ -179,6 +188,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         level = choose_level(get_var("log_level"), os.environ)
         configure_logging(mode=mode, terminal=terminal, level=level)
         ctx = make_context(manifest, terminal=terminal)
+        fetch = parse_switch("fetch", get_var("fetch"))
         ctx.log_mode, ctx.log_level = mode, level
         # A lock file that does not parse stops the run here, before any step.
         entries = read_lock(ctx.lock_path)
@@ -248,10 +258,14 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         """Print the shards of a CI fan-out as a GitHub Actions matrix (shards=N)."""
         return plan_task(ctx, shards)
 
+    def task_collect() -> Any:
+        """Check every image is in the remote cache; write out/index.json (fetch=1: download)."""
+        return collect_task(ctx, fetch)
+
     config = doit_config(ctx)
     if plain:
         config["reporter"] = stamping_reporter(ctx, cached_tool_versions, skipped=skipped,
                                                base=config["reporter"])
     return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
             "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,
-            "task_prune": task_prune, "task_plan": task_plan}
+            "task_prune": task_prune, "task_plan": task_plan, "task_collect": task_collect}

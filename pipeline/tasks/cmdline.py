@@ -25,9 +25,9 @@ from pipeline.errors import SettingError
 __all__ = ["KNOWN_VARS", "IMAGE_FAMILIES", "NEEDS_LOCK_COMMANDS", "check_vars", "parse_switch",
            "requested_images", "check_requested", "install_interrupt_hook", "INTERRUPTED"]
 
-KNOWN_VARS = ("manifest", "frozen", "log", "log_level", "shard", "shards")
+KNOWN_VARS = ("manifest", "frozen", "log", "log_level", "shard", "shards", "fetch")
 """Every ``doit name=value`` the pipeline reads."""
-IMAGE_FAMILIES = ("resolve", "flatten", "mkfs")
+IMAGE_FAMILIES = ("resolve", "remote", "flatten", "mkfs")
 """Task families whose subtask names are image names."""
 NEEDS_LOCK_COMMANDS = frozenset({"info", "forget", "ignore", "clean"})
 """doit commands that look tasks up without running resolve first."""

@@ -90,6 +90,8 @@ class RunContext:
     log_mode: str = "json"
     log_level: str = "info"
     """The log format of this run, for worker processes to log like the parent."""
+    damaged_entries: set[str] = field(default_factory=set)
+    """Remote cache keys whose entry was found damaged in this run: pushed as a repair."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _chain_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _workers: WorkerPool | None = None

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.project.cache import CacheLayout
 
 if TYPE_CHECKING:
     from pipeline.ext4.build import Ext4Result
     from pipeline.ext4.options import Ext4Options
+    from pipeline.remote.fetch import Fetched
 
-__all__ = ["flatten_job", "image_job", "PRELOAD"]
+__all__ = ["flatten_job", "image_job", "fetch_job", "push_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
            "pipeline.ext4.derive.build")
@@ -43,3 +44,26 @@ def image_job(cache: CacheLayout, chain: Sequence[str], flat: Path, output: Path
     return build_image(layers_root=cache.layers_root, flat_root=cache.flat_root,
                        base_root=cache.base_root, chain=chain, flat_dir=flat, output=output,
                        options=options, seed=seed, tools=tools)
+
+
+def fetch_job(registry: str, repository: str, tag: str, output: Path, key: str,
+              material: Mapping[str, Any], insecure_hosts: frozenset[str]) -> Fetched:
+    """``remote.fetch.fetch_artifact`` with a client of its own: hashing and decompressing
+    a cache hit beside another one uses a core of its own, not a share of one GIL."""
+    from pipeline.registry.client import RegistryClient
+    from pipeline.remote.fetch import fetch_artifact
+
+    with RegistryClient(insecure_hosts=insecure_hosts) as client:
+        return fetch_artifact(client, registry, repository, tag, output, key=key,
+                              material=material)
+
+
+def push_job(registry: str, repository: str, image: Path, insecure_hosts: frozenset[str],
+             options: Mapping[str, Any]) -> str:
+    """``remote.artifact.push_artifact`` with a client of its own (compressing and hashing
+    beside another build or push use a core of their own); the manifest digest."""
+    from pipeline.registry.client import RegistryClient
+    from pipeline.remote.artifact import push_artifact
+
+    with RegistryClient(insecure_hosts=insecure_hosts) as client:
+        return str(push_artifact(client, registry, repository, image, **dict(options)))

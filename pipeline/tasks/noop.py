@@ -11,7 +11,8 @@ After a plain run in which every task ran or was up to date and none failed
 
 - ``key``: a digest of everything that decides the task graph and the
   tasks' configs: the manifest's bytes and path, the lock file's bytes, the
-  cache and output directories, the e2fsprogs versions (``toolcache``), the
+  cache and output directories, the remote cache and whether it is pushed
+  to (the environment may set them), the e2fsprogs versions (``toolcache``), the
   identity (size, mtime) of every module of the pipeline and the versions
   of doit and Python, and the doit database's size and mtime (doit leaves
   the file alone on a no-op; any run that recorded something changes it);
@@ -164,6 +165,10 @@ def state_key(ctx: RunContext, tools: Mapping[str, str]) -> str:
     part("dirs", os.fsencode(f"{ctx.cache.root}\0{ctx.output_dir}"))
     # A no-op of shard 1/2 says nothing about shard 2/2.
     part("shard", None if ctx.shard is None else str(ctx.shard).encode())
+    # The remote cache may come from the environment (ROOTFS_REMOTE_CACHE*): it decides
+    # which tasks exist and whether built images still need pushing.
+    remote = m.remote
+    part("remote", None if remote is None else f"{remote}\0{remote.push}".encode())
     part("tools", json.dumps(dict(tools), sort_keys=True).encode())
     part("code", json.dumps(_code_identity()).encode())
     part("runtime", f"{doit.__version__}\0{sys.version}".encode())

@@ -55,7 +55,8 @@ SHOW_AFTER_S = 1.0
 TICK_S = 0.5
 # What a ran mkfs step's outcome means for the image.
 _MKFS_OUTCOMES = {"built": "built", "derived": "built", "already built": "from cache",
-                  "unchanged, record rewritten": "from cache"}
+                  "unchanged, record rewritten": "from cache",
+                  "from remote cache": "from remote cache"}
 
 
 class Ticker:

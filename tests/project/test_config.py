@@ -137,10 +137,10 @@ BAD = [
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
                  "allowed: config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, ref, reserved_percent, size", id="unknown-image-key"),
+                 "platform, publish, ref, reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
-                 "allowed: images, registries, settings", id="unknown-top-level-table"),
+                 "allowed: cache, images, registries, settings", id="unknown-top-level-table"),
     pytest.param('[settings]\njob = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: unknown key 'job' (did you mean 'jobs'?); "
                  "allowed: cache_dir, jobs, output_dir, platform", id="unknown-setting"),
@@ -272,7 +272,7 @@ BAD = [
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
                  "allowed: config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, ref, reserved_percent, size", id="inline-table-unknown-key"),
+                 "platform, publish, ref, reserved_percent, size", id="inline-table-unknown-key"),
 ]
 
 

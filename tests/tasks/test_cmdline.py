@@ -46,8 +46,8 @@ CASES = [
                  " a resolved image: 'alpine' is not in the lock file yet; run `doit"
                  " resolve:alpine` (or `doit`) first", id="info-before-resolve"),
     pytest.param(("fozen=1",), {}, "ERROR: fozen='1' is not valid: expected a variable among"
-                 " manifest=..., frozen=..., log=..., log_level=..., shard=..., shards=... (unknown"
-                 " variable 'fozen')",
+                 " manifest=..., frozen=..., log=..., log_level=..., shard=..., shards=...,"
+                 " fetch=... (unknown variable 'fozen')",
                  id="unknown-variable"),
     pytest.param((), {"ROOTFS_FROZEN": "2"}, "ERROR: ROOTFS_FROZEN='2' is not valid: expected"
                  " one of 1, true, yes, on, 0, false, no, off", id="bad-frozen-environment"),

@@ -235,7 +235,7 @@ def bad_manifest_cases() -> list:  # type: ignore[type-arg]
         pytest.param(good + 'szie = "1GiB"\n', ":3: image 'a': unknown key 'szie' (did you "
                      "mean 'size'?); allowed: config_path, derive, features, headroom, "
                      "inode_size, journal, "
-                     "label, platform, ref, reserved_percent, size", id="unknown-key"),
+                     "label, platform, publish, ref, reserved_percent, size", id="unknown-key"),
         pytest.param(good + 'size = "lots"\n', ":3: image 'a': bad `size`: invalid size "
                      "'lots': expected a number with an optional unit B, K, KiB, kB, M, MiB, "
                      "MB, G, GiB, GB, T, TiB or TB (e.g. 2GiB, 512MiB, 1G or a number of bytes)",

@@ -350,7 +350,7 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
     assert str(exc.value) == (f"{tmp_path}/images.toml:3: image 'a': unknown key 'sise' (did "
                               "you mean 'size'?); allowed: config_path, derive, features, "
                               "headroom, inode_size, "
-                              "journal, label, platform, ref, reserved_percent, size")
+                              "journal, label, platform, publish, ref, reserved_percent, size")
     structlog.configure(**structlog_config)
 
 

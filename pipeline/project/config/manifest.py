@@ -35,6 +35,13 @@ from pipeline.project.config.environment import (
     parse_mirrors_env,
     parse_mirrors_only_env,
 )
+from pipeline.project.config.remote import (
+    CACHE_KEYS,
+    RemoteCache,
+    apply_remote_env,
+    cache_from_table,
+    parse_publish,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,13 +64,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A manifest larger than this is not a hand-written list of images.
 MANIFEST_MAX_BYTES = 1 << 20
 
-TOP_KEYS = ("images", "registries", "settings")
+TOP_KEYS = ("cache", "images", "registries", "settings")
 SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
 REGISTRY_KEYS = ("insecure", "mirrors", "mirrors_only")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
 EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
-IMAGE_KEYS = tuple(sorted(("config_path", "platform", "ref") + EXT4_KEYS))
+IMAGE_KEYS = tuple(sorted(("config_path", "platform", "publish", "ref") + EXT4_KEYS))
 # The TOML type each ext4 key must have, and how to say it.
 _EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "derive": ((bool,), "true or false"),
@@ -114,6 +121,8 @@ class ImageSpec:
     line: int | None = None
     config_path: str | None = None
     """Where the runtime config is also written into the image (absolute), if anywhere."""
+    publish: ImageRef | None = None
+    """Where the built image is pushed as an artifact (``registry/repository:tag``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +131,8 @@ class Manifest:
     settings: Settings
     images: tuple[ImageSpec, ...]
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
+    remote: RemoteCache | None = None
+    """The remote cache (``[cache] remote``, ``ROOTFS_REMOTE_CACHE``), if any."""
 
     @property
     def lock_path(self) -> Path:
@@ -233,8 +244,11 @@ def _image(c: Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
     if "config_path" in table:
         config_path = c.parsed(check_config_path, table["config_path"], *where, "config_path",
                                image=name)
+    publish = None
+    if "publish" in table:
+        publish = c.parsed(parse_publish, table["publish"], *where, "publish", image=name)
     return ImageSpec(name=name, ref=ref, ref_text=ref_text, platform=platform, ext4=ext4,
-                     line=c.lines.line(*where), config_path=config_path)
+                     line=c.lines.line(*where), config_path=config_path, publish=publish)
 
 
 def _ext4_options(c: Checker, table: dict[str, Any], name: str) -> Ext4Options:
@@ -292,6 +306,9 @@ def parse_manifest(text: str, path: Path, *,
     c.known(data, TOP_KEYS)
     settings = _settings(c, c.table(data.get("settings", {}), "settings"), path.parent)
     registries = _registries(c, c.table(data.get("registries", {}), "registries"))
+    cache_table = c.table(data.get("cache", {}), "cache")
+    c.known(cache_table, CACHE_KEYS, "cache")
+    remote = cache_from_table(cache_table, lambda message, key: c.fail(message, "cache", key))
     images_raw = c.table(data.get("images", {}), "images")
     if not images_raw:
         raise ManifestError("no images declared; add a table such as [images.alpine] with "
@@ -310,7 +327,9 @@ def parse_manifest(text: str, path: Path, *,
         registries = _apply_environment(registries, environ,
                                         {spec.ref.registry for spec in images
                                          if isinstance(spec.ref, ImageRef)})
-    return Manifest(path=path, settings=settings, images=tuple(images), registries=registries)
+        remote = apply_remote_env(remote, environ)
+    return Manifest(path=path, settings=settings, images=tuple(images), registries=registries,
+                    remote=remote)
 
 
 def _apply_environment(registries: dict[str, RegistrySettings], environ: Mapping[str, str],
