@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipeline.project.config import load_manifest
@@ -55,10 +56,22 @@ def _shard(project: Path, shard: Shard) -> list[str]:
     return sorted(shard_images(manifest, read_lock(project / "images.lock.json"), shard))
 
 
-def test_two_concurrent_shards_build_every_image_once_as_a_whole_run_does(
+def _cache_env(world: World) -> dict[str, str]:
+    return {"ROOTFS_REMOTE_CACHE": f"{world.registry.host}/{world.namespace}/rootfs-cache",
+            "ROOTFS_REMOTE_CACHE_PUSH": "1"}
+
+
+def _cache_tags(world: World) -> list[str]:
+    url = f"{world.registry.url}/v2/{world.namespace}/rootfs-cache/tags/list"
+    return sorted(httpx.get(url).json().get("tags") or [])
+
+
+def test_two_concurrent_shards_build_every_image_once_and_collect_finds_them(
         world: World, tmp_path: Path) -> None:
+    """The fan-out of issue 12: shard runners at once, one registry as remote cache."""
     runners = [_checkout(world, tmp_path / f"runner{k}") for k in (1, 2)]
-    procs = [subprocess.Popen(doit_command(where, f"shard={k}/2"), cwd=where, env=doit_env(),
+    env = doit_env(_cache_env(world))
+    procs = [subprocess.Popen(doit_command(where, f"shard={k}/2"), cwd=where, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, where in enumerate(runners, start=1)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
@@ -67,18 +80,27 @@ def test_two_concurrent_shards_build_every_image_once_as_a_whole_run_does(
     built = []
     for k, (where, (_, err)) in enumerate(zip(runners, outputs, strict=True), start=1):
         events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-        mine = [e["task"].partition(":")[2] for e in events
-                if e.get("event") == "task.done" and e["task"].startswith("mkfs:")]
-        assert sorted(mine) == _shard(world.project, Shard(k, 2))
-        assert sorted(p.stem for p in (where / "out").glob("*.ext4")) == sorted(mine)
+        mine = sorted(e["task"].partition(":")[2] for e in events
+                      if e.get("event") == "task.done" and e["task"].startswith("mkfs:"))
+        assert mine == _shard(world.project, Shard(k, 2))
+        assert sorted(p.stem for p in (where / "out").glob("*.ext4")) == mine
         verify_outputs(where, mine)
         built += mine
     assert sorted(built) == sorted(NAMES), "every image built once, by one runner"
-    # The same bytes as one whole run.
-    run_doit(world.project).check()
+    # One artifact per key in the registry: one rk- tag per image, no more.
+    assert len([t for t in _cache_tags(world) if t.startswith("rk-")]) == len(NAMES)
+    # The fan-in: a third checkout finds every image, and fetches the same bytes.
+    fan_in = _checkout(world, tmp_path / "collect")
+    run_doit(fan_in, "collect", "fetch=1", env=_cache_env(world)).check()
+    index = json.loads((fan_in / "out" / "index.json").read_text())
+    assert sorted(index) == sorted(NAMES)
     for where in runners:
         for image in (where / "out").glob("*.ext4"):
-            assert sha256_file(image) == sha256_file(world.project / "out" / image.name)
+            assert sha256_file(image) == sha256_file(fan_in / "out" / image.name)
+    # The same bytes as one whole local run without any cache.
+    run_doit(world.project).check()
+    for image in (fan_in / "out").glob("*.ext4"):
+        assert sha256_file(image) == sha256_file(world.project / "out" / image.name)
 
 
 def test_a_shard_rerun_is_a_no_op_and_a_whole_run_builds_only_the_rest(
