@@ -85,12 +85,13 @@ class Ours:
                                "that runs the bench (pip install -e .)")
 
     def build(self, directory: Path, *, profile: Path | None = None,
-              command: Sequence[str] = (), env: Mapping[str, str] | None = None) -> OursRun:
+              command: Sequence[str] = (), env: Mapping[str, str] | None = None,
+              args: Sequence[str] = ()) -> OursRun:
         """Run doit in ``directory`` (its images.toml must exist); ``command`` is what
         comes first on doit's command line (e.g. ``["list"]``), nothing for a build;
-        ``env`` adds variables (the remote cache's)."""
+        ``env`` adds variables (the remote cache's); ``args`` come last (``shard=1/2``)."""
         argv = [str(self.doit), *command, "-f", str(_REPO_ROOT / "dodo.py"), "-d",
-                str(directory)]
+                str(directory), *args]
         if profile is not None:
             # --idle: waits (on mkfs.ext4, locks, the network) are most of a
             # pipeline's wall time and must show where they happen.

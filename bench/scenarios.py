@@ -31,6 +31,7 @@ import os
 import shutil
 import statistics
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,7 @@ class Bench:
         os.sync()
         cold = self.ours.build(d / "local")
         samples.peer.append(Sample.of(cold))
+        shards = self._two_shards(d, d / "local/images.lock.json", env, index)
         shutil.rmtree(d / "local")
         os.sync()
         pushed = self.ours.build(d / "push", env=env)
@@ -228,13 +230,53 @@ class Bench:
         samples.ours.append(Sample.of(fetched))
         self.say(f"  [R] batch of {len(w.batch)}: cold local {cold.seconds:.2f} s, cold + push "
                  f"{pushed.seconds:.2f} s, fresh directory from the cache "
-                 f"{fetched.seconds:.2f} s (ratio {fetched.seconds / cold.seconds:.2f})")
+                 f"{fetched.seconds:.2f} s (ratio {fetched.seconds / cold.seconds:.2f}); "
+                 f"two concurrent shards (shard=1/2, 2/2, pushing to a cold cache of their "
+                 f"own) {shards:.2f} s wall (ratio {shards / cold.seconds:.2f})")
+        samples.checks.append({"two_shards_seconds": round(shards, 3),
+                               "cold_local_seconds": round(cold.seconds, 3)})
         for mine, theirs in zip(fetched.outputs, pushed.outputs, strict=True):
             same = _same_bytes(mine, theirs)
             samples.checks.append({"image": mine.stem, "identical": same})
             if not same:
                 self.say(f"  warning: {mine.stem}: the cached image differs from the build")
         shutil.rmtree(d)
+
+
+    def _two_shards(self, d: Path, lock: Path, env: dict[str, str], index: int) -> float:
+        """Wall time of shard=1/2 and shard=2/2 run at once in two directories (two runners
+        of one CI fan-out on this one machine), each pushing to a cache repository new to
+        this run: the pair builds the batch once between them."""
+        import threading
+
+        w = self.world
+        mine = {**env, "ROOTFS_REMOTE_CACHE": env["ROOTFS_REMOTE_CACHE"] + "-shards"}
+        dirs = [d / f"shard{k}" for k in (1, 2)]
+        for directory in dirs:
+            write_manifest(directory, w, w.batch)
+            shutil.copy(lock, directory / "images.lock.json")
+        os.sync()
+        errors: list[BaseException] = []
+
+        def one(k: int) -> None:
+            try:
+                self.ours.build(dirs[k - 1], command=(), env=mine,
+                                args=(f"shard={k}/2",))
+            except BaseException as err:  # noqa: BLE001  (re-raised below, in this thread)
+                errors.append(err)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=one, args=(k,)) for k in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic() - started
+        if errors:
+            raise errors[0]
+        for directory in dirs:
+            shutil.rmtree(directory)
+        return wall
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
