@@ -68,7 +68,7 @@ def test_header_round_trip_and_version_check(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     data["format"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="internal error: flat image .* has format 2"):
+    with pytest.raises(ValueError, match=f"internal error: flat image .* has format {FORMAT_VERSION + 1}"):
         read_header(path)
 
 
