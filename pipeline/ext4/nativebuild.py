@@ -14,13 +14,17 @@ build that needed a host tool would again depend on the host.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
-from pipeline.ext4.build import Ext4Result, read_flat_entries
+from pipeline.base.units import format_size
+from pipeline.errors import Ext4Error
+from pipeline.ext4.build import Ext4Result, host_full, read_flat_entries
 from pipeline.ext4.native import write_image
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput, sha256_sparse
@@ -38,11 +42,15 @@ def build_native(flat_dir: Path, layers_root: Path, output: Path, options: Ext4O
     under ``layers_root``; nothing is left at ``output`` on failure."""
     started = time.monotonic()
     flat_dir, output = Path(flat_dir), Path(output)
-    entries = read_flat_entries(flat_dir)
-    content = content_files(layers_root, read_header(flat_dir / HEADER_NAME).chain)
-    read = round(time.monotonic() - started, 3)
-    with ImageOutput(output) as out:
-        result = write_image(entries, content, out.fd, options, seed=seed)
+    with ImageOutput(output) as out:     # an older output goes first, whatever happens
+        entries = read_flat_entries(flat_dir)
+        content = content_files(layers_root, read_header(flat_dir / HEADER_NAME).chain)
+        read = round(time.monotonic() - started, 3)
+        try:
+            result = write_image(entries, content, out.fd, options, seed=seed)
+        except OSError as err:
+            _host_error(err, output, options.size or os.fstat(out.fd).st_size)
+            raise
         hashed = time.monotonic()
         digest = sha256_sparse(out.path)
         hashing = round(time.monotonic() - hashed, 3)
@@ -56,3 +64,15 @@ def build_native(flat_dir: Path, layers_root: Path, output: Path, options: Ext4O
                        free_inodes=result.free_inodes, tool_versions={},
                        clamped_times=result.clamped_times)
     return replace(built, timings=timings)
+
+
+def _host_error(err: OSError, output: Path, size: int) -> None:
+    """The output filesystem's refusals as one line a user can act on (others propagate);
+    ``size``: the image's size as far as known."""
+    if err.errno == errno.EFBIG:
+        raise Ext4Error(f"the filesystem holding {str(output.parent)!r} cannot hold a"
+                        f" {format_size(size)} file"
+                        f" ({err.strerror}); choose a smaller `size` or an output_dir on a"
+                        " filesystem that allows larger files") from None
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise Ext4Error(host_full(output, size)) from None
