@@ -71,9 +71,9 @@ def flatten_image(stores: Sequence[LayerStore], flat_root: Path, *,
     Callers hold the chain's lock (``RunContext.chain_lock``) or own the flat root."""
     chain = [store.digest for store in stores]
     dest = Path(flat_root) / chain_key(chain)
-    if (dest / HEADER_NAME).exists() and not is_current(dest):
+    if dest.exists() and not is_current(dest):
         remove_path(dest)                   # an older format: made again below
-    if (dest / HEADER_NAME).exists():
+    if is_current(dest):
         if staging and not (dest / ROOTFS_NAME).is_dir():
             _add_staging(flatten(stores), dest, chain)
         return dest

@@ -700,7 +700,7 @@ REBUILD = "; delete this flat image so that flatten rebuilds it"
                  "name enclosed in double quotes: line 1 column 2 (char 1)); delete this flat "
                  "image so flatten rebuilds it", id="entries-not-json"),
     pytest.param("header-missing", "flat image {flat} cannot be read ([Errno 2] No such file "
-                 "or directory: '{flat}/flat.json'); delete this flat image so flatten "
+                 "or directory: '{flat}/flat.v2.json'); delete this flat image so flatten "
                  "rebuilds it", id="header-missing"),
 ])
 def test_inconsistent_flat_image_fails_and_leaves_nothing(tmp_path: Path, change: str,

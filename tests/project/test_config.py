@@ -146,8 +146,8 @@ BAD = [
                  "their output files would collide", id="duplicate-name-by-case"),
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
-                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, ref, reserved_percent, size", id="unknown-image-key"),
+                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "label, platform, ref, reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
                  "allowed: images, registries, settings", id="unknown-top-level-table"),
@@ -290,8 +290,8 @@ BAD = [
                  "'alpine'", id="image-not-a-table"),
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
-                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, ref, reserved_percent, size", id="inline-table-unknown-key"),
+                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "label, platform, ref, reserved_percent, size", id="inline-table-unknown-key"),
 ]
 
 
