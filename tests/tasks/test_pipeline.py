@@ -384,3 +384,22 @@ def test_another_manifest_and_another_projects_dodo(world: World) -> None:
                           capture_output=True, text=True, env=doit_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert '"ran": 0' in proc.stderr
+
+
+def test_an_output_grows_with_resize2fs_and_keeps_its_tree(world: World, tmp_path: Path) -> None:
+    """What users do before booting a VM: grow the image offline by 1 GiB."""
+    from tests.ext4.test_build import actual_nodes
+
+    run_doit(world.project).check()
+    grown = tmp_path / "grown.ext4"
+    shutil.copyfile(world.project / "out/a.ext4", grown)
+    before = actual_nodes(grown)
+    with open(grown, "r+b") as f:
+        f.truncate(os.path.getsize(grown) + (1 << 30))
+    env = {**os.environ, "LC_ALL": "C"}
+    proc = subprocess.run(["resize2fs", str(grown)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fsck = subprocess.run(["e2fsck", "-fn", str(grown)], capture_output=True, text=True,
+                          env=env)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert actual_nodes(grown) == before
