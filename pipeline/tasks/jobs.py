@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["flatten_job", "image_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
-           "pipeline.ext4.derive.build")
+           "pipeline.ext4.derive.build", "pipeline.ext4.nativebuild")
 """What the worker pool's server imports once, so each worker starts with the job code."""
 
 
