@@ -95,10 +95,12 @@ EXTRA: list[Spec] = [
     f("usr/local/bin/setgid-only", b"#!/bin/sh\n", 0o2711, gid=50),
     d("srv/shared", 0o3770, uid=1000, gid=100),
     fifo("srv/pipe", 0o620, uid=1000, gid=100),
-    # Thousands of entries: an htree directory (dir_index), found by hashed lookup.
-    d("srv/many"),
-    *[f(f"srv/many/entry-{i:05d}-{'n' * 24}", f"{i}\n".encode()) for i in range(3000)],
 ]
+# Thousands of entries: with the native writer an htree directory (dir_index), which the
+# kernel searches by hashed lookup; mkfs.ext4 -d writes directories linear. Part of the
+# base of a derived build (a top this large is built in full).
+MANY: list[Spec] = [d("srv/many"), *[f(f"srv/many/entry-{i:05d}-{'n' * 24}", f"{i}\n".encode())
+                                     for i in range(3000)]]
 INDEX_FL = 0x1000                          # ext4 inode flag: the directory has an htree
 _TYPE_NAMES = {"character special file": "c", "block special file": "b", "fifo": "p",
                "regular file": "f", "directory": "d"}
@@ -185,6 +187,7 @@ def derive_rootless(flat_base: Path, flat: Path, image: Path, bases: Path) -> di
 def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: Path,
                                                                     build: str) -> None:
     specs = specs_from_members(debian_like(files=300, size=2 << 20, busybox=True).expected())
+    specs += MANY
     base_specs = list(specs)
     specs += EXTRA
     flat = make_flat(shared_dir / "flat", specs, staging=build != "native")
@@ -203,9 +206,10 @@ def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: 
             build_as_nobody(flat, image, builder)
         else:                                    # already unprivileged
             build_flat(flat, image, Ext4Options(), seed="seed", builder=builder)
-    with Ext4Image(image) as fs:
-        many = fs.walk()["srv/many"]
-        assert struct.unpack_from("<I", fs.raw_inode(many.ino), 0x20)[0] & INDEX_FL
+    if build == "native":
+        with Ext4Image(image) as fs:
+            many = fs.walk()["srv/many"]
+            assert struct.unpack_from("<I", fs.raw_inode(many.ino), 0x20)[0] & INDEX_FL
 
     console = boot_image(image)
     assert "ROOTFS-BOOT-END" in console, console[-3000:]
