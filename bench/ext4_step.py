@@ -43,7 +43,7 @@ sys.path.insert(0, str(_REPO_ROOT))
 from pipeline.base.digest import parse_digest  # noqa: E402
 from pipeline.ext4.build import Ext4Result, build_ext4  # noqa: E402
 from pipeline.ext4.options import Ext4Options  # noqa: E402
-from pipeline.flat.image import read_header  # noqa: E402
+from pipeline.flat.image import HEADER_NAME, read_header  # noqa: E402
 from pipeline.flat.staging import flatten_image  # noqa: E402
 from pipeline.layers.unpack import unpack_layer  # noqa: E402
 from pipeline.registry.resolve import LayerRef  # noqa: E402
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
     flat = make_flat(args.work, files=args.files, size=args.size_mib * MiB)
-    header = read_header(flat / "flat.json")
+    header = read_header(flat / HEADER_NAME)
     output = args.work / "out" / "img.ext4"
     output.parent.mkdir(parents=True, exist_ok=True)
     results: list[Ext4Result] = []

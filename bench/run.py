@@ -3,7 +3,8 @@
 ::
 
     .venv/bin/python bench/run.py [--runs N] [--quick] [--scenario 1,2,...]
-                                  [--work DIR] [--keep] [--json PATH] [--profile 1|2|5]
+                                  [--builder native,mkfs] [--work DIR] [--keep]
+                                  [--json PATH] [--profile 1|2|5]
 
 See bench/README.md for what each scenario measures and docs/benchmarks.md
 for the latest numbers. Exit status: 0 when the bench ran (targets missed
@@ -53,6 +54,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenario", action="append", default=None,
                    help=f"scenarios to run, comma separated or repeated: {', '.join(SCENARIOS)} "
                         "(default all; 3 and 4 also run what they continue from)")
+    p.add_argument("--builder", action="append", default=None,
+                   help="the ext4 builder(s) of our side, comma separated or repeated: "
+                        "native, mkfs (default native); each runs every scenario against "
+                        "its own peer run, one after the other in this bench run")
     p.add_argument("--work", type=Path, default=None,
                    help=f"work directory (default ${WORK_VAR} or {DEFAULT_WORK}); the "
                         "generated world is cached in <work>/world")
@@ -74,6 +79,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     args.selected = with_dependencies(chosen)
+    args.builders = [b.strip() for group in (args.builder or ["native"])
+                     for b in group.split(",") if b.strip()]
+    if any(b not in ("native", "mkfs") for b in args.builders) or not args.builders:
+        p.error("--builder takes native and/or mkfs")
     args.work = (args.work or Path(os.environ.get(WORK_VAR) or DEFAULT_WORK)).resolve()
     return args
 
@@ -115,19 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         with open_world(WorldSpec(), cache=args.work / "world", run_dir=run_dir,
                         log=_say) as world:
             _warm(world)
-            bench = Bench(world, run_dir, results_dir, _say)
+            benches = {}
+            for builder in args.builders:
+                out = results_dir / builder if len(args.builders) > 1 else results_dir
+                out.mkdir(parents=True, exist_ok=True)
+                benches[builder] = Bench(world, run_dir / builder, out, _say, builder=builder)
             for index in range(1, args.runs + 1):
-                _say(f"bench: run {index} of {args.runs}")
-                bench.run(index, args.selected)
-            table = render(bench.results, args.runs)
-            print(table)
-            (results_dir / "table.md").write_text(table + "\n")
-            write_json(json_path, results=bench.results, runs=args.runs,
-                       world=_world_json(world),
-                       info={"scenarios_run": args.selected,
-                             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                             "bench_seconds": round(time.monotonic() - started, 1)})
-            _say(f"bench: results in {json_path}")
+                for builder, bench in benches.items():
+                    _say(f"bench: run {index} of {args.runs}, builder = {builder}")
+                    bench.run(index, args.selected)
+            for builder, bench in benches.items():
+                table = f"builder = {builder}\n\n" + render(bench.results, args.runs)
+                print(table)
+                many = len(benches) > 1
+                (results_dir / (f"table-{builder}.md" if many else "table.md")).write_text(
+                    table + "\n")
+                path = json_path.with_name(f"{json_path.stem}-{builder}.json") if many \
+                    else json_path
+                write_json(path, results=bench.results, runs=args.runs,
+                           world=_world_json(world),
+                           info={"scenarios_run": args.selected, "builder": builder,
+                                 "loadavg_before": load_before,
+                                 "loadavg_after": os.getloadavg(),
+                                 "bench_seconds": round(time.monotonic() - started, 1)})
+                _say(f"bench: results in {path}")
             if args.profile:
                 summary = profile_ours(world, args.profile, run_dir, results_dir)
                 print("\n" + summary.read_text())

@@ -116,8 +116,10 @@ class Bench:
     """Runs the selected scenarios once per call to :meth:`run`, appending samples."""
 
     def __init__(self, world: World, run_root: Path, log_dir: Path,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], *, builder: str = "native") -> None:
         self.world = world
+        # Every image of our side names the ext4 builder (images.toml `builder`).
+        self.extra = f'builder = "{builder}"\n'
         self.run_root = run_root
         self.log_dir = log_dir
         self.say = log
@@ -164,12 +166,13 @@ class Bench:
         app00 = w.image("app00")
         if "1" in selected:
             d = root / "s1"
-            write_manifest(d / "ours", w, [app00])
+            write_manifest(d / "ours", w, [app00], extra=self.extra)
             p, _ = self._side_by_side("1", "cold single", Peer(w, d / "peer", self.log_dir),
                                       [app00], d / "ours", floor=True)
             if "1f" in selected:
                 # The same cold build without derived builds, against the same peer.
-                write_manifest(d / "ours-full", w, [app00], extra="derive = false\n")
+                write_manifest(d / "ours-full", w, [app00],
+                               extra=self.extra + "derive = false\n")
                 os.sync()
                 o = self.ours.build(d / "ours-full")
                 full = self._samples("1f")
@@ -183,7 +186,7 @@ class Bench:
         if "2" in selected:
             d = root / "s2"
             peer = Peer(w, d / "peer", self.log_dir)
-            write_manifest(d / "ours", w, w.batch)
+            write_manifest(d / "ours", w, w.batch, extra=self.extra)
             self._side_by_side("2", f"cold batch of {len(w.batch)}", peer, w.batch, d / "ours")
             if "3" in selected:
                 _, o = self._side_by_side("3", "no-op rerun", peer, w.batch, d / "ours")
@@ -191,14 +194,14 @@ class Bench:
                     self.say(f"  warning: the no-op rerun ran {o.tasks_ran} tasks")
             if "4" in selected:
                 bumped = w.image("app00", "v2")
-                write_manifest(d / "ours", w, [bumped, *w.batch[1:]])
+                write_manifest(d / "ours", w, [bumped, *w.batch[1:]], extra=self.extra)
                 self._side_by_side("4", "tag bump app00 v1->v2", peer, [bumped], d / "ours")
             shutil.rmtree(d)
         for sid, image, title in (("5", w.image("big"), "1 GiB image"),
                                   ("layers", w.image("layers"), "multi-layer whiteouts")):
             if sid in selected:
                 d = root / f"s{sid}"
-                write_manifest(d / "ours", w, [image])
+                write_manifest(d / "ours", w, [image], extra=self.extra)
                 self._side_by_side(sid, title, Peer(w, d / "peer", self.log_dir), [image],
                                    d / "ours")
                 shutil.rmtree(d)

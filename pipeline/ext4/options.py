@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pipeline.base.units import DEFAULT_HEADROOM, Headroom, parse_headroom, parse_size
 from pipeline.errors import Ext4Error
+from pipeline.ext4.builder import BUILDERS, DEFAULT_BUILDER
 
 __all__ = ["Ext4Options", "DEFAULT_FEATURES", "TOGGLABLE_FEATURES", "INODE_SIZES"]
 
@@ -55,9 +56,12 @@ class Ext4Options:
     """mke2fs -O changes on top of DEFAULT_FEATURES: ``"large_dir"``, ``"^metadata_csum"``."""
     reserved_percent: float = 0.0
     derive: bool = True
-    """Allow a derived build (ext4derive): when the top layers are small next to the
-    rest, copy the cached ext4 of the rest and apply the difference. False: always
-    mkfs the whole tree (a cold build of one image is then a little faster)."""
+    """Allow a derived build (ext4derive, mkfs builder only): when the top layers are
+    small next to the rest, copy the cached ext4 of the rest and apply the difference.
+    False: always mkfs the whole tree (a cold build of one image is then a little faster)."""
+    builder: str = DEFAULT_BUILDER
+    """``"native"`` (the writer in ext4.native, always a full build) or ``"mkfs"``
+    (mkfs.ext4 -d plus a debugfs fixup, derived builds allowed): ext4.builder."""
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -74,6 +78,9 @@ class Ext4Options:
         if self.inode_size not in INODE_SIZES:
             raise Ext4Error(f"invalid inode size {self.inode_size!r}: expected one of "
                             f"{', '.join(map(str, INODE_SIZES))}")
+        if self.builder not in BUILDERS:
+            raise Ext4Error(f"invalid builder {self.builder!r}: expected "
+                            + " or ".join(f'"{b}"' for b in BUILDERS))
         if not isinstance(self.derive, bool):
             raise Ext4Error(f"invalid derive {self.derive!r}: expected true or false")
         if not isinstance(self.journal, bool):
@@ -117,8 +124,9 @@ class Ext4Options:
         return "metadata_csum" in self.feature_set()
 
     def to_dict(self) -> dict[str, object]:
-        """A stable, JSON-ready dict of every option that affects the output bytes."""
-        return {
+        """A stable, JSON-ready dict of every option that affects the output bytes
+        (``derive`` only with the mkfs builder: the native one never derives)."""
+        options: dict[str, object] = {
             "size": self.size if self.size is not None else "auto",
             "headroom": {"percent": self.headroom.percent, "bytes": self.headroom.bytes},
             "label": self.label,
@@ -127,8 +135,11 @@ class Ext4Options:
             "features": list(self.features),
             "reserved_percent": self.reserved_percent,
             "block_size": 4096,
-            "derive": self.derive,
+            "builder": self.builder,
         }
+        if self.builder == "mkfs":
+            options["derive"] = self.derive
+        return options
 
 
 def _normalise_features(features: tuple[str, ...] | list[str]) -> tuple[str, ...]:

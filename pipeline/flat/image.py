@@ -2,18 +2,22 @@
 
 A flat image is a directory::
 
-    <dir>/rootfs/        staging tree whose names are the image's names:
-                         directories, regular files (hard links into the
-                         layer stores), symlinks, fifos, and empty regular
-                         placeholder files where device nodes belong
     <dir>/entries.jsonl  one FlatEntry per path, parents before children,
-                         children in byte order (what mkfs.ext4 -d walks)
-    <dir>/flat.json      header: format version, layer chain, counts
+                         children in byte order (what mkfs.ext4 -d walks);
+                         each regular file names its content: a layer of the
+                         chain (by position) and a content number in its store
+    <dir>/flat.v2.json   header: format version (also in its name), layer chain, counts
+    <dir>/rootfs/        only when the mkfs builder needs it: a staging tree
+                         whose names are the image's names: directories,
+                         regular files (hard links into the layer stores),
+                         symlinks, fifos, and empty regular placeholder files
+                         where device nodes belong
 
-The staging tree carries names, contents and link structure; ``entries.jsonl``
-carries the truth about ownership, modes, times, xattrs and device numbers,
-which an unprivileged builder cannot put on host files. The ext4 builder
-trusts only ``entries.jsonl`` for metadata.
+``entries.jsonl`` carries the truth about ownership, modes, times, xattrs and
+device numbers, which an unprivileged builder cannot put on host files, and
+where each file's bytes are (the native builder reads them there, no staging
+tree); the staging tree gives ``mkfs.ext4 -d`` names, contents and link
+structure. Both ext4 builders trust only ``entries.jsonl`` for metadata.
 
 Paths are ``str`` decoded from bytes with ``surrogateescape`` (as ``os.fsdecode``
 does), so names that are not UTF-8 survive the round trip; JSON keeps lone
@@ -35,12 +39,16 @@ from pathlib import Path
 
 __all__ = ["FileType", "FlatEntry", "FlatHeader", "write_entries", "read_entries",
            "write_header", "read_header", "ENTRIES_NAME", "HEADER_NAME", "ROOTFS_NAME",
-           "FORMAT_VERSION", "chain_key"]
+           "FORMAT_VERSION", "chain_key", "is_current"]
 
-FORMAT_VERSION = 1
+# 2: regular entries name their content (layer position, content number); the
+# staging tree is optional.
+FORMAT_VERSION = 2
 ROOTFS_NAME = "rootfs"
 ENTRIES_NAME = "entries.jsonl"
-HEADER_NAME = "flat.json"
+# The format is in the header's name too: whether a finished flat image of this
+# format exists is one stat (the up-to-date check of every flatten task).
+HEADER_NAME = f"flat.v{FORMAT_VERSION}.json"
 
 
 def chain_key(layer_digests: Sequence[str]) -> str:
@@ -89,6 +97,9 @@ class FlatEntry:
     """Char and block devices: (major, minor)."""
     link_group: int | None = None
     """Regular files with more than one name share a group number; None if nlink == 1."""
+    content: tuple[int, int] | None = None
+    """Regular files with bytes: (position of the layer in the chain, content number in
+    its store); None for empty files and everything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +137,8 @@ def _encode(entry: FlatEntry) -> str:
         record["r"] = list(entry.rdev)
     if entry.link_group is not None:
         record["h"] = entry.link_group
+    if entry.content is not None:
+        record["c"] = list(entry.content)
     # ensure_ascii keeps surrogate-escaped bytes as \udcXX, which json.loads restores.
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
@@ -141,10 +154,12 @@ def _decode(line: str) -> FlatEntry:
     get = r.get
     xattrs = get("x")
     rdev = get("r")
+    content = get("c")
     return FlatEntry(
         r["p"], _FILE_TYPES[r["t"]], r["m"], r["u"], r["g"], r["mt"],
         tuple((name, base64.b64decode(value)) for name, value in xattrs) if xattrs else (),
         get("s", 0), get("l"), (rdev[0], rdev[1]) if rdev is not None else None, get("h"),
+        (content[0], content[1]) if content is not None else None,
     )
 
 
@@ -179,6 +194,12 @@ def write_header(path: Path, header: FlatHeader) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def is_current(flat_dir: Path) -> bool:
+    """Whether a finished flat image of this format is at ``flat_dir`` (one written by
+    an older version is not: flatten makes it again). One stat: the name says the format."""
+    return (Path(flat_dir) / HEADER_NAME).is_file()
 
 
 def read_header(path: Path) -> FlatHeader:

@@ -1,67 +1,96 @@
-"""Small files of a flat image read by their image path: /etc/passwd, /etc/group.
+"""A flat image's file contents: where each regular file's bytes are, and small files
+(/etc/passwd, /etc/group) read by their image path.
 
-The runtime config resolves a user name through the image's own account
-files (``oci.runtime.resolve_user``); they are read here from the flat
-image's staging tree.
+Every regular entry of ``entries.jsonl`` names its content by the position
+of a layer in the flat image's chain and a content number in that layer's
+store; ``content_files`` turns that into the store file's path (what the
+native ext4 builder copies from). The runtime config resolves a user name
+through the image's own account files (``oci.runtime.resolve_user``); they
+are read here the same way, from the layer stores.
 
 What it refuses to trust: the image. A path is read only if
 ``entries.jsonl`` says it and every parent are what they must be (regular
 file under directories): an image whose ``/etc/passwd`` is a symlink (to
 ``/etc/shadow``, or out of the tree) is not followed, the lookup says
-"absent". The file is opened with ``O_NOFOLLOW`` below the staging root
-and read under a cap.
+"absent". A content reference is checked against the chain before it
+becomes a path, the file is opened with ``O_NOFOLLOW`` and read under a cap.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.flat.image import ENTRIES_NAME, ROOTFS_NAME, FileType, read_entries
+from pipeline.flat.image import (
+    ENTRIES_NAME,
+    HEADER_NAME,
+    FileType,
+    FlatEntry,
+    read_entries,
+    read_header,
+)
+from pipeline.layers.store import FILES_DIR, LayerStore, content_name
 
-__all__ = ["read_flat_files", "FLAT_FILE_MAX_BYTES"]
+__all__ = ["read_flat_files", "content_files", "FLAT_FILE_MAX_BYTES"]
 
 # An /etc/passwd of ten thousand accounts is well under this.
 FLAT_FILE_MAX_BYTES = 4 << 20
 
 
-def read_flat_files(flat_dir: Path, paths: Sequence[str]) -> dict[str, bytes | None]:
-    """The contents of ``paths`` (``etc/passwd``...) in the flat image; None where absent,
-    not a regular file, behind a symlink, or larger than the cap."""
+def content_files(layers_root: Path, chain: Sequence[str]) -> Callable[[FlatEntry], str | None]:
+    """The store file holding each regular entry's bytes (None for an empty file), for a
+    flat image of ``chain``; a reference outside the chain is an internal error."""
+    files_dirs = [os.path.join(LayerStore.path_for(layers_root, digest), FILES_DIR)
+                  for digest in chain]
+
+    def content(entry: FlatEntry) -> str | None:
+        if entry.content is None:
+            if entry.size:
+                raise AssertionError(f"internal error: {entry.path!r} has no content")
+            return None
+        layer, number = entry.content
+        if not 0 <= layer < len(files_dirs) or number < 0:
+            raise AssertionError(f"internal error: {entry.path!r} names content {layer}/"
+                                 f"{number} outside its chain of {len(files_dirs)} layers")
+        # Strings, not Paths: pathlib's parsing costs more than the copy of a small file.
+        return os.path.join(files_dirs[layer], content_name(number))
+    return content
+
+
+def read_flat_files(flat_dir: Path, paths: Sequence[str],
+                    layers_root: Path) -> dict[str, bytes | None]:
+    """The contents of ``paths`` (``etc/passwd``...) in the flat image, read from the layer
+    stores under ``layers_root``; None where absent, not a regular file, behind a
+    symlink, or larger than the cap."""
     wanted: set[str] = set()
     for path in paths:
         parts = path.split("/")
         wanted.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    kinds: dict[str, tuple[FileType, int]] = {}
-    for entry in read_entries(flat_dir / ENTRIES_NAME):
-        if entry.path in wanted:
-            kinds[entry.path] = (entry.type, entry.size)
+    found_entries: dict[str, FlatEntry] = {}
+    for each in read_entries(flat_dir / ENTRIES_NAME):
+        if each.path in wanted:
+            found_entries[each.path] = each
+    content = content_files(layers_root, read_header(flat_dir / HEADER_NAME).chain)
     found: dict[str, bytes | None] = {}
     for path in paths:
         parts = path.split("/")
-        parents_ok = all(kinds.get("/".join(parts[:i]), (None, 0))[0] is FileType.DIRECTORY
-                         for i in range(1, len(parts)))
-        kind, size = kinds.get(path, (None, 0))
-        if not parents_ok or kind is not FileType.REGULAR or size > FLAT_FILE_MAX_BYTES:
+        parents = (found_entries.get("/".join(parts[:i])) for i in range(1, len(parts)))
+        parents_ok = all(p is not None and p.type is FileType.DIRECTORY for p in parents)
+        entry = found_entries.get(path)
+        if not parents_ok or entry is None or entry.type is not FileType.REGULAR \
+                or entry.size > FLAT_FILE_MAX_BYTES:
             found[path] = None
             continue
-        found[path] = _read(flat_dir / ROOTFS_NAME, parts)
+        source = content(entry)
+        found[path] = b"" if source is None else _read(source)
     return found
 
 
-def _read(root: Path, parts: list[str]) -> bytes | None:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _read(path: str) -> bytes | None:
     try:
-        for name in parts[:-1]:
-            next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    finally:
-        os.close(fd)
-    with os.fdopen(file_fd, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         return f.read(FLAT_FILE_MAX_BYTES)

@@ -1,7 +1,8 @@
 """Materialise a :class:`~.tree.Tree` as a flat image directory (:mod:`.flatimage`).
 
-The staging tree gives ``mkfs.ext4 -d`` names, contents and link structure;
-``entries.jsonl`` carries everything else. Its rules:
+``entries.jsonl`` carries every entry's metadata and where its bytes are; the
+staging tree, made only for the mkfs builder (``staging=True``), gives
+``mkfs.ext4 -d`` names, contents and link structure. Its rules:
 
 - A fresh directory, mode 0700, built as ``<parent>/.tmp-<name>-<pid>-<rand>``
   and renamed to its final name only when complete.
@@ -47,6 +48,7 @@ from pipeline.flat.image import (
     FlatEntry,
     FlatHeader,
     chain_key,
+    is_current,
     write_entries,
     write_header,
 )
@@ -62,24 +64,45 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPARE = ".spare"
 
 
-def flatten_image(stores: Sequence[LayerStore], flat_root: Path) -> Path:
-    """``<flat_root>/<chain key>``, flattening and materialising it unless it exists."""
+def flatten_image(stores: Sequence[LayerStore], flat_root: Path, *,
+                  staging: bool = True) -> Path:
+    """``<flat_root>/<chain key>``, flattening and materialising it unless it exists;
+    ``staging``: with its staging tree (added to a flat image made without one).
+    Callers hold the chain's lock (``RunContext.chain_lock``) or own the flat root."""
     chain = [store.digest for store in stores]
     dest = Path(flat_root) / chain_key(chain)
-    if (dest / HEADER_NAME).exists():
+    if dest.exists() and not is_current(dest):
+        remove_path(dest)                   # an older format: made again below
+    if is_current(dest):
+        if staging and not (dest / ROOTFS_NAME).is_dir():
+            _add_staging(flatten(stores), dest, chain)
         return dest
-    return materialize(flatten(stores), dest, chain)
+    return materialize(flatten(stores), dest, chain, staging=staging)
 
 
-def materialize(tree: Tree, dest: Path, chain: Sequence[str]) -> Path:
-    """Write ``tree`` as a flat image at ``dest`` (atomically) and return ``dest``."""
+def _add_staging(tree: Tree, dest: Path, chain: Sequence[str]) -> None:
+    """Give the finished flat image ``dest`` its staging tree: made whole beside it, then
+    renamed in, so a reader sees no staging tree or a complete one."""
+    other = materialize(tree, temp_path(dest), chain, staging=True)
+    try:
+        os.rename(other / ROOTFS_NAME, dest / ROOTFS_NAME)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+    finally:
+        remove_path(other)
+
+
+def materialize(tree: Tree, dest: Path, chain: Sequence[str], *, staging: bool = True) -> Path:
+    """Write ``tree`` as a flat image at ``dest`` (atomically, with its staging tree when
+    ``staging``) and return ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
     started = time.monotonic()
     os.mkdir(tmp, 0o700)
     try:
-        header = _Builder(tree, tmp, tuple(chain)).build()
+        header = _Builder(tree, tmp, tuple(chain)).build(staging=staging)
         if not publish_dir(tmp, dest):
             # Another run finished the same chain first; flat images are keyed by content.
             return dest
@@ -118,7 +141,9 @@ class _Builder:
         self.spares = 0
         self.copied: dict[str, int] = {}  # why store files were copied, not linked -> count
 
-    def build(self) -> FlatHeader:
+    def build(self, *, staging: bool) -> FlatHeader:
+        if not staging:
+            return self._write_metadata()
         os.mkdir(self.tmp / ROOTFS_NAME, 0o700)
         os.mkdir(self.tmp / _SPARE, 0o700)
         self.spare_fd = os.open(self.tmp / _SPARE, _DIR_FLAGS)
@@ -237,6 +262,7 @@ class _Builder:
         groups: dict[int, int] = {}
         seen: set[int] = set()
         directories = regular_bytes = 0
+        position = {digest: i for i, digest in reversed(list(enumerate(self.chain)))}
 
         def entries() -> Iterator[FlatEntry]:
             nonlocal directories, regular_bytes
@@ -249,6 +275,9 @@ class _Builder:
                     seen.add(key)
                     directories += inode.is_dir
                     regular_bytes += inode.size if inode.type is FileType.REGULAR else 0
+                content = None
+                if inode.type is FileType.REGULAR and inode.content is not None and inode.size:
+                    content = (position[inode.content[0].digest], inode.content[1])
                 yield FlatEntry(path=path, type=inode.type, mode=inode.mode & 0o7777,
                                 uid=inode.uid, gid=inode.gid, mtime_ns=inode.mtime_ns,
                                 xattrs=inode.xattrs,
@@ -256,7 +285,7 @@ class _Builder:
                                 target=inode.target if inode.type is FileType.SYMLINK else None,
                                 rdev=inode.rdev if inode.type in (FileType.CHAR, FileType.BLOCK)
                                 else None,
-                                link_group=group)
+                                link_group=group, content=content)
 
         write_entries(self.tmp / ENTRIES_NAME, entries())
         header = FlatHeader(chain=self.chain, entries=len(self.items), inodes=len(seen),

@@ -3,7 +3,9 @@
 Written beside ``out/<name>.ext4`` after every build, atomically, with
 sorted keys. It records the reference as written and as resolved (index,
 manifest and config digests), the platform, the layers, the chain key, the
-ext4 options, the image size and sha256, the e2fsprogs versions, the version
+ext4 options (the builder among them), the image size and sha256, what made
+the bytes besides (the e2fsprogs versions for the mkfs builder, the native
+writer's format version for the native one), the version
 of the pipeline that built it and the build time, so that anyone holding only
 the output can tell what is in it.
 
@@ -12,7 +14,7 @@ Two fields serve the pipeline itself:
 - ``build_key``: a digest of everything that decides the two outputs (the
   mkfs task's config); a record with another key describes another build;
 - ``ext4_key``: a digest of what decides the ext4 bytes alone (layer chain,
-  options, tool versions): when only the reference text changed, the image
+  options, tool versions or writer format): when only the reference text changed, the image
   is kept and only this record is rewritten;
 - ``runtime``: the image's runtime config (entrypoint, cmd, env,
   working_dir, user and the uid/gid it resolves to, exposed ports, labels,
@@ -93,6 +95,9 @@ class BuildRecord:
     """What the container would have run (``oci.runtime.RuntimeConfig.to_json``)."""
     clamped_times: tuple[str, ...] = ()
     """Paths whose time ext4 cannot hold, stored clamped to the inode's range."""
+    native_writer_format: int | None = None
+    """The native writer's format version for ``builder = "native"`` (``tool_versions``
+    is then empty: no e2fsprogs tool made the bytes); None for the mkfs builder."""
     pipeline_version: str = ""
     """The rootfs-pipeline version that wrote the record (informative: it does not
     key the build, so an upgrade does not rebuild every image)."""
@@ -114,6 +119,7 @@ class BuildRecord:
             "sha256": self.sha256,
             "uuid": self.uuid,
             "tool_versions": dict(self.tool_versions),
+            "native_writer_format": self.native_writer_format,
             "build_key": self.build_key,
             "ext4_key": self.ext4_key,
             "ext4_stamp": list(self.ext4_stamp),

@@ -11,6 +11,10 @@ An image with ``config_path`` has one more layer on top of its own: the
 runtime config file (``layers.configfile``), written here from the flat image
 of the image's own layers (flattened first: its /etc/passwd resolves the
 user), so the flat image, and both ext4 builders, carry the file.
+
+Only an image built with ``builder = "mkfs"`` needs the staging tree: its
+task asks for it (and adds it to a flat image made without one); the native
+builder reads the layer stores directly.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from doit.tools import config_changed
 
 from pipeline.base.digest import Digest
 from pipeline.base.files import remove_path
-from pipeline.flat.image import HEADER_NAME, chain_key
+from pipeline.flat.image import ROOTFS_NAME, chain_key, is_current
 from pipeline.layers.configfile import write_config_layer
 from pipeline.layers.store import LayerStore
 from pipeline.oci.runtime import render_runtime
@@ -36,12 +40,19 @@ __all__ = ["flatten_tasks", "flatten_step", "flat_finished", "flatten_config"]
 
 
 def flatten_config(image: ImagePlan) -> dict[str, Any]:
-    return {"chain": list(image.chain)}
+    return {"chain": list(image.chain), "staging": needs_staging(image)}
 
 
-def flat_finished(flat_root: Path, chain_key: str) -> bool:
-    """doit uptodate: the finished flat image for this chain exists."""
-    return (flat_root / chain_key / HEADER_NAME).is_file()
+def needs_staging(image: ImagePlan) -> bool:
+    """Whether the image's builder reads a staging tree (mkfs.ext4 -d does)."""
+    return image.spec.ext4.builder == "mkfs"
+
+
+def flat_finished(flat_root: Path, chain_key: str, staging: bool = False) -> bool:
+    """doit uptodate: the finished flat image of this format for this chain exists, with
+    its staging tree when ``staging``."""
+    flat = flat_root / chain_key
+    return is_current(flat) and (not staging or (flat / ROOTFS_NAME).is_dir())
 
 
 def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
@@ -55,7 +66,7 @@ def flatten_step(ctx: RunContext, image: ImagePlan) -> None:
         _write_config_layer(ctx, image, image.config_layer)
     with ctx.chain_lock(image.chain_key):
         # Pure Python from end to end: beside another job, a worker process runs it.
-        flat = ctx.run_job(flatten_job, ctx.cache, list(image.chain))
+        flat = ctx.run_job(flatten_job, ctx.cache, list(image.chain), needs_staging(image))
     note(flat=str(flat), layers=len(image.chain))
 
 
@@ -67,13 +78,13 @@ def _write_config_layer(ctx: RunContext, image: ImagePlan, key: Digest) -> None:
 
     assert image.spec.config_path is not None
     with ctx.chain_lock(chain_key(image.layer_chain)):
-        layers_flat = ctx.run_job(flatten_job, ctx.cache, list(image.layer_chain))
+        layers_flat = ctx.run_job(flatten_job, ctx.cache, list(image.layer_chain), False)
     data = render_runtime(runtime_config(ctx, image, layers_flat))
     write_config_layer(ctx.cache.layers_root, key, image.spec.config_path, data)
 
 
 def flatten_tasks(ctx: RunContext, plan: RunPlan) -> Iterator[dict[str, Any]]:
-    yield group("flatten each image's layers into a staging tree (once per layer chain)",
+    yield group("flatten each image's layers into a flat image (once per layer chain)",
                 basename="flatten")
     for image in plan.images:
         name = f"flatten:{image.name}"
@@ -85,7 +96,8 @@ def flatten_tasks(ctx: RunContext, plan: RunPlan) -> Iterator[dict[str, Any]]:
             "actions": [action(flatten_step, ctx, image, name=name, images=[image.name])],
             "task_dep": [f"unpack:{digest}" for digest in dict.fromkeys(image.layer_chain)],
             "uptodate": [config_changed(flatten_config(image)),
-                         (flat_finished, [ctx.cache.flat_root, image.chain_key], {})],
+                         (flat_finished, [ctx.cache.flat_root, image.chain_key,
+                                          needs_staging(image)], {})],
             "clean": [(remove_path, [ctx.cache.flat_root / image.chain_key])],
             "io": IO,
             "meta": {"images": [image.name]},

@@ -22,23 +22,24 @@ if TYPE_CHECKING:
 __all__ = ["flatten_job", "image_job", "fetch_job", "push_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
-           "pipeline.ext4.derive.build")
+           "pipeline.ext4.derive.build", "pipeline.ext4.nativebuild")
 """What the worker pool's server imports once, so each worker starts with the job code."""
 
 
-def flatten_job(cache: CacheLayout, digests: Sequence[str]) -> Path:
-    """Flatten the layer stores of ``digests`` (oldest first); the flat image's path."""
+def flatten_job(cache: CacheLayout, digests: Sequence[str], staging: bool) -> Path:
+    """Flatten the layer stores of ``digests`` (oldest first), with a staging tree when
+    ``staging`` (the mkfs builder reads one); the flat image's path."""
     from pipeline.flat.staging import flatten_image
     from pipeline.layers.store import LayerStore
 
     stores = [LayerStore.open(cache.layers_root, digest) for digest in digests]
-    return flatten_image(stores, cache.flat_root)
+    return flatten_image(stores, cache.flat_root, staging=staging)
 
 
 def image_job(cache: CacheLayout, chain: Sequence[str], flat: Path, output: Path,
               options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
-    """``ext4.derive.plan.build_image``: the image derived from its base's ext4 when its
-    layers say so, else in full."""
+    """``ext4.derive.build.build_image``: the native writer's image, or mkfs's, derived
+    from its base's ext4 when its layers say so, else in full."""
     from pipeline.ext4.derive.build import build_image
 
     return build_image(layers_root=cache.layers_root, flat_root=cache.flat_root,

@@ -7,12 +7,16 @@ record beside the image says it was built for this key from this very file
 (``buildrecord.describes``). So a changed size option reruns exactly this
 task, and a deleted output too.
 
-The build is ``ext4derive.build_image``: when the image's top layers are
-small next to a shared base chain (decided from the layer stores' stats, so
-the bytes never depend on what the cache holds), it is derived from the
-base chain's ext4, built once per key under a flock that every step and
-worker shares, and the record says ``derived_from``. The tools that key
-the task include resize2fs and tune2fs for that reason (``toolcache``).
+The build is ``ext4.derive.build_image``. With ``builder = "native"`` (the
+default) the native writer makes the image from the flat entries and the
+layer stores, always in full; its format version keys the task and the
+e2fsprogs versions do not (no tool of theirs runs). With ``builder =
+"mkfs"``: when the image's top layers are small next to a shared base chain
+(decided from the layer stores' stats, so the bytes never depend on what the
+cache holds), it is derived from the base chain's ext4, built once per key
+under a flock that every step and worker shares, and the record says
+``derived_from``; the tools that key the task include resize2fs and tune2fs
+for that reason (``toolcache``). ``ext4.builder.bytes_decided_by`` says which.
 
 The step avoids work it can prove unnecessary: when doit's database was
 lost (SIGKILL, a fresh cache) but the record still describes the file, or
@@ -36,7 +40,8 @@ from pipeline.base.escape import escape_text
 from pipeline.base.files import TEMP_PREFIX, remove_path
 from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
-from pipeline.flat.image import HEADER_NAME, chain_key
+from pipeline.ext4.builder import NATIVE_WRITER_FORMAT, bytes_decided_by
+from pipeline.flat.image import HEADER_NAME, ROOTFS_NAME, chain_key
 from pipeline.project.buildrecord import (
     BuildRecord,
     build_key,
@@ -74,10 +79,12 @@ def output_path(ctx: RunContext, name: str) -> Path:
 
 
 def ext4_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
-    """What decides the ext4 bytes: the layer chain, the options, the e2fsprogs versions
-    (whether the image is derived follows from the chain's layers)."""
-    return {"chain": image.chain_key, "options": image.spec.ext4.to_dict(), "tools": dict(tools),
-            "seed": SEED_SCHEME}
+    """What decides the ext4 bytes: the layer chain, the options (the builder among them),
+    the seed scheme, and the builder's own inputs: the native writer's format version,
+    or the e2fsprogs versions for mkfs (whether it derives follows from the chain)."""
+    options = image.spec.ext4
+    return {"chain": image.chain_key, "options": options.to_dict(),
+            **bytes_decided_by(options.builder, tools), "seed": SEED_SCHEME}
 
 
 def mkfs_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
@@ -124,7 +131,8 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
         note(outcome="already built", output=str(output))
         return
     flat = ctx.cache.flat_root / image.chain_key
-    if not (flat / HEADER_NAME).is_file():
+    if not (flat / HEADER_NAME).is_file() or (image.spec.ext4.builder == "mkfs"
+                                             and not (flat / ROOTFS_NAME).is_dir()):
         raise Ext4Error(f"image {image.name!r}: the flat image {str(flat)!r} is missing; run "
                         f"`doit flatten:{image.name}` first (or plain `doit`)")
     from pipeline.tasks.runtime import runtime_config
@@ -174,10 +182,13 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
+    native = image.spec.ext4.builder == "native"
     write_record(record_path, BuildRecord(
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
-        uuid=uuid, tool_versions=dict(tools), build_key=key, ext4_key=ext4_key,
+        uuid=uuid, tool_versions={} if native else dict(tools),
+        native_writer_format=NATIVE_WRITER_FORMAT if native else None,
+        build_key=key, ext4_key=ext4_key,
         ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime,
         clamped_times=clamped, pipeline_version=__version__))
 

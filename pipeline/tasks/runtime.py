@@ -54,7 +54,8 @@ def runtime_config(ctx: RunContext, image: ImagePlan, flat: Path) -> dict[str, A
         body = f.read(CONFIG_MAX_BYTES + 1)
     where = f"image {image.name!r} config {image.resolved.config.digest}"
     runtime = parse_runtime(body, where=where)
-    files = read_flat_files(flat, ACCOUNT_FILES) if runtime.user else {}
+    files = (read_flat_files(flat, ACCOUNT_FILES, ctx.cache.layers_root) if runtime.user
+             else {})
     passwd, group = (files.get(name) for name in ACCOUNT_FILES)
     ids = resolve_user(runtime.user, _text(passwd), _text(group))
     if ids is None:

@@ -66,10 +66,18 @@ def rebuild_reasons(record: Mapping[str, Any] | None, config: Mapping[str, Any],
     reasons += [f"layer {short_digest(d)} is gone" for d in old_layers if d not in new_layers]
     if not reasons and old_layers != new_layers:
         reasons.append("the layers are in another order")
-    old_tools, new_tools = record.get("tool_versions") or {}, config["tools"]
-    for tool in sorted(set(old_tools) | set(new_tools)):
-        if old_tools.get(tool) != new_tools.get(tool):
-            reasons.append(f"{tool}: {old_tools.get(tool, 'none')} -> {new_tools.get(tool)}")
+    # What else made the bytes: e2fsprogs (mkfs builder) or the native writer's format;
+    # a change of builder already says both changed.
+    if old_options.get("builder") == new_options.get("builder"):
+        old_tools, new_tools = record.get("tool_versions") or {}, config.get("tools") or {}
+        for tool in sorted(set(old_tools) | set(new_tools)):
+            if old_tools.get(tool) != new_tools.get(tool):
+                reasons.append(f"{tool}: {old_tools.get(tool, 'none')} -> "
+                               f"{new_tools.get(tool, 'none')}")
+        old_format = record.get("native_writer_format")
+        new_format = config.get("native_writer_format")
+        if old_format != new_format:
+            reasons.append(f"native writer format: {old_format} -> {new_format}")
     if not reasons and record.get("build_key") != key:
         reasons.append("the platform or the resolved digests changed")
     if not reasons and not describes(record, output, key):

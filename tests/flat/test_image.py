@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.flat.image import (
     FORMAT_VERSION,
+    HEADER_NAME,
     FileType,
     FlatEntry,
     FlatHeader,
@@ -62,13 +63,14 @@ def test_defaults_are_not_written(tmp_path: Path) -> None:
 def test_header_round_trip_and_version_check(tmp_path: Path) -> None:
     header = FlatHeader(chain=("sha256:" + "a" * 64, "sha256:" + "b" * 64), entries=8,
                         inodes=7, directories=1, regular_bytes=9896)
-    path = tmp_path / "flat.json"
+    path = tmp_path / HEADER_NAME
     write_header(path, header)
     assert read_header(path) == header
     data = json.loads(path.read_text())
     data["format"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="internal error: flat image .* has format 2"):
+    with pytest.raises(ValueError,
+                       match=f"internal error: flat image .* has format {FORMAT_VERSION + 1}"):
         read_header(path)
 
 

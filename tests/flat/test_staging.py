@@ -1,4 +1,4 @@
-"""pipeline.flat.staging: the flat image directory (staging tree + entries.jsonl + flat.json)."""
+"""pipeline.flat.staging: the flat image directory (staging tree + entries.jsonl + header)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.flat.flatten import flatten
-from pipeline.flat.image import FileType, FlatEntry, chain_key, read_entries, read_header
+from pipeline.flat.image import (
+    HEADER_NAME,
+    FileType,
+    FlatEntry,
+    chain_key,
+    is_current,
+    read_entries,
+    read_header,
+)
+from pipeline.flat.lookup import content_files
 from pipeline.flat.staging import flatten_image, materialize
 from pipeline.layers.store import LayerStore
 from tests.harness.ext4reader import Ext4Image
@@ -50,11 +59,11 @@ def test_layout_atomic_and_private(tmp_path: Path) -> None:
     built = stores(tmp_path, [file("a", b"x")])
     flat = flatten_image(built, tmp_path / "flat")
     assert flat == tmp_path / "flat" / chain_key([built[0].digest])
-    assert sorted(p.name for p in flat.iterdir()) == ["entries.jsonl", "flat.json", "rootfs"]
+    assert sorted(p.name for p in flat.iterdir()) == ["entries.jsonl", HEADER_NAME, "rootfs"]
     assert [p.name for p in (tmp_path / "flat").iterdir()] == [flat.name]  # no .tmp-* left
     assert stat.S_IMODE(flat.stat().st_mode) == 0o700
     assert stat.S_IMODE((flat / "rootfs").stat().st_mode) == 0o700
-    header = read_header(flat / "flat.json")
+    header = read_header(flat / HEADER_NAME)
     assert (header.chain, header.entries, header.inodes, header.directories,
             header.regular_bytes) == ((built[0].digest,), 2, 2, 1, 1)
 
@@ -157,12 +166,14 @@ def test_entries_carry_the_image_metadata_in_mkfs_order(tmp_path: Path) -> None:
         FlatEntry("a/p", FileType.FIFO, 0o644, 0, 0, T),
         FlatEntry("a-b", FileType.SYMLINK, 0o777, 0, 0, T, target="b"),
         FlatEntry("b", FileType.DIRECTORY, 0o700, 1, 2, T),
-        FlatEntry("b/h", FileType.REGULAR, 0o4755, 0, 0, T, size=2, link_group=1),
-        FlatEntry("b/z", FileType.REGULAR, 0o4755, 0, 0, T, size=2, link_group=1),
+        FlatEntry("b/h", FileType.REGULAR, 0o4755, 0, 0, T, size=2, link_group=1,
+                  content=(0, 0)),
+        FlatEntry("b/z", FileType.REGULAR, 0o4755, 0, 0, T, size=2, link_group=1,
+                  content=(0, 0)),
         FlatEntry("ping", FileType.REGULAR, 0o644, 0, 0, T,
-                  xattrs=(("security.capability", cap),), size=1),
+                  xattrs=(("security.capability", cap),), size=1, content=(0, 2)),
     ]
-    header = read_header(flat / "flat.json")
+    header = read_header(flat / HEADER_NAME)
     assert (header.entries, header.inodes, header.directories, header.regular_bytes) == (
         10, 9, 4, 3)
 
@@ -214,4 +225,48 @@ def test_flat_on_another_filesystem_copies(tmp_path: Path) -> None:
         assert a.st_dev != built[0].content_path(0).stat().st_dev
         assert (flat / "rootfs/b").read_bytes() == b"linked"
         assert (flat / "rootfs/c").read_bytes() == b"alone"
-        assert sorted(os.listdir(flat)) == ["entries.jsonl", "flat.json", "rootfs"]
+        assert sorted(os.listdir(flat)) == ["entries.jsonl", HEADER_NAME, "rootfs"]
+
+
+# -- without a staging tree (the native builder) -----------------------------------------
+
+
+def test_content_references_name_the_store_file_of_every_regular_entry(
+        tmp_path: Path) -> None:
+    # Layers A, B, A: x's reference may name either position of A; both hold its bytes.
+    layer_a = make_layer([file("x", b"shared bytes"), file("empty"), dir("d")])
+    layer_b = make_layer([file("y", b"from b"), hardlink("z", "y")])
+    a, b = unpack(tmp_path, layer_a), unpack(tmp_path, layer_b)
+    flat = flatten_image([a, b, a], tmp_path / "flat", staging=False)
+    assert sorted(p.name for p in flat.iterdir()) == ["entries.jsonl", HEADER_NAME]
+    content = content_files(tmp_path / "layers", read_header(flat / HEADER_NAME).chain)
+    got = {}
+    for entry in read_entries(flat / "entries.jsonl"):
+        source = content(entry)
+        got[entry.path] = None if source is None else Path(source).read_bytes()
+    assert got == {"": None, "d": None, "empty": None, "x": b"shared bytes", "y": b"from b",
+                   "z": b"from b"}
+
+
+def test_staging_is_added_to_a_flat_image_made_without_one(tmp_path: Path) -> None:
+    built = stores(tmp_path, [file("a", b"x"), hardlink("b", "a"), symlink("c", "a")])
+    flat = flatten_image(built, tmp_path / "flat", staging=False)
+    entries = (flat / "entries.jsonl").read_bytes()
+    assert not (flat / "rootfs").exists()
+    assert flatten_image(built, tmp_path / "flat", staging=False) == flat
+    assert not (flat / "rootfs").exists()
+    assert flatten_image(built, tmp_path / "flat") == flat
+    assert (flat / "rootfs/a").read_bytes() == b"x" and os.readlink(flat / "rootfs/c") == "a"
+    assert host(flat, "a").st_ino == host(flat, "b").st_ino
+    assert (flat / "entries.jsonl").read_bytes() == entries
+    assert [p.name for p in (tmp_path / "flat").iterdir()] == [flat.name]  # no .tmp-* left
+
+
+def test_a_flat_image_of_an_older_format_is_made_again(tmp_path: Path) -> None:
+    built = stores(tmp_path, [file("a", b"x")])
+    flat = flatten_image(built, tmp_path / "flat", staging=False)
+    # What version 1 left: its header under the old name, no content references.
+    (flat / HEADER_NAME).rename(flat / "flat.json")
+    assert not is_current(flat)
+    assert flatten_image(built, tmp_path / "flat", staging=False) == flat
+    assert is_current(flat)

@@ -224,6 +224,8 @@ class World:
     base: Layer
     tops: dict[str, Layer] = field(default_factory=dict)
     host: str = ""
+    builder: str = "native"
+    """The ext4 builder every image of the manifest names."""
 
     def ref(self, name: str, tag: str = "v1") -> str:
         return f"{self.host or self.registry.host}/{self.namespace}/{name}:{tag}"
@@ -235,6 +237,7 @@ class World:
         text = ""
         for name in sorted(self.tops):
             text += f'[images.{name}]\nref = "{refs.get(name, self.ref(name))}"\n'
+            text += f'builder = "{self.builder}"\n'
             text += (extra or {}).get(name, "")
         (self.project / "images.toml").write_text(text)
 
@@ -248,10 +251,10 @@ def top_layer(name: str, version: str = "1", size: int = 0) -> Layer:
 
 
 def make_world(registry: Registry, repo: str, tmp_path: Path, *, names: str = "abc",
-               big: int = 0, host: str = "") -> World:
+               big: int = 0, host: str = "", builder: str = "native") -> World:
     base = make_layer([dir("etc"), file("etc/os-release", b"ID=base\n"), dir("bin"),
                        file("bin/sh", b"#!/bin/true\n", mode=0o755), dir("tmp", mode=0o1777)])
-    world = World(registry, repo, tmp_path / "project", base, host=host)
+    world = World(registry, repo, tmp_path / "project", base, host=host, builder=builder)
     world.project.mkdir()
     for name in names:
         world.tops[name] = top_layer(name, size=big if name == names[0] else 0)
@@ -269,11 +272,22 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_outputs(project: Path, names) -> None:  # type: ignore[no-untyped-def]
-    """Each output exists, matches its record's sha256 and checks clean."""
+    """Each output exists, matches its record's sha256, checks clean, holds the base layer's
+    file (read by the independent reader) and records what made its bytes."""
+    from tests.harness.ext4reader import Ext4Image
+
     for name in names:
         image, record = project / f"out/{name}.ext4", project / f"out/{name}.json"
         data = json.loads(record.read_text())
         assert data["sha256"] == sha256_file(image), name
         fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        with Ext4Image(image) as fs:
+            assert fs.walk()["etc/os-release"].type in ("f", "l"), name   # the base's
+        if data["options"]["builder"] == "native":
+            assert data["tool_versions"] == {} and data["native_writer_format"] >= 1, name
+            assert data["derived_from"] is None, name
+        else:
+            assert "mkfs.ext4" in data["tool_versions"], name
+            assert data["native_writer_format"] is None, name
     assert not list((project / "out").glob(".*")), "no temporary files left in out/"

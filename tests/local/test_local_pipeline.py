@@ -133,7 +133,10 @@ def test_a_derived_image_is_byte_identical_from_a_docker_archive_too(
     world.push("a", "v1", world.tops["a"])
     refs = {"registry": world.ref("a"), **export(world, "a")}
     write_manifest(world, refs)
-    with open(world.project / "images.toml", "a") as f:
+    manifest = world.project / "images.toml"
+    # Derived builds are the mkfs builder's.
+    manifest.write_text('[settings]\nbuilder = "mkfs"\n' + manifest.read_text())
+    with open(manifest, "a") as f:
         # config_path on top of the same layers: derived too, and the file is there.
         f.write(f'[images.configured]\nref = "{world.ref("a")}"\n'
                 'config_path = "/etc/rootfs/config.json"\n')

@@ -45,12 +45,20 @@ inode_size = 128
 journal = false
 features = ["large_dir", "^metadata_csum"]
 reserved_percent = 5
+builder = "mkfs"
 derive = false
 """ % ("a" * 64)
 
 
 def parse(text: str, environ: dict[str, str] | None = None):
     return parse_manifest(textwrap.dedent(text), Path("/proj/images.toml"), environ=environ)
+
+
+def test_settings_builder_is_every_images_default_unless_it_names_one() -> None:
+    m = parse('[settings]\nbuilder = "mkfs"\n[images.a]\nref = "alpine"\n'
+              '[images.b]\nref = "alpine"\nbuilder = "native"\n')
+    assert m.settings.builder == "mkfs"
+    assert [spec.ext4.builder for spec in m.images] == ["mkfs", "native"]
 
 
 def test_good_manifest_every_field() -> None:
@@ -72,7 +80,9 @@ def test_good_manifest_every_field() -> None:
     assert tiny.ref.digest is not None
     assert tiny.ext4 == Ext4Options(headroom="20%")
     assert tuned.ext4 == Ext4Options(inode_size=128, journal=False, reserved_percent=5,
-                                     features=("large_dir", "^metadata_csum"), derive=False)
+                                     features=("large_dir", "^metadata_csum"), derive=False,
+                                     builder="mkfs")
+    assert m.settings.builder == "native" and alpine.ext4.builder == "native"
     assert m.insecure_hosts == frozenset({"registry.local:5000"})
     assert m.mirrors_for("docker.io") == ("mirror.internal:5000", "10.0.0.2:5000")
     assert m.mirrors_for("quay.io") == ()
@@ -136,14 +146,14 @@ BAD = [
                  "their output files would collide", id="duplicate-name-by-case"),
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
-                 "allowed: config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, publish, ref, reserved_percent, size", id="unknown-image-key"),
+                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "label, platform, publish, ref, reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
                  "allowed: cache, images, registries, settings", id="unknown-top-level-table"),
     pytest.param('[settings]\njob = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: unknown key 'job' (did you mean 'jobs'?); "
-                 "allowed: cache_dir, jobs, output_dir, platform", id="unknown-setting"),
+                 "allowed: builder, cache_dir, jobs, output_dir, platform", id="unknown-setting"),
     pytest.param('[registries."docker.io"]\nmirror = ["m:5000"]\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:2: unknown key 'mirror' (did you mean 'mirrors'?); "
                  "allowed: insecure, mirrors, mirrors_only", id="unknown-registry-key"),
@@ -196,6 +206,15 @@ BAD = [
     pytest.param('[images.a]\nref = "alpine"\nderive = 1\n',
                  "/proj/images.toml:3: image 'a': `derive` must be true or false, got integer 1",
                  id="derive-not-bool"),
+    pytest.param('[images.a]\nref = "alpine"\nbuilder = "mke2fs"\n',
+                 "/proj/images.toml:3: image 'a': bad `builder`: invalid builder 'mke2fs': "
+                 'expected "native" or "mkfs"', id="builder-unknown"),
+    pytest.param('[images.a]\nref = "alpine"\nbuilder = true\n',
+                 "/proj/images.toml:3: image 'a': `builder` must be one of \"native\", "
+                 '"mkfs", got boolean True', id="builder-not-string"),
+    pytest.param('[settings]\nbuilder = "debugfs"\n[images.a]\nref = "alpine"\n',
+                 "/proj/images.toml:2: `builder` must be one of \"native\", \"mkfs\", got "
+                 "string 'debugfs'", id="settings-builder-unknown"),
     pytest.param('[images.a]\nref = "alpine"\ninode_size = 300\n',
                  "/proj/images.toml:3: image 'a': bad `inode_size`: invalid inode size 300: "
                  "expected one of 128, 256, 512, 1024", id="bad-inode-size"),
@@ -271,8 +290,9 @@ BAD = [
                  "'alpine'", id="image-not-a-table"),
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
-                 "allowed: config_path, derive, features, headroom, inode_size, journal, label, "
-                 "platform, publish, ref, reserved_percent, size", id="inline-table-unknown-key"),
+                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "label, platform, publish, ref, reserved_percent, size",
+                 id="inline-table-unknown-key"),
 ]
 
 

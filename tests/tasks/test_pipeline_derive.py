@@ -1,6 +1,7 @@
-"""Derived builds through the real doit: a batch sharing a Debian-like base builds the
-base's ext4 once (with four tasks in parallel), records ``derived_from``, a tag bump
-derives again from the cached base, and gc keeps exactly what derived builds need."""
+"""Derived builds (``builder = "mkfs"``) through the real doit: a batch sharing a
+Debian-like base builds the base's ext4 once (with four tasks in parallel), records
+``derived_from``, a tag bump derives again from the cached base, and gc keeps exactly
+what derived builds need."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ NAMES = "abcd"
 @pytest.fixture
 def world(registry: Registry, repo: str, tmp_path: Path) -> World:
     base = make_layer(debian_like(files=1500, size=6 << 20, seed=3).base)
-    world = World(registry, repo, tmp_path / "project", base)
+    world = World(registry, repo, tmp_path / "project", base, builder="mkfs")
     world.project.mkdir()
     for name in NAMES:
         world.tops[name] = top_layer(name)

@@ -22,6 +22,7 @@ from doit.tools import config_changed
 from pipeline.base.digest import digest_of
 from pipeline.base.terminal import Terminal
 from pipeline.errors import BadImage, LockError
+from pipeline.ext4.native import WRITER_FORMAT_VERSION
 from pipeline.flat.image import chain_key
 from pipeline.oci import mediatypes as mt
 from pipeline.oci.platform import Platform
@@ -148,13 +149,25 @@ def test_keys_are_the_content(project: Path) -> None:
                                                               "size": base.size}
     assert config_of(tasks[f"unpack:{base.digest}"])["diff_id"] == str(base.diff_id)
     chain = [str(base.digest), str(layer(b"top a").digest)]
-    assert config_of(tasks["flatten:a"]) == {"chain": chain}
+    # The native builder (the default) reads no staging tree.
+    assert config_of(tasks["flatten:a"]) == {"chain": chain, "staging": False}
     mkfs = config_of(tasks["mkfs:a"])
     assert mkfs["chain"] == chain_key(chain)
-    assert mkfs["options"]["size"] == "auto"
+    assert mkfs["options"]["size"] == "auto" and mkfs["options"]["builder"] == "native"
+    # No e2fsprogs tool makes a native image: its writer's format keys it, not their versions.
+    assert "tools" not in mkfs
+    assert mkfs["native_writer_format"] == WRITER_FORMAT_VERSION
+    assert (mkfs["name"], mkfs["ref"]) == ("a", "registry.test:5000/a:1")
+
+
+def test_mkfs_builder_keys_on_the_e2fsprogs_versions(project: Path) -> None:
+    ctx = context(project, MANIFEST.replace("jobs = 3", 'jobs = 3\nbuilder = "mkfs"'))
+    tasks = tasks_by_name(build_tasks(ctx))
+    assert config_of(tasks["flatten:a"])["staging"] is True
+    mkfs = config_of(tasks["mkfs:a"])
+    assert mkfs["options"]["builder"] == "mkfs" and "native_writer_format" not in mkfs
     # resize2fs and tune2fs shape derived images: a new one rebuilds them too.
     assert set(mkfs["tools"]) == {"mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "tune2fs"}
-    assert (mkfs["name"], mkfs["ref"]) == ("a", "registry.test:5000/a:1")
 
 
 def test_changing_one_size_changes_only_that_mkfs_config(project: Path) -> None:
@@ -348,7 +361,7 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
     with pytest.raises(InvalidDodoFile) as exc:
         load_pipeline(tmp_path / "images.toml")
     assert str(exc.value) == (f"{tmp_path}/images.toml:3: image 'a': unknown key 'sise' (did "
-                              "you mean 'size'?); allowed: config_path, derive, features, "
+                              "you mean 'size'?); allowed: builder, config_path, derive, features, "
                               "headroom, inode_size, "
                               "journal, label, platform, publish, ref, reserved_percent, size")
     structlog.configure(**structlog_config)

@@ -26,8 +26,9 @@ only (``ext4diff``); every fallback below is decided from content alone.
    tree, too few inodes, a name debugfs cannot address, a base whose map
    did not prove...) builds the image in full instead, with the reason logged.
 
-For the mkfs task (``build_image`` does all of it)::
+For the mkfs task (``build_image`` does all of it; the native builder never derives)::
 
+    native       -> ext4.nativebuild.build_native(flat, layers_root, output, options, seed=seed)
     plan = choose_build(layer_stats(layers_root, chain), options, tools)
     FullBuild    -> build_ext4(flat, output, options, seed=seed)
     DerivedBuild -> flat_base, base = ensure_base(
@@ -143,7 +144,7 @@ class DerivedBuild:
 def choose_build(layers: Sequence[LayerStats], options: Ext4Options,
                tools: Mapping[str, str]) -> FullBuild | DerivedBuild:
     """How to build an image of these layers (oldest first); pure, see the module docstring."""
-    if not options.derive:
+    if not options.derive or options.builder == "native":
         return FullBuild()
     for k in range(1, len(layers)):
         base, top = layers[:k], layers[k:]
@@ -170,8 +171,13 @@ def layer_stats(layers_root: Path, chain: Sequence[str]) -> tuple[LayerStats, ..
 def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: Sequence[str],
                 flat_dir: Path, output: Path, options: Ext4Options, seed: str,
                 tools: Mapping[str, str]) -> Ext4Result:
-    """Build ``output`` for the image of ``chain`` (flat image ``flat_dir``), derived when
+    """Build ``output`` for the image of ``chain`` (flat image ``flat_dir``): with the native
+    writer from the layer stores (``ext4.nativebuild``), or with mkfs, derived when
     ``choose_build`` says so; every step as in the module docstring."""
+    if options.builder == "native":
+        from pipeline.ext4.nativebuild import build_native
+
+        return build_native(flat_dir, layers_root, output, options, seed=seed)
     plan = choose_build(layer_stats(layers_root, chain), options, tools)
     if isinstance(plan, DerivedBuild):
         from pipeline.flat.staging import flatten_image
@@ -182,7 +188,8 @@ def build_image(*, layers_root: Path, flat_root: Path, base_root: Path, chain: S
         # compressed or not (registry, docker-archive) give the same base bytes.
         content = base_key(chain_key([store.diff_id for store in stores]), options, tools)
         try:
-            flat_base, base = ensure_base(lambda: flatten_image(stores, flat_root), base_root,
+            flat_base, base = ensure_base(lambda: flatten_image(stores, flat_root, staging=True),
+                                          base_root,
                                           plan.base_key, options, seed=f"base {content}")
         except DeriveRefused as refused:
             log.info("ext4.derive_refused", output=str(output), reason=str(refused))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.errors import Ext4Error
 from pipeline.ext4.build import derive_uuids, plan_for
+from pipeline.ext4.builder import NATIVE_WRITER_FORMAT
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput
 from pipeline.ext4.size import SizePlan, TreeUsage, has_super
@@ -21,7 +22,7 @@ from pipeline.flat.image import ROOTFS_NAME, FileType, FlatEntry
 
 __all__ = ["Ext4Error", "Ext4Options", "FileType", "FlatEntry", "FS_EPOCH", "ImageOutput",
            "SizePlan", "TreeUsage", "has_super", "derive_uuids", "plan_for", "staged_content",
-           "ContentSource"]
+           "ContentSource", "NATIVE_WRITER_FORMAT"]
 
 ContentSource = Callable[[FlatEntry], "str | os.PathLike[str] | None"]
 """Where a regular file's bytes live (a layer store's numbered file), or None when empty."""

@@ -42,6 +42,7 @@ from pipeline.ext4.native.inode import (
 )
 from pipeline.ext4.native.inputs import (
     FS_EPOCH,
+    NATIVE_WRITER_FORMAT,
     ContentSource,
     Ext4Options,
     FileType,
@@ -60,8 +61,9 @@ from pipeline.ext4.native.xattrs import XattrLayout, encode_block, lay_out_xattr
 
 __all__ = ["write_ext4", "write_image", "NativeResult", "WRITER_FORMAT_VERSION"]
 
-WRITER_FORMAT_VERSION = 1
-"""Bump whenever the same input could give different bytes: it keys the build."""
+WRITER_FORMAT_VERSION = NATIVE_WRITER_FORMAT
+"""Bump (in ext4.builder, which the task keys read without loading the writer) whenever
+the same input could give different bytes: it keys the build."""
 FAST_SYMLINK_MAX = 59                       # a target shorter than i_block lives in it
 _JOURNAL_MODE = 0o100600
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ManifestError, PipelineError
+from pipeline.ext4.builder import BUILDERS, DEFAULT_BUILDER
 from pipeline.ext4.options import Ext4Options
 from pipeline.layers.configfile import check_config_path
 from pipeline.oci.platform import DEFAULT_PLATFORM, Platform, parse_platform
@@ -65,14 +66,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MANIFEST_MAX_BYTES = 1 << 20
 
 TOP_KEYS = ("cache", "images", "registries", "settings")
-SETTINGS_KEYS = ("cache_dir", "jobs", "output_dir", "platform")
+SETTINGS_KEYS = ("builder", "cache_dir", "jobs", "output_dir", "platform")
 REGISTRY_KEYS = ("insecure", "mirrors", "mirrors_only")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
-EXT4_KEYS = ("derive", "features", "headroom", "inode_size", "journal", "label",
+EXT4_KEYS = ("builder", "derive", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
 IMAGE_KEYS = tuple(sorted(("config_path", "platform", "publish", "ref") + EXT4_KEYS))
 # The TOML type each ext4 key must have, and how to say it.
+_BUILDER_WANTED = "one of " + ", ".join(f'"{b}"' for b in BUILDERS)
 _EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "builder": ((str,), _BUILDER_WANTED),
     "derive": ((bool,), "true or false"),
     "features": ((list,), "an array of feature names such as [\"large_dir\"]"),
     "headroom": ((str,), "a string such as \"20%\" or \"256MiB\""),
@@ -105,6 +108,8 @@ class Settings:
     output_dir: Path
     cache_dir: Path
     jobs: int
+    builder: str = DEFAULT_BUILDER
+    """The ext4 builder of every image that does not name one (``ext4.builder``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +196,11 @@ def _settings(c: Checker, raw: dict[str, Any], base: Path) -> Settings:
     reason = overlap(dirs["output_dir"], dirs["cache_dir"], base)
     if reason is not None:
         raise c.fail(reason[1], "settings", reason[0])
-    return Settings(platform=platform, jobs=jobs, **dirs)
+    builder = raw.get("builder", DEFAULT_BUILDER)
+    if builder not in BUILDERS:
+        raise c.fail(f"`builder` must be {_BUILDER_WANTED}, got {kind_of(builder)}",
+                     "settings", "builder")
+    return Settings(platform=platform, jobs=jobs, builder=builder, **dirs)
 
 
 def _registries(c: Checker, raw: dict[str, Any]) -> dict[str, RegistrySettings]:
@@ -239,7 +248,7 @@ def _image(c: Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
     platform = settings.platform
     if "platform" in table:
         platform = c.parsed(_platform, table["platform"], *where, "platform", image=name)
-    ext4 = _ext4_options(c, table, name)
+    ext4 = _ext4_options(c, table, name, settings.builder)
     config_path = None
     if "config_path" in table:
         config_path = c.parsed(check_config_path, table["config_path"], *where, "config_path",
@@ -251,10 +260,12 @@ def _image(c: Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
                      line=c.lines.line(*where), config_path=config_path, publish=publish)
 
 
-def _ext4_options(c: Checker, table: dict[str, Any], name: str) -> Ext4Options:
-    """Ext4Options from the image's ext4 keys; each bad value is blamed on its own key."""
+def _ext4_options(c: Checker, table: dict[str, Any], name: str,
+                  builder: str) -> Ext4Options:
+    """Ext4Options from the image's ext4 keys (``builder`` from [settings] unless given);
+    each bad value is blamed on its own key."""
     where = ("images", name)
-    given: dict[str, Any] = {}
+    given: dict[str, Any] = {"builder": builder}
     for key in EXT4_KEYS:
         if key not in table:
             continue

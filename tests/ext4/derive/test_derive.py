@@ -1,4 +1,5 @@
-"""Derived ext4 builds end to end: real layers, real e2fsprogs, read back independently.
+"""Derived ext4 builds (the mkfs builder's) end to end: real layers, real e2fsprogs, read
+back independently.
 
 Every derived image is checked three ways: entry by entry against the tree the
 layers declare (``tests.harness.expected``, which shares no code with flatten),
@@ -196,16 +197,21 @@ class Cache:
         return build_image(layers_root=self.root / "layers", flat_root=self.root / "flat",
                            base_root=self.root / "base", chain=chain, flat_dir=flat,
                            output=self.root / "out" / f"{name}.ext4",
-                           options=options or Ext4Options(), seed=seed, tools=TOOLS)
+                           options=options or mkfs_options(), seed=seed, tools=TOOLS)
 
     def full(self, layers: Sequence[Sequence[Member]], name: str = "full",
              options: Ext4Options | None = None, seed: str = "seed") -> Ext4Result:
         flat = flatten_image(self.stores(layers), self.root / "flat")
-        return build_ext4(flat, self.root / "out" / f"{name}.ext4", options or Ext4Options(),
+        return build_ext4(flat, self.root / "out" / f"{name}.ext4", options or mkfs_options(),
                           seed=seed)
 
 
 TOOLS = tool_versions()
+
+
+def mkfs_options(**kwargs: object) -> Ext4Options:
+    """Derived builds are the mkfs builder's: the native one always builds in full."""
+    return Ext4Options(builder="mkfs", **kwargs)  # type: ignore[arg-type]
 
 
 def link_groups(image: Path) -> list[list[str]]:
@@ -273,9 +279,9 @@ def test_derived_image_is_the_flattened_tree(tmp_path: Path, top: str) -> None:
 
 
 @pytest.mark.parametrize("options", [
-    pytest.param(Ext4Options(inode_size=128), id="small-inodes"),
-    pytest.param(Ext4Options(size=64 * MiB, reserved_percent=5.0), id="fixed-size"),
-    pytest.param(Ext4Options(features=("^metadata_csum",), journal=False), id="no-csum"),
+    pytest.param(mkfs_options(inode_size=128), id="small-inodes"),
+    pytest.param(mkfs_options(size=64 * MiB, reserved_percent=5.0), id="fixed-size"),
+    pytest.param(mkfs_options(features=("^metadata_csum",), journal=False), id="no-csum"),
 ])
 def test_derived_with_other_options(tmp_path: Path, options: Ext4Options) -> None:
     top = [*TOPS["whiteouts"][0], *TOPS["hard_links"][0], *TOPS["new_nodes"][0],
@@ -346,7 +352,7 @@ def test_a_shrinking_tree_is_built_in_full(tmp_path: Path) -> None:
     # The ballast is part of the base (two layers of base); the top deletes it.
     layers = [list(BASE), [dir("opt"), zeros("opt/ballast", 96 * MiB)], [whiteout("opt")]]
     stats = layer_stats(tmp_path / "layers", [s.digest for s in cache.stores(layers)])
-    plan = choose_build(stats, Ext4Options(), TOOLS)
+    plan = choose_build(stats, mkfs_options(), TOOLS)
     assert isinstance(plan, DerivedBuild) and len(plan.base_chain) == 2
     with capture_logs() as logs:
         result = cache.build(layers)
@@ -395,7 +401,7 @@ def _stats(*layers: tuple[int, int]) -> tuple[LayerStats, ...]:
 ])
 def test_plan_build(layers: list[tuple[int, int]], base_layers: int | None) -> None:
     stats = _stats(*layers)
-    plan = choose_build(stats, Ext4Options(), TOOLS)
+    plan = choose_build(stats, mkfs_options(), TOOLS)
     if base_layers is None:
         assert plan == FullBuild()
     else:
@@ -405,14 +411,26 @@ def test_plan_build(layers: list[tuple[int, int]], base_layers: int | None) -> N
 
 def test_the_base_key_follows_chain_options_and_tools() -> None:
     stats = _stats((5000, 100 << 20), (10, 1 << 20))
-    key = choose_build(stats, Ext4Options(), TOOLS)
+    key = choose_build(stats, mkfs_options(), TOOLS)
     assert isinstance(key, DerivedBuild)
     # Size and headroom are the image's own: they share a base.
-    assert choose_build(stats, Ext4Options(size=256 * MiB), TOOLS) == key
-    assert choose_build(stats, Ext4Options(inode_size=512), TOOLS) != key
+    assert choose_build(stats, mkfs_options(size=256 * MiB), TOOLS) == key
+    assert choose_build(stats, mkfs_options(inode_size=512), TOOLS) != key
     # derive = false in the manifest: always in full, whatever the layers.
-    assert choose_build(stats, Ext4Options(derive=False), TOOLS) == FullBuild()
-    assert choose_build(stats, Ext4Options(), {**TOOLS, "resize2fs": "9.9"}) != key
+    assert choose_build(stats, mkfs_options(derive=False), TOOLS) == FullBuild()
+    assert choose_build(stats, mkfs_options(), {**TOOLS, "resize2fs": "9.9"}) != key
     other = (stats[0], replace(stats[1], digest="sha256:" + "f" * 64, entries=20))
-    assert choose_build(other, Ext4Options(), TOOLS) == key     # the top is not in the key
+    assert choose_build(other, mkfs_options(), TOOLS) == key     # the top is not in the key
     assert chain_key(key.base_chain) != chain_key([s.digest for s in stats])
+
+
+def test_the_native_builder_never_derives(tmp_path: Path) -> None:
+    stats = _stats((5000, 100 << 20), (10, 1 << 20))
+    assert isinstance(choose_build(stats, mkfs_options(), TOOLS), DerivedBuild)
+    assert choose_build(stats, Ext4Options(builder="native"), TOOLS) == FullBuild()
+    cache = Cache(tmp_path)
+    layers = [list(BASE), [dir("opt"), file("opt/small", b"tiny")]]
+    result = cache.build(layers, options=Ext4Options(builder="native"))
+    assert result.derived_from is None and result.tool_versions == {}
+    assert not (tmp_path / "base").exists()
+    fsck_clean(result.path)
