@@ -76,6 +76,13 @@ def _output_cannot_be_created(p: Path) -> None:
         f.write('[settings]\noutput_dir = "ro/out"\n')
 
 
+def _output_under_a_file(p: Path) -> None:
+    """Not creatable for root too (ENOTDIR), so CI, which runs as root, runs it."""
+    (p / "afile").write_text("a regular file where a directory is needed")
+    with open(p / "images.toml", "a") as f:
+        f.write('[settings]\noutput_dir = "afile/out"\n')
+
+
 def _cache_is_a_file(p: Path) -> None:
     (p / ".cache").write_text("not a directory")
 
@@ -95,6 +102,9 @@ LOCAL = [
     pytest.param(_output_cannot_be_created, "ERROR: {p}/images.toml: `output_dir` '{p}/ro/out'"
                  " cannot be created or written (Permission denied); fix its permissions or"
                  " set `output_dir` elsewhere", id="output-dir-not-creatable"),
+    pytest.param(_output_under_a_file, "ERROR: {p}/images.toml: `output_dir` '{p}/afile/out'"
+                 " cannot be created or written (Not a directory); fix its permissions or set"
+                 " `output_dir` elsewhere", id="output-dir-under-a-file"),
     pytest.param(_cache_is_a_file, "ERROR: {p}/images.toml: `cache_dir` '{p}/.cache' exists and"
                  " is not a directory; move it away or set `cache_dir` elsewhere",
                  id="cache-dir-is-a-file"),
