@@ -360,13 +360,11 @@ class _Transfer:
                 self.progress(self.written, self.size)
 
     def _receive_encoded(self, stream: BlobStream) -> None:
-        """A whole blob sent with a Content-Encoding although we asked for identity.
+        """A whole blob sent with a Content-Encoding we did not ask for: verified as sent.
 
-        It is verified as sent: the digest covers the stored bytes, and some
-        storage labels stored gzip layers ``Content-Encoding: gzip`` without
-        encoding them again. If the bytes as sent are not the blob, the
-        registry encoded it on the way and will do so every time: refused at
-        once (a retry or a resume cannot help), naming the encoding.
+        Some storage labels stored gzip layers ``gzip`` without encoding them
+        again. Bytes that are not the blob were encoded on the way, as they
+        will be every time: refused at once, naming the encoding.
         """
         try:
             self._receive(stream)
