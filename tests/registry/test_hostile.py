@@ -29,6 +29,7 @@ from pipeline.registry.bodies import Deadlines
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.retry import RetryPolicy
+from pipeline.registry.sources import RegistrySources
 from tests.harness.hostileserver import HostileServer, Script
 
 FAST = Deadlines(body_s=1.0, blob_min_bytes_per_s=1000.0, blob_window_s=1.0)
@@ -129,6 +130,11 @@ CASES = [
          get_manifest, RegistryError,
          M + ": the response has Content-Encoding 'br', which we did not ask for and do not"
          " decode (only gzip and deflate)"),
+    Case("manifest-zstd", (("/manifests/", bomb(200, b"\x28\xb5\x2f\xfd" + b"\0" * 16, b"zstd",
+                                             OCI)),),
+         get_manifest, RegistryError,
+         M + ": the response has Content-Encoding 'zstd', which we did not ask for and do not"
+         " decode (only gzip and deflate)"),
     Case("manifest-gzip-honest", (("/manifests/", bomb(200, gzip.compress(MANIFEST), b"gzip",
                                                          OCI)),),
          lambda c, s: c.get_manifest(s.host, REPO, "v1").body, None, MANIFEST.decode()),
@@ -158,6 +164,11 @@ CASES = [
     Case("error-body-trickle", (("/manifests/", Script.trickle(40, every_s=0.1, status=500)),),
          get_manifest, RegistryError, M + ": 500 X, and {host} took more than 1 s to send the"
          " error body (RATE; gave up after 2 attempts"),
+    Case("token-answer-trickle", (("/manifests/", challenge("http://{host}/token")),
+                                  ("/token", Script.trickle(40, every_s=0.1))),
+         get_manifest, AuthError,
+         "token server http://{host}/token: {host} took more than 1 s to send the token answer"
+         " (RATE; gave up after 2 attempts"),
     Case("blob-below-rate-floor", (("/blobs/", Script.trickle(30, every_s=0.1)),),
          fetch_blob, RegistryError,
          B + ": {host} sent the blob at RATE; gave up after 2 attempts"),
@@ -229,7 +240,8 @@ CASES = [
 
 
 # Waiting out a deadline takes a second or two per try: kept out of the fast loop.
-TIMED = {"manifest-trickle", "error-body-trickle", "blob-below-rate-floor"}
+TIMED = {"manifest-trickle", "error-body-trickle", "token-answer-trickle",
+         "blob-below-rate-floor"}
 
 
 @pytest.mark.parametrize("case", [
@@ -274,3 +286,33 @@ def test_a_blob_encoded_on_the_way_is_refused_on_the_first_answer(server: Hostil
     assert not caught.value.temporary
     assert len(server.heads) == 1, server.heads
     assert "Accept-Encoding: identity" in server.heads[0]
+
+
+@pytest.mark.parametrize("mirror, shown, address", [
+    ("2852039166:5000", "2852039166", "169.254.169.254"),
+    ("0xa9fea9fe:5000", "0xa9fea9fe", "169.254.169.254"),
+    ("169.254.43518:5000", "169.254.43518", "169.254.169.254"),
+    ("[::ffff:169.254.169.254]:5000", "::ffff:169.254.169.254", "169.254.169.254"),
+    ("0:5000", "0", "0.0.0.0"),
+    ("169.254.169.254", "169.254.169.254", "169.254.169.254"),
+], ids=["decimal", "hex", "short-form", "ipv4-mapped", "zero", "plain"])
+def test_a_mirror_at_a_metadata_address_is_refused_in_every_spelling(
+        server: HostileServer, mirror: str, shown: str, address: str) -> None:
+    """Decided on the resolved address, as for redirects and token realms."""
+    server.add("/manifests/", Script.simple(200, MANIFEST, OCI))
+    sources = RegistrySources(
+        mirrors={server.host: [mirror]}, mirrors_only=frozenset({server.host}),
+        client_factory=lambda **options: RegistryClient(credentials=NoCredentials(), **options))
+    try:
+        with pytest.raises(RegistryError) as caught:
+            sources.first_success(sources.sources(server.host, REPO), "the manifest",
+                                  lambda client, source: client.get_manifest(
+                                      source.registry, source.repository, "v1"))
+    finally:
+        sources.close()
+    assert str(caught.value) == (
+        f"GET https://{mirror}/v2/{REPO}/manifests/v1: refusing a request to {shown}"
+        + (f" ({address})" if shown != address else "") + ", a link-local, unspecified or"
+        " cloud metadata address (a redirect, token realm or mirror pointing there); fix the"
+        " registry or mirror setting, or report the registry")
+    assert server.heads == []  # the registry itself is mirrors-only: nothing reached it
