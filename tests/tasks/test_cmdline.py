@@ -118,8 +118,8 @@ LOCAL = [
                  " cannot be created or written (Permission denied); fix its permissions or"
                  " set `output_dir` elsewhere", id="output-dir-not-creatable"),
     pytest.param(_output_under_a_file, "ERROR: {p}/images.toml: `output_dir` '{p}/afile/out'"
-                 " cannot be created or written (Not a directory); fix its permissions or set"
-                 " `output_dir` elsewhere", id="output-dir-under-a-file"),
+                 " cannot be created or written (Not a directory); a parent of it is a file,"
+                 " move that away or set `output_dir` elsewhere", id="output-dir-under-a-file"),
     pytest.param(_size_beyond_the_host, "ERROR: {p}/images.toml:3: image 'debian': `size` 64"
                  " TiB (70368744177664 bytes) is more than the filesystem holding '{p}/out'"
                  " allows in one file (File too large); choose a smaller `size` or an"

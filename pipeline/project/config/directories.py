@@ -65,9 +65,11 @@ def prepare_directory(path: Path, key: str, manifest: Path) -> None:
                             f" away or set `{key}` elsewhere", path=str(manifest),
                             key=key) from None
     except OSError as err:
+        fix = ("a parent of it is a file, move that away" if err.errno == errno.ENOTDIR
+               else "fix its permissions")
         raise ManifestError(f"`{key}` {str(path)!r} cannot be created or written"
-                            f" ({err.strerror or err}); fix its permissions or set `{key}`"
-                            " elsewhere", path=str(manifest), key=key) from None
+                            f" ({err.strerror or err}); {fix} or set `{key}` elsewhere",
+                            path=str(manifest), key=key) from None
 
 
 def check_fixed_sizes(directory: Path, images: Iterable[ImageSpec], manifest: Path) -> None:
