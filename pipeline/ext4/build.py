@@ -316,6 +316,9 @@ def _mkfs(staging: Path, image: Path, scratch: Path, options: Ext4Options, block
         stderr = out.read().decode("utf-8", "backslashreplace")
     if returncode != 0:
         if "No space left on device" in stderr:
+            # ``image`` is our half-written temporary (removed on the way out):
+            # empty it first, or its blocks would be reported as used.
+            os.truncate(image, 0)
             raise Ext4Error(host_full(image, blocks * BLOCK_SIZE))
         if "Could not allocate" in stderr:
             raise Ext4Error(f"mkfs.ext4 ran out of space in {format_size(blocks * BLOCK_SIZE)} "

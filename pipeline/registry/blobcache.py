@@ -45,7 +45,7 @@ from pipeline.base.files import fsync_dir
 from pipeline.errors import BadDigest, BusyError, DigestMismatch, RegistryError
 
 if TYPE_CHECKING:  # the client is handed in; importing it here would pull httpx into every run
-    from pipeline.registry.client import RegistryClient
+    from pipeline.registry.client import BlobStream, RegistryClient
 
 __all__ = ["BlobCache", "BlobTee", "Progress", "READ_CHUNK_BYTES"]
 
@@ -340,17 +340,44 @@ class _Transfer:
             elif stream.status != 200:
                 raise RegistryError(f"asked for the whole blob, got status {stream.status}",
                                     temporary=True)
-            for chunk in stream.chunks():
-                self.hasher.update(chunk)  # raises DigestMismatch past the declared size
-                self.out.write(chunk)
-                if self.tee is not None:
-                    self.tee.feed(self.written, chunk)
-                self.written += len(chunk)
-                if self.progress is not None:
-                    self.progress(self.written, self.size)
+            if stream.encoded and not offset:
+                self._receive_encoded(stream)
+                return
+            self._receive(stream)
         if self.written < self.size:
             raise RegistryError(f"{self.what}: body ended after {self.written} of {self.size}"
                                 " bytes", temporary=True)
+
+
+    def _receive(self, stream: BlobStream) -> None:
+        for chunk in stream.chunks():
+            self.hasher.update(chunk)  # raises DigestMismatch past the declared size
+            self.out.write(chunk)
+            if self.tee is not None:
+                self.tee.feed(self.written, chunk)
+            self.written += len(chunk)
+            if self.progress is not None:
+                self.progress(self.written, self.size)
+
+    def _receive_encoded(self, stream: BlobStream) -> None:
+        """A whole blob sent with a Content-Encoding we did not ask for: verified as sent.
+
+        Some storage labels stored gzip layers ``gzip`` without encoding them
+        again. Bytes that are not the blob were encoded on the way, as they
+        will be every time: refused at once, naming the encoding.
+        """
+        try:
+            self._receive(stream)
+            if self.written >= self.size:
+                self.hasher.verify()
+                return
+            got = f"{self.written} bytes, not {self.size}"
+        except DigestMismatch as err:
+            got = err.got if self.written >= self.size else f"more than {self.size} bytes"
+        raise RegistryError(
+            f"{self.what}: sent with Content-Encoding {stream.encoding!r} although we asked"
+            f" for identity, and the bytes as sent are not the blob ({got}); refusing it"
+            " without retrying (the registry encodes it on the way), report it to the registry")
 
 
 _CONTENT_RANGE = re.compile(r"[Bb][Yy][Tt][Ee][Ss] ([0-9]{1,18})-([0-9]{1,18})/(\*|[0-9]{1,18})")

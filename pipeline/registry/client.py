@@ -108,6 +108,8 @@ class BlobStream:
         self.content_range = response.headers.get("content-range")
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         self.encoded = encoding not in ("", "identity")
+        self.encoding = escape_text(encoding, 60)
+        """The Content-Encoding as sent (escaped for messages); meaningful when ``encoded``."""
         self.received = 0
 
     def chunks(self) -> Iterator[bytes]:
@@ -294,13 +296,15 @@ class RegistryClient:
 
     def _error(self, response: httpx.Response, method: str, url: str) -> RegistryError:
         status = response.status_code
-        body = b""
+        body, unread = b"", ""
         if method != "HEAD":
             try:
                 body = self._read_body(response, ERROR_BODY_MAX_BYTES, method, url,
                                        what="error body", truncate=True)
-            except RegistryError:
-                body = b""
+            except RegistryError as err:
+                # A stalled or dropped error body is worth naming: it is what was slow.
+                if err.temporary:
+                    unread = ", and " + str(err).removeprefix(f"{method} {url}: ")
         code, detail = _registry_diagnostic(body)
         said = f"{status} {escape_text(response.reason_phrase, 60)}" + (
             f" ({code}: {detail})" if code else "")
@@ -329,8 +333,9 @@ class RegistryClient:
             return RegistryError(f"{said}: not found; check the repository name and the tag"
                                  " or digest", method=method, url=url, status=status, code=code)
         temporary = status in TEMPORARY_STATUSES
-        error = RegistryError(said + ("; will retry" if temporary else ""), method=method,
-                              url=url, status=status, code=code, temporary=temporary)
+        # No "will retry" here: the retry policy logs each retry and says when it gave up.
+        error = RegistryError(said + unread, method=method, url=url, status=status, code=code,
+                              temporary=temporary)
         return with_retry_after(error, parse_retry_after(response.headers.get("retry-after")))
 
 

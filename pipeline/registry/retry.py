@@ -15,6 +15,7 @@ a build.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import time
@@ -110,8 +111,10 @@ class RetryPolicy:
 
     def next_delay(self, error: RegistryError, attempt: int) -> float:
         """The wait before retrying after ``error`` on try ``attempt``; raise if giving up."""
-        if not error.temporary or attempt + 1 >= self.attempts:
+        if not error.temporary:
             raise error
+        if attempt + 1 >= self.attempts:
+            raise _gave_up(error, attempt + 1)
         asked = retry_after_of(error)
         if asked is not None and asked > self.max_retry_after_s:
             raise _too_long(error, asked, self.max_retry_after_s) from error
@@ -133,6 +136,15 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _gave_up(error: RegistryError, attempts: int) -> RegistryError:
+    """``error`` (same type and attributes), saying it was the last of ``attempts`` tries."""
+    if attempts < 2:
+        return error
+    final = copy.copy(error)  # PipelineError pickles (and so copies) whole
+    final.args = (f"{error}; gave up after {attempts} attempts",)
+    return final
 
 
 def _too_long(error: RegistryError, asked: float, limit: float) -> RegistryError:

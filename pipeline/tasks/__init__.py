@@ -74,7 +74,7 @@ from pipeline.base.log import choose_level, choose_mode, configure_logging
 from pipeline.base.terminal import Terminal
 from pipeline.errors import PipelineError
 from pipeline.project.config import load_manifest
-from pipeline.project.config.directories import prepare_directory
+from pipeline.project.config.directories import check_fixed_sizes, prepare_directory
 from pipeline.project.lockfile import read_lock
 from pipeline.project.runlock import hold_directory
 from pipeline.project.sharing import register_manifest
@@ -205,6 +205,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
                             shard=ctx.shard, selected=ctx.selected)
         prepare_directory(ctx.cache.root, "cache_dir", ctx.manifest.path)
         prepare_directory(ctx.output_dir, "output_dir", ctx.manifest.path)
+        check_fixed_sizes(ctx.output_dir, ctx.manifest.images, ctx.manifest.path)
         hold_directory(ctx.cache.root)
         if ctx.frozen:
             check_frozen(ctx)

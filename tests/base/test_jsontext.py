@@ -51,6 +51,16 @@ def _manifest_document(tmp_path: Path) -> None:
                             mt.OCI_MANIFEST, where="GET /v2/x/manifests/1")
 
 
+def _index_document(tmp_path: Path) -> None:
+    parse_manifest_document(b'{"schemaVersion": 2, "manifests": ' + BOMB + b"}",
+                            mt.OCI_INDEX, where="GET /v2/x/manifests/1")
+
+
+def _docker_list_document(tmp_path: Path) -> None:
+    parse_manifest_document(b'{"schemaVersion": 2, "manifests": [{"platform": ' + BOMB + b"}]}",
+                            mt.DOCKER_MANIFEST_LIST, where="GET /v2/x/manifests/1")
+
+
 def _toml(tmp_path: Path) -> None:
     parse_manifest("x = " + "[" * 200_000, tmp_path / "images.toml")
 
@@ -62,6 +72,9 @@ def _toml_inline_tables(tmp_path: Path) -> None:
 NESTED: list[tuple[str, Callable[[Path], None], type[PipelineError], str]] = [
     ("lock-file", _lock, LockError, "images.lock.json: nested more than 64 levels deep"),
     ("oci-manifest", _manifest_document, BadImage,
+     "manifest is nested more than 64 levels deep"),
+    ("oci-index", _index_document, BadImage, "manifest is nested more than 64 levels deep"),
+    ("docker-manifest-list", _docker_list_document, BadImage,
      "manifest is nested more than 64 levels deep"),
     ("toml-arrays", _toml, ManifestError, "nested too deeply to parse"),
     ("toml-inline-tables", _toml_inline_tables, ManifestError, "nested too deeply to parse"),

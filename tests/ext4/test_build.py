@@ -34,7 +34,7 @@ from structlog.testing import capture_logs
 
 import pipeline.ext4.fixup
 import pipeline.ext4.inodes
-from pipeline.base.units import Headroom, MiB
+from pipeline.base.units import Headroom, MiB, format_size
 from pipeline.errors import Ext4Error
 from pipeline.ext4.build import _MKE2FS_CONF, Ext4Result, build_ext4, derive_uuids
 from pipeline.ext4.debugfs import DirectoryListing
@@ -1188,3 +1188,8 @@ def test_a_full_output_filesystem_is_one_line_saying_so(tmp_path: Path, tiny_out
         f"the output filesystem holding {str(tiny_output_dir)!r} is full: the image needs up to ")
     assert str(err.value).endswith("; free some space or set output_dir elsewhere")
     assert list(tiny_output_dir.iterdir()) == []   # nothing half-written left behind
+    # The free figure is the tmpfs without our removed temporary, not "0 bytes".
+    st = os.statvfs(tiny_output_dir)
+    free = st.f_bavail * st.f_frsize
+    assert free >= 1 << 20
+    assert f" and {format_size(free)} is free there;" in str(err.value), str(err.value)

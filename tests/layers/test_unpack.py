@@ -279,12 +279,23 @@ def test_symlink_targets_are_kept_verbatim(tmp_path: Path) -> None:
     assert [e.link for e in got] == ["../../../../etc/shadow", "/", "./x//y/"]
 
 
+def test_the_longest_symlink_target_linux_allows_is_kept(tmp_path: Path) -> None:
+    """4,095 bytes (PATH_MAX less the NUL) is the limit's other side: kept whole."""
+    assert [e.link for e in records(tmp_path, [symlink("s", "y" * 4095)])] == ["y" * 4095]
+
+
 @pytest.mark.parametrize(("member", "message"), [
     (raw(info("s", tarfile.SYMTYPE, linkname="")),
      "symlink target must be 1 to 4095 bytes without NUL, got b'' (0 bytes)"),
     (file("p", pax={"path": b"a\0b"}), "name contains a NUL byte"),
     (symlink("s", "x", ) and file("s2", pax={"linkpath": b"x"}), None),
-], ids=["empty-symlink", "nul-in-name", "linkpath-on-file"])
+    (symlink("s", "x" * 4096),
+     "symlink target must be 1 to 4095 bytes without NUL, got b'" + "x" * 64 + "' (4096 bytes)"),
+    (symlink("s", "t" * 1_000_000),
+     "symlink target must be 1 to 4095 bytes without NUL, got b'" + "t" * 64
+     + "' (1000000 bytes)"),
+], ids=["empty-symlink", "nul-in-name", "linkpath-on-file", "symlink-target-4096",
+        "symlink-target-1MB"])
 def test_bad_names(tmp_path: Path, member: Member, message: str | None) -> None:
     if message is None:  # a linkpath on a regular file is ignored, as Go does
         assert records(tmp_path, [member])[0].link is None

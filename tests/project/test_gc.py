@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from pipeline.base.digest import digest_of
 from pipeline.project.cache import CacheLayout
@@ -133,6 +134,13 @@ def test_gc_never_removes_a_name_it_does_not_create(tmp_path: Path, relative: st
     foreign = cache / relative
     foreign.parent.mkdir(parents=True, exist_ok=True)
     foreign.write_text("the user's")
-    assert plan(CacheLayout(cache), KEEP) == ([], 0)
-    collect(CacheLayout(cache), Keep.of())
+    with capture_logs() as logs:
+        assert plan(CacheLayout(cache), KEEP) == ([], 0)
+        collect(CacheLayout(cache), Keep.of())
     assert foreign.read_text() == "the user's"
+    # What the user sees: one warning per look at it, naming the file and why it stays.
+    warned = [e for e in logs if e["event"] == "gc.foreign_entry"]
+    assert warned and all(
+        (e["log_level"], e["path"], e["reason"]) == (
+            "warning", str(foreign), "not a name the pipeline creates; left alone")
+        for e in warned), logs

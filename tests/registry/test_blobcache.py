@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from pipeline.base.digest import Digest, digest_of, parse_digest
 from pipeline.errors import BadDigest, DigestMismatch, RegistryError
@@ -95,16 +96,24 @@ def test_resume_answered_200_restarts_from_zero(client: RegistryClient, proxy: F
 
 @pytest.mark.parametrize("content_range", [
     "bytes 0-3145727/3145728", "bytes 5-3145727/3145728", "bytes 100-200/3145728", None,
-], ids=["from-zero", "wrong-start", "short-end", "missing"])
+    # Malformed: each is treated as absent (never int() of "²", never a traceback).
+    "bytes \u00b2-3145727/3145728", "bytes 1-" + "9" * 40 + "/" + "9" * 40, "\xff\xfe",
+    "nonsense", "bytes -5-3145727/3145728",
+], ids=["from-zero", "wrong-start", "short-end", "missing", "non-ascii-digit", "40-digits",
+        "non-ascii-bytes", "nonsense", "negative"])
 def test_resume_with_wrong_content_range_starts_over(
         client: RegistryClient, proxy: FaultProxy, repo: str, blob: Blob, tmp_path: Path,
         content_range: str | None) -> None:
     proxy.add(Fault.reset(after_bytes=1_000_000), path="/blobs/")
     proxy.add(Fault.headers(content_range=content_range), path="/blobs/", nth=2)
-    path = BlobCache(tmp_path).fetch(client, proxy.host, repo, blob.digest, blob.size)
+    with capture_logs() as logs:
+        path = BlobCache(tmp_path).fetch(client, proxy.host, repo, blob.digest, blob.size)
     assert path.read_bytes() == blob.data
     gets = blob_gets(proxy)
     assert len(gets) == 3 and gets[1][0] is not None and gets[2] == (None, 200)
+    # The value arrived as sent (so it was judged, not lost on the way) and was refused.
+    said = [e["what"] for e in logs if e["event"] == "registry.retry"]
+    assert len(said) == 2 and f"with Content-Range {content_range!r}; starting over" in said[1]
 
 
 def test_429_with_retry_after_then_success(client: RegistryClient, proxy: FaultProxy,

@@ -11,21 +11,25 @@ from __future__ import annotations
 import gzip
 import hashlib
 import socket
+import tempfile
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.base.digest import parse_digest
-from pipeline.errors import AuthError, DigestMismatch, PipelineError, RegistryError
+from pipeline.errors import AuthError, PipelineError, RegistryError
 from pipeline.oci import mediatypes as mt
+from pipeline.registry.blobcache import BlobCache
 from pipeline.registry.bodies import Deadlines
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import NoCredentials
 from pipeline.registry.retry import RetryPolicy
+from pipeline.registry.sources import RegistrySources
 from tests.harness.hostileserver import HostileServer, Script
 
 FAST = Deadlines(body_s=1.0, blob_min_bytes_per_s=1000.0, blob_window_s=1.0)
@@ -72,13 +76,11 @@ def get_manifest(client: RegistryClient, server: HostileServer) -> object:
     return client.get_manifest(server.host, REPO, "v1")
 
 
-def get_blob(client: RegistryClient, server: HostileServer) -> object:
-    with client.open_blob(server.host, REPO, BLOB_DIGEST) as stream:
-        data = b"".join(stream.chunks())
-    if hashlib.sha256(data).hexdigest() != BLOB_DIGEST.hex:
-        raise DigestMismatch("blob", str(BLOB_DIGEST), "sha256:" + hashlib.sha256(data)
-                             .hexdigest())
-    return data
+def fetch_blob(client: RegistryClient, server: HostileServer) -> object:
+    """The real path: BlobCache.fetch (retries, resume, verification); the size it kept."""
+    with tempfile.TemporaryDirectory() as root:
+        path = BlobCache(Path(root)).fetch(client, server.host, REPO, BLOB_DIGEST, len(BLOB))
+        return path.stat().st_size
 
 
 def head_size(client: RegistryClient, server: HostileServer) -> object:
@@ -128,35 +130,61 @@ CASES = [
          get_manifest, RegistryError,
          M + ": the response has Content-Encoding 'br', which we did not ask for and do not"
          " decode (only gzip and deflate)"),
+    Case("manifest-zstd", (("/manifests/", bomb(200, b"\x28\xb5\x2f\xfd" + b"\0" * 16, b"zstd",
+                                             OCI)),),
+         get_manifest, RegistryError,
+         M + ": the response has Content-Encoding 'zstd', which we did not ask for and do not"
+         " decode (only gzip and deflate)"),
     Case("manifest-gzip-honest", (("/manifests/", bomb(200, gzip.compress(MANIFEST), b"gzip",
                                                          OCI)),),
          lambda c, s: c.get_manifest(s.host, REPO, "v1").body, None, MANIFEST.decode()),
     Case("blob-encoded-anyway", (("/blobs/", bomb(200, gzip.compress(BLOB), b"gzip")),),
-         get_blob, DigestMismatch, f"blob: expected {BLOB_DIGEST}, got sha256:"),
+         fetch_blob, RegistryError,
+         f"blob {BLOB_DIGEST} from {{host}}/{REPO}: sent with Content-Encoding 'gzip' although"
+         f" we asked for identity, and the bytes as sent are not the blob (RATE bytes, not"
+         f" {len(BLOB)}); refusing it without retrying (the registry encodes it on the way),"
+         " report it to the registry"),
+    Case("blob-encoded-anyway-longer", (("/blobs/", bomb(200, BLOB * 2, b"x-gzip")),),
+         fetch_blob, RegistryError,
+         f"blob {BLOB_DIGEST} from {{host}}/{REPO}: sent with Content-Encoding 'x-gzip'"
+         f" although we asked for identity, and the bytes as sent are not the blob (more than"
+         f" {len(BLOB)} bytes); refusing it"),
+    Case("blob-encoded-anyway-same-size", (("/blobs/", bomb(200, BLOB.upper(), b"br")),),
+         fetch_blob, RegistryError,
+         f"blob {BLOB_DIGEST} from {{host}}/{REPO}: sent with Content-Encoding 'br' although"
+         " we asked for identity, and the bytes as sent are not the blob (sha256:RATE); refusing"
+         " it without retrying (the registry encodes it on the way), report it to the"
+         " registry"),
     Case("blob-label-on-stored-bytes", (("/blobs/", bomb(200, BLOB, b"gzip")),),
-         lambda c, s: len(get_blob(c, s)), None, str(len(BLOB))),  # type: ignore[arg-type]
+         fetch_blob, None, str(len(BLOB))),
     # Deadlines: a trickle hits the overall deadline (after the retry).
     Case("manifest-trickle", (("/manifests/", Script.trickle(40, every_s=0.1)),),
          get_manifest, RegistryError,
-         M + ": {host} took more than 1 s to send the manifest (RATE"),
+         M + ": {host} took more than 1 s to send the manifest (RATE; gave up after 2 attempts"),
     Case("error-body-trickle", (("/manifests/", Script.trickle(40, every_s=0.1, status=500)),),
-         get_manifest, RegistryError, M + ": 500 X; will retry"),
+         get_manifest, RegistryError, M + ": 500 X, and {host} took more than 1 s to send the"
+         " error body (RATE; gave up after 2 attempts"),
+    Case("token-answer-trickle", (("/manifests/", challenge("http://{host}/token")),
+                                  ("/token", Script.trickle(40, every_s=0.1))),
+         get_manifest, AuthError,
+         "token server http://{host}/token: {host} took more than 1 s to send the token answer"
+         " (RATE; gave up after 2 attempts"),
     Case("blob-below-rate-floor", (("/blobs/", Script.trickle(30, every_s=0.1)),),
-         get_blob, RegistryError,
-         B + ": {host} sent the blob at RATE"),
+         fetch_blob, RegistryError,
+         B + ": {host} sent the blob at RATE; gave up after 2 attempts"),
     # Malformed headers: absent or a failed attempt, never a traceback.
     Case("content-length-superscript", (("/manifests/", Script.simple(
         200, b"", b"Content-Length: \xc2\xb2", OCI, length=False)),),
          head_size, RegistryError, M.replace("GET", "HEAD") + ": RemoteProtocolError"),
     Case("retry-after-superscript", (("/manifests/", Script.simple(
         503, b"", b"Retry-After: \xc2\xb2")),), get_manifest, RegistryError,
-         M + ": 503 X; will retry"),
+         M + ": 503 X; gave up after 2 attempts"),
     Case("retry-after-year-99999", (("/manifests/", Script.simple(
         503, b"", b"Retry-After: Mon, 01 Jan 99999 00:00:00 GMT")),), get_manifest,
-         RegistryError, M + ": 503 X; will retry"),
+         RegistryError, M + ": 503 X; gave up after 2 attempts"),
     Case("retry-after-40-digits", (("/manifests/", Script.simple(
         429, b"", b"Retry-After: " + b"9" * 40)),), get_manifest,
-         RegistryError, M + ": 429 X; will retry"),
+         RegistryError, M + ": 429 X; gave up after 2 attempts"),
     Case("location-non-ascii", (("/manifests/", Script.simple(
         307, b"", b"Location: http://\xff\xfe/\x1b[2J")),), get_manifest,
          RegistryError, M + ": RemoteProtocolError"),
@@ -212,7 +240,8 @@ CASES = [
 
 
 # Waiting out a deadline takes a second or two per try: kept out of the fast loop.
-TIMED = {"manifest-trickle", "error-body-trickle", "blob-below-rate-floor"}
+TIMED = {"manifest-trickle", "error-body-trickle", "token-answer-trickle",
+         "blob-below-rate-floor"}
 
 
 @pytest.mark.parametrize("case", [
@@ -239,9 +268,51 @@ def test_hostile_registry(server: HostileServer, case: Case) -> None:
     finally:
         tracemalloc.stop()
     message = str(caught.value)
-    prefix = expected.split("RATE")[0]
+    # RATE stands for a figure that varies (a rate, a count, a digest).
+    prefix, _, suffix = expected.partition("RATE")
     assert message.startswith(prefix), message
+    assert message.endswith(suffix), message
     assert not any(ch in message for ch in "\x1b\x07\n\r"), message
     assert peak < PEAK_BYTES, f"{peak} bytes in memory at once"
     if case.names:  # the made-up address was never asked for
         assert all("hostile.test" not in head for head in server.heads)
+
+
+def test_a_blob_encoded_on_the_way_is_refused_on_the_first_answer(server: HostileServer) -> None:
+    """The server will not change its mind: no retry, no resume with Range."""
+    server.add("/blobs/", bomb(200, gzip.compress(BLOB), b"gzip"))
+    with make() as client, pytest.raises(RegistryError) as caught:
+        fetch_blob(client, server)
+    assert not caught.value.temporary
+    assert len(server.heads) == 1, server.heads
+    assert "Accept-Encoding: identity" in server.heads[0]
+
+
+@pytest.mark.parametrize("mirror, shown, address", [
+    ("2852039166:5000", "2852039166", "169.254.169.254"),
+    ("0xa9fea9fe:5000", "0xa9fea9fe", "169.254.169.254"),
+    ("169.254.43518:5000", "169.254.43518", "169.254.169.254"),
+    ("[::ffff:169.254.169.254]:5000", "::ffff:169.254.169.254", "169.254.169.254"),
+    ("0:5000", "0", "0.0.0.0"),
+    ("169.254.169.254", "169.254.169.254", "169.254.169.254"),
+], ids=["decimal", "hex", "short-form", "ipv4-mapped", "zero", "plain"])
+def test_a_mirror_at_a_metadata_address_is_refused_in_every_spelling(
+        server: HostileServer, mirror: str, shown: str, address: str) -> None:
+    """Decided on the resolved address, as for redirects and token realms."""
+    server.add("/manifests/", Script.simple(200, MANIFEST, OCI))
+    sources = RegistrySources(
+        mirrors={server.host: [mirror]}, mirrors_only=frozenset({server.host}),
+        client_factory=lambda **options: RegistryClient(credentials=NoCredentials(), **options))
+    try:
+        with pytest.raises(RegistryError) as caught:
+            sources.first_success(sources.sources(server.host, REPO), "the manifest",
+                                  lambda client, source: client.get_manifest(
+                                      source.registry, source.repository, "v1"))
+    finally:
+        sources.close()
+    assert str(caught.value) == (
+        f"GET https://{mirror}/v2/{REPO}/manifests/v1: refusing a request to {shown}"
+        + (f" ({address})" if shown != address else "") + ", a link-local, unspecified or"
+        " cloud metadata address (a redirect, token realm or mirror pointing there); fix the"
+        " registry or mirror setting, or report the registry")
+    assert server.heads == []  # the registry itself is mirrors-only: nothing reached it

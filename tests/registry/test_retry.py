@@ -101,6 +101,17 @@ def test_attempts_are_bounded() -> None:
         policy(rec, attempts=3).run(op)
     assert info.value.status == 500
     assert len(op.calls) == 3 and len(rec.sleeps) == 2
+    # The last line says it was the last try, not that another is coming.
+    assert str(info.value) == "500; gave up after 3 attempts"
+
+
+def test_giving_up_keeps_the_errors_kind_and_attributes() -> None:
+    last = with_retry_after(AuthError("token server t: 503", status=503, temporary=True), 1.0)
+    op = failing([last, last])
+    with pytest.raises(AuthError) as info:
+        policy(Recorder(), attempts=2).run(op)
+    assert str(info.value) == "token server t: 503; gave up after 2 attempts"
+    assert (info.value.status, info.value.temporary, info.value.retry_after) == (503, True, 1.0)
 
 
 def test_retry_after_is_honoured() -> None:

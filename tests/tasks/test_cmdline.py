@@ -77,6 +77,28 @@ def _output_cannot_be_created(p: Path) -> None:
         f.write('[settings]\noutput_dir = "ro/out"\n')
 
 
+def _output_under_a_file(p: Path) -> None:
+    """Not creatable for root too (ENOTDIR), so CI, which runs as root, runs it."""
+    (p / "afile").write_text("a regular file where a directory is needed")
+    with open(p / "images.toml", "a") as f:
+        f.write('[settings]\noutput_dir = "afile/out"\n')
+
+
+def _size_beyond_the_host(p: Path) -> None:
+    """64 TiB: ext4 hosts stop at 16 TiB per file (EFBIG)."""
+    probe = p / "probe"
+    with open(probe, "wb") as handle:
+        try:
+            os.ftruncate(handle.fileno(), 64 << 40)
+        except OSError:
+            pass
+        else:
+            pytest.skip("this temporary filesystem holds 64 TiB files (not ext4)")
+    probe.unlink()
+    with open(p / "images.toml", "a") as f:
+        f.write('size = "64TiB"\n')
+
+
 def _cache_is_a_file(p: Path) -> None:
     (p / ".cache").write_text("not a directory")
 
@@ -96,6 +118,13 @@ LOCAL = [
     pytest.param(_output_cannot_be_created, "ERROR: {p}/images.toml: `output_dir` '{p}/ro/out'"
                  " cannot be created or written (Permission denied); fix its permissions or"
                  " set `output_dir` elsewhere", id="output-dir-not-creatable"),
+    pytest.param(_output_under_a_file, "ERROR: {p}/images.toml: `output_dir` '{p}/afile/out'"
+                 " cannot be created or written (Not a directory); a parent of it is a file,"
+                 " move that away or set `output_dir` elsewhere", id="output-dir-under-a-file"),
+    pytest.param(_size_beyond_the_host, "ERROR: {p}/images.toml:3: image 'debian': `size` 64"
+                 " TiB (70368744177664 bytes) is more than the filesystem holding '{p}/out'"
+                 " allows in one file (File too large); choose a smaller `size` or an"
+                 " output_dir on a filesystem that allows larger files", id="size-efbig"),
     pytest.param(_cache_is_a_file, "ERROR: {p}/images.toml: `cache_dir` '{p}/.cache' exists and"
                  " is not a directory; move it away or set `cache_dir` elsewhere",
                  id="cache-dir-is-a-file"),
