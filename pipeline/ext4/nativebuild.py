@@ -49,7 +49,12 @@ def build_native(flat_dir: Path, layers_root: Path, output: Path, options: Ext4O
         try:
             result = write_image(entries, content, out.fd, options, seed=seed)
         except OSError as err:
-            _host_error(err, output, options.size or os.fstat(out.fd).st_size)
+            size = options.size or os.fstat(out.fd).st_size
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Our half-written temporary goes anyway: empty it first, or its
+                # blocks would be counted as used in the free figure.
+                os.ftruncate(out.fd, 0)
+            _host_error(err, output, size)
             raise
         hashed = time.monotonic()
         digest = sha256_sparse(out.path)
