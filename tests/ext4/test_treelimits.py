@@ -56,7 +56,8 @@ def test_a_100000_entry_directory_is_refused_naming_it() -> None:
     assert str(err.value) == (
         "directory '/usr/share/\\x1bnoise' holds 100000 entries, more than the 40000 per"
         " directory mkfs.ext4 builds in reasonable time (its directory insert is quadratic);"
-        " the image cannot be built with mkfs.ext4")
+        ' the image cannot be built with mkfs.ext4: use builder = "native" (the default) for'
+        " this image")
 
 
 def with_xattr(name: str, value: bytes) -> list[FlatEntry]:
