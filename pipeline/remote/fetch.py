@@ -82,15 +82,15 @@ class Found:
         return int(self.config["size"])
 
 
-def _bad(where: str, what: str) -> RemoteArtifactError:
+def bad(where: str, what: str) -> RemoteArtifactError:
     return RemoteArtifactError(f"{where}: {what}; it is treated as a cache miss (push it again "
                                "from a good build, or delete the tag)")
 
 
-def _chunks(where: str, manifest: Any, size: int) -> list[tuple[Digest, int, int, int, Digest]]:
+def chunk_list(where: str, manifest: Any, size: int) -> list[tuple[Digest, int, int, int, Digest]]:
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not layers:
-        raise _bad(where, "the manifest has no chunk list")
+        raise bad(where, "the manifest has no chunk list")
     out, expected_offset = [], 0
     for i, layer in enumerate(layers):
         try:
@@ -100,14 +100,14 @@ def _chunks(where: str, manifest: Any, size: int) -> list[tuple[Digest, int, int
             entry = (parse_digest(layer["digest"]), int(layer["size"]), int(ann[ANN_OFFSET]),
                      int(ann[ANN_SIZE]), parse_digest(ann[ANN_DIGEST]))
         except (KeyError, TypeError, ValueError, BadDigest) as err:
-            raise _bad(where, f"chunk {i} descriptor is malformed ({str(err)[:200]!r})") from None
+            raise bad(where, f"chunk {i} descriptor is malformed ({str(err)[:200]!r})") from None
         if entry[2] != expected_offset or not 0 <= entry[3] <= CHUNK_MAX_BYTES:
-            raise _bad(where, f"chunk {i} covers offset {entry[2]} size {entry[3]}, expected "
-                              f"offset {expected_offset} and at most {CHUNK_MAX_BYTES} bytes")
+            raise bad(where, f"chunk {i} covers offset {entry[2]} size {entry[3]}, expected "
+                             f"offset {expected_offset} and at most {CHUNK_MAX_BYTES} bytes")
         expected_offset += entry[3]
         out.append(entry)
     if expected_offset != size:
-        raise _bad(where, f"chunks cover {expected_offset} bytes, the config says {size}")
+        raise bad(where, f"chunks cover {expected_offset} bytes, the config says {size}")
     return out
 
 
@@ -119,9 +119,9 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
         if manifest.get("artifactType") != ARTIFACT_TYPE or desc["mediaType"] != CONFIG_MEDIA_TYPE:
             raise ValueError("not a rootfs-pipeline ext4 artifact")
     except (KeyError, TypeError, ValueError, BadDigest) as err:
-        raise _bad(where, f"the manifest is not ours ({str(err)[:200]!r})") from None
+        raise bad(where, f"the manifest is not ours ({str(err)[:200]!r})") from None
     if size > CONFIG_MAX_BYTES:
-        raise _bad(where, f"the config is {size} bytes, more than {CONFIG_MAX_BYTES}")
+        raise bad(where, f"the config is {size} bytes, more than {CONFIG_MAX_BYTES}")
     body = b""
     with client.open_blob(registry, repository, digest) as stream:
         for piece in stream.chunks():
@@ -129,7 +129,7 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
             if len(body) > size:
                 break
     if len(body) != size or hashlib.sha256(body).hexdigest() != digest.hex:
-        raise _bad(where, f"the config blob does not match its descriptor {digest}")
+        raise bad(where, f"the config blob does not match its descriptor {digest}")
     try:
         config = json.loads(body)
         if (not isinstance(config, dict) or not isinstance(config.get("key"), str)
@@ -138,11 +138,11 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
                 or not isinstance(config.get("material"), dict)):
             raise ValueError("missing key, size, sha256 or material")
     except ValueError as err:
-        raise _bad(where, f"the config is malformed ({str(err)[:200]!r})") from None
+        raise bad(where, f"the config is malformed ({str(err)[:200]!r})") from None
     if not 0 <= config["size"] <= IMAGE_MAX_BYTES:
-        raise _bad(where, f"the config claims {config['size']} bytes")
+        raise bad(where, f"the config claims {config['size']} bytes")
     if not isinstance(config.get("record", {}), dict):
-        raise _bad(where, "the config's record is not an object")
+        raise bad(where, "the config's record is not an object")
     return config
 
 
@@ -157,12 +157,12 @@ def find_artifact(client: RegistryClient, registry: str, repository: str, refere
         if not isinstance(manifest, dict):
             raise ValueError("not an object")
     except ValueError as err:
-        raise _bad(where, f"the manifest is not JSON ({str(err)[:200]!r})") from None
+        raise bad(where, f"the manifest is not JSON ({str(err)[:200]!r})") from None
     config = _read_config(client, registry, repository, where, manifest)
     if key is not None and config["key"] != key:
-        raise _bad(where, f"the config is for key {config['key'][:80]!r}, expected {key!r}")
+        raise bad(where, f"the config is for key {config['key'][:80]!r}, expected {key!r}")
     if material is not None and config["material"] != dict(material):
-        raise _bad(where, f"the config's key material differs from this build's (key {key!r})")
+        raise bad(where, f"the config's key material differs from this build's (key {key!r})")
     return Found(response.digest, manifest, config)
 
 
@@ -174,20 +174,20 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
     found = find_artifact(client, registry, repository, reference, key=key, material=material)
     manifest, config = found.manifest, found.config
     size = config["size"]
-    chunks = _chunks(where, manifest, size)
+    chunks = chunk_list(where, manifest, size)
     tmp = temp_path(out)
     whole = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
             f.truncate(size)
             for digest, packed_size, offset, raw_size, raw_digest in chunks:
-                _fetch_chunk(client, registry, repository, where, f, whole, digest,
+                fetch_chunk(client, registry, repository, where, f, whole, digest,
                              packed_size, offset, raw_size, raw_digest)
             f.flush()
             os.fsync(f.fileno())
         if whole.hexdigest() != config["sha256"]:
-            raise _bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
-                              f"sha256:{config['sha256'][:80]}")
+            raise bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
+                             f"sha256:{config['sha256'][:80]}")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -211,8 +211,8 @@ class _Packed:
                 return b""
             self.count += len(piece)
             if self.count > self._limit:
-                raise _bad(self._where, f"chunk {self._digest} is longer than its "
-                                        f"{self._limit} bytes")
+                raise bad(self._where, f"chunk {self._digest} is longer than its "
+                                       f"{self._limit} bytes")
             self.hash.update(piece)
             self._buffer = piece
         if size < 0 or size >= len(self._buffer):
@@ -234,7 +234,7 @@ def _zeros(data: bytes) -> bool:
     return data == _ZEROS if len(data) == IO_PIECE_BYTES else data.count(0) == len(data)
 
 
-def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
+def fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
                  whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
                  raw_digest: Digest) -> None:
     # The first chunk's digest is the whole image's hash state after it: one pass, not two.
@@ -251,7 +251,7 @@ def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: 
             while data := reader.read(IO_PIECE_BYTES):
                 got_raw += len(data)
                 if got_raw > raw_size:
-                    raise _bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
+                    raise bad(where, f"chunk {digest} decompresses past its {raw_size} bytes")
                 if raw is not None:
                     raw.update(data)
                 whole.update(data)
@@ -261,11 +261,11 @@ def _fetch_chunk(client: RegistryClient, registry: str, repository: str, where: 
                     f.write(data)
             packed.drain()
     except zstandard.ZstdError as err:
-        raise _bad(where, f"chunk {digest} is not valid zstd ({err})") from None
+        raise bad(where, f"chunk {digest} is not valid zstd ({err})") from None
     if packed.hash.hexdigest() != digest.hex:
-        raise _bad(where, f"chunk at offset {offset} hashes to "
-                          f"sha256:{packed.hash.hexdigest()}, expected {digest}")
+        raise bad(where, f"chunk at offset {offset} hashes to "
+                         f"sha256:{packed.hash.hexdigest()}, expected {digest}")
     got = (whole.copy() if raw is None else raw).hexdigest()
     if got_raw != raw_size or got != raw_digest.hex:
-        raise _bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
-                          f"sha256:{got}, expected {raw_size} bytes {raw_digest}")
+        raise bad(where, f"chunk at offset {offset} decompresses to {got_raw} bytes "
+                         f"sha256:{got}, expected {raw_size} bytes {raw_digest}")

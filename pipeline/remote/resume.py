@@ -32,7 +32,7 @@ import structlog
 from pipeline.base.files import remove_path, write_atomic
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import IO_PIECE_BYTES
-from pipeline.remote.fetch import Fetched, _bad, _chunks, _fetch_chunk, find_artifact
+from pipeline.remote.fetch import Fetched, bad, chunk_list, fetch_chunk, find_artifact
 
 __all__ = ["pull_resumable", "part_paths"]
 
@@ -103,7 +103,7 @@ def pull_resumable(client: RegistryClient, registry: str, repository: str, refer
     found = find_artifact(client, registry, repository, reference)
     config = found.config
     size = config["size"]
-    chunks = _chunks(where, found.manifest, size)
+    chunks = chunk_list(where, found.manifest, size)
     part, state = part_paths(out)
     artifact = str(found.digest)
     claimed = _load_done(state, artifact, size, len(chunks)) if part.exists() else 0
@@ -117,7 +117,7 @@ def pull_resumable(client: RegistryClient, registry: str, repository: str, refer
             log.info("pull.resumed", artifact=artifact, chunks=reused, of=len(chunks))
         for i in range(reused, len(chunks)):
             digest, packed_size, offset, raw_size, raw_digest = chunks[i]
-            _fetch_chunk(client, registry, repository, where, f, whole, digest,
+            fetch_chunk(client, registry, repository, where, f, whole, digest,
                          packed_size, offset, raw_size, raw_digest)
             f.flush()
             os.fsync(f.fileno())
@@ -126,8 +126,8 @@ def pull_resumable(client: RegistryClient, registry: str, repository: str, refer
         # Every chunk verified, the whole does not: nothing here is worth keeping.
         remove_path(part)
         remove_path(state)
-        raise _bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
-                          f"sha256:{str(config['sha256'])[:80]}")
+        raise bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
+                         f"sha256:{str(config['sha256'])[:80]}")
     os.replace(part, out)
     remove_path(state)
     return Fetched(found.digest, config["sha256"], size, config["material"],

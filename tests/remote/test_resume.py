@@ -49,7 +49,7 @@ def requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _fail_after(monkeypatch: pytest.MonkeyPatch, good: int) -> None:
     """Chunk fetches after ``good`` write garbage where their bytes go, then the link drops."""
-    original = resume._fetch_chunk
+    original = resume.fetch_chunk
     calls = iter(range(10**6))
 
     def flaky(client: Any, registry: str, repository: str, where: str, f: Any, *args: Any) -> None:
@@ -59,7 +59,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, good: int) -> None:
             raise RegistryError("connection reset by peer (injected)")
         original(client, registry, repository, where, f, *args)
 
-    monkeypatch.setattr(resume, "_fetch_chunk", flaky)
+    monkeypatch.setattr(resume, "fetch_chunk", flaky)
 
 
 def _chunk_gets(requests: list[str], manifest_chunks: set[str]) -> int:
