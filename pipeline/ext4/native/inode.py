@@ -24,7 +24,7 @@ from pipeline.ext4.native.checksum import Checksums, ext4_crc
 from pipeline.ext4.native.errors import BadDevice
 
 __all__ = ["InodeRecord", "encode_inode", "encode_time", "device_block", "EXTRA_ISIZE",
-           "EXTENTS_FL", "INDEX_FL", "GOOD_OLD_INODE_SIZE", "time_in_range"]
+           "EXTENTS_FL", "INDEX_FL", "GOOD_OLD_INODE_SIZE", "time_range_ns"]
 
 GOOD_OLD_INODE_SIZE = 128
 EXTRA_ISIZE = 32                          # mke2fs's s_want_extra_isize: through i_projid
@@ -53,9 +53,10 @@ _CSUM_LO = 0x7C
 _CSUM_HI = 0x82
 
 
-def time_in_range(ns: int, *, large: bool) -> bool:
-    seconds = ns // _NS
-    return _MIN_SECONDS <= seconds <= (_MAX_SECONDS_LARGE if large else _MAX_SECONDS_SMALL)
+def time_range_ns(*, large: bool) -> tuple[int, int]:
+    """(first, last) nanosecond time an inode holds without clamping."""
+    high = _MAX_SECONDS_LARGE if large else _MAX_SECONDS_SMALL
+    return _MIN_SECONDS * _NS, (high + 1) * _NS - 1
 
 
 def encode_time(ns: int, *, large: bool) -> tuple[int, int]:
