@@ -1,15 +1,16 @@
 """Write a whole ext4 image from flat entries and their content files: the driver.
 
 ``write_ext4`` runs, in order: number the tree (tree), lay out each inode's
-xattrs, probe each regular file's data segments (data) and bound each
-directory's blocks (sizing); plan the size with the same rules as the mkfs
-builder (auto with headroom, or fixed) and place the metadata (geometry).
-Then blocks are allocated strictly in order (placer): the resize inode's
-block, the journal, every file's data in inode order (each file's extent
-tree blocks right after it), handed to copy threads at once; then, while
-they copy, each directory is built and placed, then slow symlinks and xattr
-blocks, in inode order; last the inode tables, bitmaps, descriptors and
-superblocks (metadata). The copies are awaited before the image is published.
+xattrs, find each regular file's data segments (data: dense unless probed,
+see ``write_image``) and bound each directory's blocks (sizing); plan the
+size with the same rules as the mkfs builder (auto with headroom, or fixed)
+and place the metadata (geometry). Then blocks are allocated strictly in
+order (placer): the resize inode's block, the journal, every file's data in
+inode order (each file's extent tree blocks right after it), whose copy jobs
+go to the helper process at once (copyproc); then, while it copies, each
+directory is built and placed, then slow symlinks and xattr blocks, in inode
+order; last the inode tables, bitmaps, descriptors and superblocks
+(metadata). The copies are awaited before the image is published.
 
 Deterministic: the bytes depend on the entries (their order numbers the
 inodes), the content bytes and holes, the options and the seed; times not
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.ext4.native.checksum import Checksums
-from pipeline.ext4.native.copyproc import CopyFailed, CopyProcess, SparseContent, encode_job
+from pipeline.ext4.native.copyjobs import CopyFailed, SparseContent, encode_job
+from pipeline.ext4.native.copyproc import CopyProcess
 from pipeline.ext4.native.data import Content, probe
 from pipeline.ext4.native.directory import HtreeParams, directory_blocks
 from pipeline.ext4.native.dirhash import seed_words
@@ -90,7 +92,7 @@ class NativeResult:
     """Paths whose time lay outside ext4's range and was clamped to it."""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per step: survey (tree, xattrs, probes), plan, data (allocation; the copies
-    run on), directories, metadata, copy (what remained of the copies)."""
+    start), directories, metadata, copy (waiting for what remained of the copies)."""
 
 
 @dataclass(frozen=True, slots=True)
