@@ -1,7 +1,9 @@
 """Copying file data into the image: the jobs, and the helper process's whole program.
 
 Jobs are ``source path NUL "size logical:physical:count ..." NUL`` records,
-in the order the writer placed the files. ``copy_jobs`` moves each file's
+in the order the writer placed the files, after a ``"first end" NUL`` header:
+the byte range their data occupies, allocated with one ``posix_fallocate``
+before anything is copied. ``copy_jobs`` moves each file's
 bytes with ``os.copy_file_range`` (in the kernel; ``pread``/``pwrite``
 through a 1 MiB buffer where the kernel refuses), in chunks of at most 64
 MiB; a file is never held in memory whole. Run as a script (``python -I -S
@@ -23,15 +25,14 @@ import errno
 import os
 import stat
 import sys
-import threading
 
-__all__ = ["CopyFailed", "SparseContent", "encode_job", "copy_jobs", "SPARSE_STATUS"]
+__all__ = ["CopyFailed", "SparseContent", "encode_job", "encode_jobs", "copy_jobs",
+           "SPARSE_STATUS"]
 
 _BLOCK = 4096
 _SECTOR = 512
 _COPY_CHUNK = 64 << 20
 _BUFFER = 1 << 20
-_HELPER_THREADS = 2                         # the kernel's copying, not Python, is the limit
 _GATHER = 4 << 20                           # bytes of small files written at once
 _GATHER_FILE = 256 << 10                    # larger files go by copy_file_range
 _ZEROS = bytes(_BLOCK)
@@ -63,55 +64,38 @@ def encode_job(source: str, size: int, placed: Placed) -> bytes:
     return os.fsencode(source) + b"\0" + f"{size} {runs}".encode("ascii") + b"\0"
 
 
-def copy_jobs(data: bytes, dst: int, *, dense: bool, threads: int = 1) -> None:
-    """Copy every job of ``data`` (``encode_job`` records) into ``dst``; with ``dense``,
-    raise ``SparseContent`` for a source with fewer blocks than its size needs. With
-    ``threads``, the list is cut into that many stretches of about equal bytes, each
-    copied by its own thread (they spend their time in the kernel, not under the GIL);
-    the first failure stops them all."""
+def encode_jobs(jobs: list[bytes], first: int, end: int) -> bytes:
+    """What ``copy_jobs`` takes: the byte range ``first``-``end`` that holds the jobs'
+    data (preallocated before copying), then the jobs."""
+    return f"{first} {end}".encode("ascii") + b"\0" + b"".join(jobs)
+
+
+def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
+    """Copy every job of ``data`` (``encode_jobs``) into ``dst``; with ``dense``, raise
+    ``SparseContent`` for a source with fewer blocks than its size needs.
+
+    One thread: a second one, writing the same image, measured more CPU and no less
+    time (buffered writes to one file take its inode lock in turn)."""
+    span, _, data = data.partition(b"\0")
+    first, end = map(int, span.split())
+    if end > first:
+        # Blocks allocated in one call before the writes: each page written then costs the
+        # kernel a little less than a delayed allocation (5-10 % less CPU measured here).
+        try:
+            os.posix_fallocate(dst, first, end - first)
+        except OSError:
+            pass                            # the writes allocate, or fail and say why
     fields = data.split(b"\0")
-    jobs = [(fields[2 * i], fields[2 * i + 1].split()) for i in range(len(fields) // 2)]
-    total = sum(int(spec[0]) for _, spec in jobs)
-    cuts, done = [0], 0
-    for index, (_, spec) in enumerate(jobs):
-        done += int(spec[0])
-        if done * threads >= total * len(cuts) and len(cuts) < threads:
-            cuts.append(index + 1)
-    cuts.append(len(jobs))
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    workers = [threading.Thread(target=_copy_stretch, args=(
-        jobs, first, end, dst, dense, stop, failures)) for first, end in zip(cuts, cuts[1:])]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    for failure in failures:
-        if isinstance(failure, SparseContent):
-            raise failure
-    if failures:
-        raise min(failures, key=lambda f: f.index if isinstance(f, CopyFailed) else -1)
-
-
-def _copy_stretch(jobs: list[tuple[bytes, list[bytes]]], first: int, end: int, dst: int,
-                  dense: bool, stop: threading.Event, failures: list[BaseException]) -> None:
     gather = _Gather(dst)
-    try:
-        for index in range(first, end):
-            if stop.is_set():
-                return
-            source, spec = jobs[index]
-            try:
-                _copy_file(source, int(spec[0]), spec[1:], gather, dense)
-            except _Refused as err:
-                raise CopyFailed(index, str(err)) from None
-            except OSError as err:
-                raise CopyFailed(index, f"its content cannot be copied "
-                                        f"({err.strerror})") from err
-        gather.flush()
-    except BaseException as err:        # handed to the caller's thread, which raises it
-        failures.append(err)
-        stop.set()
+    for index in range(len(fields) // 2):
+        source, spec = fields[2 * index], fields[2 * index + 1].split()
+        try:
+            _copy_file(source, int(spec[0]), spec[1:], gather, dense)
+        except _Refused as err:
+            raise CopyFailed(index, str(err)) from None
+        except OSError as err:
+            raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
+    gather.flush()
 
 
 class _Refused(Exception):
@@ -212,7 +196,7 @@ def _main() -> int:
     dst, dense = int(sys.argv[1]), sys.argv[2] == "dense"
     data = sys.stdin.buffer.read()
     try:
-        copy_jobs(data, dst, dense=dense, threads=_HELPER_THREADS)
+        copy_jobs(data, dst, dense=dense)
     except SparseContent:
         return SPARSE_STATUS
     except CopyFailed as failed:

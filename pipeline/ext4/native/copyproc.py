@@ -18,7 +18,13 @@ import subprocess
 import sys
 
 from pipeline.ext4.native import copyjobs
-from pipeline.ext4.native.copyjobs import SPARSE_STATUS, CopyFailed, SparseContent, copy_jobs
+from pipeline.ext4.native.copyjobs import (
+    SPARSE_STATUS,
+    CopyFailed,
+    SparseContent,
+    copy_jobs,
+    encode_jobs,
+)
 
 __all__ = ["CopyProcess"]
 
@@ -48,8 +54,9 @@ class CopyProcess:
                 self._proc = None           # copied in this process by wait()
         return self
 
-    def send(self, jobs: list[bytes]) -> None:
-        self._jobs = b"".join(jobs)
+    def send(self, jobs: list[bytes], first: int, end: int) -> None:
+        """Hand over every job; ``first``-``end`` is the byte range their data lies in."""
+        self._jobs = encode_jobs(jobs, first, end)
         if self._proc is not None:
             assert self._proc.stdin is not None
             try:

@@ -51,6 +51,11 @@ class Placer:
     def take_one(self) -> int:
         return self._alloc.take_one()
 
+    @property
+    def cursor(self) -> int:
+        """The block the next request starts from (or after the metadata run there)."""
+        return self._alloc.cursor
+
     def put(self, block: int, data: bytes) -> None:
         """Write whole blocks of ``data`` at ``block`` (gathered with its neighbours)."""
         if block != self._gather_end or \

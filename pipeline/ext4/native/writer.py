@@ -127,6 +127,7 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
     files: list[tuple[Node, Content]] = []
     blocks = 0
     regular = FileType.REGULAR
+    one_extent = tree_blocks(1)
     for node in tree.nodes:
         entry = node.entry
         if node.type is regular:
@@ -148,7 +149,8 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
                 segments = found.segments
                 if len(segments) == 1:           # dense: one segment from block 0
                     count = segments[0][1]
-                    blocks += count + tree_blocks(-(-count // MAX_EXTENT_BLOCKS))
+                    blocks += count + (one_extent if count <= MAX_EXTENT_BLOCKS else
+                                       tree_blocks(-(-count // MAX_EXTENT_BLOCKS)))
                 else:
                     blocks += found.blocks + tree_blocks(
                         sum(-(-n // MAX_EXTENT_BLOCKS) for _, n in segments))
@@ -237,6 +239,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     with CopyProcess(fd, dense=assume_dense) as copier:
         take = placer.take
         jobs: list[bytes] = []
+        data_start = placer.cursor
         for node, data in survey.files:             # file data first, copied meanwhile
             rec = node.rec
             segments = data.segments
@@ -257,7 +260,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                 placer.map_extents(rec, mapped)
             rec.blocks += data.blocks
             jobs.append(encode_job(data.path, rec.size, mapped))
-        copier.send(jobs)
+        copier.send(jobs, data_start * BLOCK_SIZE, placer.cursor * BLOCK_SIZE)
         lap("data")
         htree = HtreeParams(seed_words(seed_bytes), signed=True,
                             max_levels=3 if "large_dir" in features else 2) \
