@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 from pipeline.ext4.native import copyjobs
 from pipeline.ext4.native.copyjobs import (
@@ -40,6 +41,7 @@ class CopyProcess:
         self._dense = dense
         self._proc: subprocess.Popen[bytes] | None = None
         self._jobs = b""
+        self._sender: threading.Thread | None = None
 
     def __enter__(self) -> CopyProcess:
         script = copyjobs.__file__
@@ -55,15 +57,15 @@ class CopyProcess:
         return self
 
     def send(self, jobs: list[bytes], first: int, end: int) -> None:
-        """Hand over every job; ``first``-``end`` is the byte range their data lies in."""
+        """Hand over every job; ``first``-``end`` is the byte range their data lies in.
+
+        Written by a thread: the list outgrows the pipe, and on a busy machine the
+        helper may not be scheduled to drain it for a while; the writer goes on."""
         self._jobs = encode_jobs(jobs, first, end)
         if self._proc is not None:
-            assert self._proc.stdin is not None
-            try:
-                self._proc.stdin.write(self._jobs)
-                self._proc.stdin.close()
-            except BrokenPipeError:
-                pass                        # the helper died: wait() reports it
+            self._sender = threading.Thread(target=_send, args=(self._proc, self._jobs),
+                                            name="ext4-copy-jobs", daemon=True)
+            self._sender.start()
 
     def wait(self) -> None:
         """Return once every byte is copied; raise ``CopyFailed`` for a bad job."""
@@ -71,6 +73,8 @@ class CopyProcess:
         if proc is None:
             copy_jobs(self._jobs, self._dst, dense=self._dense)
             return
+        if self._sender is not None:
+            self._sender.join()
         assert proc.stdout is not None
         report = proc.stdout.read()
         proc.stdout.close()
@@ -87,8 +91,19 @@ class CopyProcess:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
+            if self._sender is not None:
+                self._sender.join()         # its write fails once the helper is gone
             for pipe in (self._proc.stdin, self._proc.stdout):
                 if pipe is not None:
                     pipe.close()
+
+
+def _send(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, ValueError):
+        pass                                # the helper died: wait() reports it
 
 
