@@ -61,36 +61,53 @@ class UsedBlocks:
 
 
 class Allocator:
-    """Hands out blocks in order, skipping ``reserved`` runs; marks them in ``used``."""
+    """Hands out blocks in order, skipping ``reserved`` runs.
+
+    Nothing is marked in ``used`` while blocks are handed out: everything below
+    the cursor is either reserved (marked by the caller) or taken, so ``mark_taken``
+    marks the whole range once at the end instead of once per request.
+    """
 
     def __init__(self, used: UsedBlocks, reserved: Sequence[Run], start: int) -> None:
         self._used = used
         self._reserved = sorted(reserved)
         self._next = 0                  # first reserved run that may lie ahead
+        self._start = start
         self.cursor = start
+        self._limit = start             # the cursor may run up to here without a check
         self.allocated = 0
 
     def take(self, count: int) -> list[Run]:
         """``count`` blocks as runs in block order (split only around reserved runs)."""
+        cursor = self.cursor
+        if cursor + count <= self._limit:       # the common case: no reserved run ahead
+            self.cursor = cursor + count
+            self.allocated += count
+            return [(cursor, count)]
         runs: list[Run] = []
         while count > 0:
             self._skip_reserved()
-            limit = self._used.blocks
-            if self._next < len(self._reserved):
-                limit = min(limit, self._reserved[self._next][0])
-            length = min(count, limit - self.cursor)
+            length = min(count, self._limit - self.cursor)
             if length <= 0:
                 raise Ext4Error(f"the filesystem ran out of blocks ({self.allocated} "
                                 f"allocated); raise `size` or use \"auto\"")
             runs.append((self.cursor, length))
-            self._used.mark(self.cursor, length)
             self.cursor += length
             self.allocated += length
             count -= length
         return runs
 
     def take_one(self) -> int:
+        cursor = self.cursor
+        if cursor < self._limit:
+            self.cursor = cursor + 1
+            self.allocated += 1
+            return cursor
         return self.take(1)[0][0]
+
+    def mark_taken(self) -> None:
+        """Mark every block handed out so far in ``used``."""
+        self._used.mark(self._start, self.cursor - self._start)
 
     def _skip_reserved(self) -> None:
         while self._next < len(self._reserved):
@@ -101,4 +118,7 @@ class Allocator:
                 self.cursor = start + length
                 self._next += 1
             else:
-                return
+                break
+        self._limit = self._used.blocks
+        if self._next < len(self._reserved):
+            self._limit = min(self._limit, self._reserved[self._next][0])

@@ -19,6 +19,7 @@ __all__ = ["ext4_crc", "Checksums"]
 
 _ALL_ONES = 0xFFFFFFFF
 _U32 = struct.Struct("<I")
+_TWO_U32 = struct.Struct("<II")
 
 
 def ext4_crc(seed: int, data: bytes | bytearray | memoryview) -> int:
@@ -45,7 +46,7 @@ class Checksums:
         if generation:
             return ext4_crc(ext4_crc(self.fs_seed, _U32.pack(ino)), _U32.pack(generation))
         seed = self._inode_seeds.get(ino)
-        if seed is None:
-            seed = ext4_crc(ext4_crc(self.fs_seed, _U32.pack(ino)), _U32.pack(0))
+        if seed is None:                    # one CRC over both words is the CRC of each
+            seed = ext4_crc(self.fs_seed, _TWO_U32.pack(ino, 0))
             self._inode_seeds[ino] = seed
         return seed

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.ext4.native.checksum import ext4_crc
-from pipeline.ext4.native.dirhash import half_md4
+from pipeline.ext4.native.dirhash import half_md4_many
 from pipeline.ext4.native.errors import UnrepresentableEntry
 from pipeline.ext4.native.geometry import BLOCK_SIZE
 
@@ -122,9 +122,9 @@ def directory_blocks(path: str, own: int, parent: int, entries: Sequence[Dirent]
         while len(linear) < min_blocks:
             linear.append(_leaves([], seed)[0])
         return [bytes(b) for b in linear], False
-    hashed = sorted((half_md4(name, htree.seed, signed=htree.signed), name, ino, ftype)
-                    for name, ino, ftype in entries)
-    leaves = _leaves([(name, ino, ftype) for _, name, ino, ftype in hashed], seed)
+    hashes = half_md4_many([name for name, _, _ in entries], htree.seed, signed=htree.signed)
+    hashed = sorted(zip(hashes, entries, strict=True))
+    leaves = _leaves([dirent for _, dirent in hashed], seed)
     # The first hash of each leaf: the records were packed in order, so walk them again.
     firsts: list[int] = []
     i = 0

@@ -19,7 +19,7 @@ from pipeline.ext4.native.checksum import ext4_crc
 from pipeline.ext4.native.geometry import BLOCK_SIZE
 
 __all__ = ["Extent", "extents_for", "build_tree", "root_in_inode", "MAX_EXTENT_BLOCKS",
-           "EMPTY_ROOT", "IN_INODE"]
+           "EMPTY_ROOT", "IN_INODE", "one_extent_root"]
 
 Extent = tuple[int, int, int]
 """(logical block, physical block, length)."""
@@ -59,6 +59,15 @@ def _node(entries: list[bytes], depth: int, capacity: int) -> bytearray:
     for e in entries:
         node += e
     return node
+
+
+_ONE = struct.Struct("<HHHHIIHHI36x")         # header and one leaf, padded to 60 bytes
+
+
+def one_extent_root(logical: int, physical: int, length: int) -> bytes:
+    """``i_block`` holding one extent (most files)."""
+    return _ONE.pack(_MAGIC, 1, IN_INODE, 0, 0, logical, length, physical >> 32,
+                     physical & 0xFFFFFFFF)
 
 
 def root_in_inode(extents: list[Extent]) -> bytes:

@@ -24,7 +24,7 @@ from pipeline.ext4.native.checksum import Checksums, ext4_crc
 from pipeline.ext4.native.errors import BadDevice
 
 __all__ = ["InodeRecord", "encode_inode", "encode_time", "device_block", "EXTRA_ISIZE",
-           "EXTENTS_FL", "INDEX_FL", "GOOD_OLD_INODE_SIZE", "time_in_range"]
+           "EXTENTS_FL", "INDEX_FL", "GOOD_OLD_INODE_SIZE", "time_range_ns"]
 
 GOOD_OLD_INODE_SIZE = 128
 EXTRA_ISIZE = 32                          # mke2fs's s_want_extra_isize: through i_projid
@@ -47,15 +47,19 @@ _TAIL = struct.Struct("<IIIIHHHHHH")
 # i_extra_isize, i_checksum_hi, i_ctime_extra, i_mtime_extra, i_atime_extra, i_crtime,
 # i_crtime_extra, i_version_hi, i_projid
 _EXTRA = struct.Struct("<HHIIIIIII")
+_SMALL = struct.Struct(_HEAD.format + "60s" + _TAIL.format[1:])
+_LARGE = struct.Struct(_SMALL.format + _EXTRA.format[1:])
+_PLAIN_NS = 2**31 * 10**9                   # times from 0 up to here need no epoch bits
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _CSUM_LO = 0x7C
 _CSUM_HI = 0x82
 
 
-def time_in_range(ns: int, *, large: bool) -> bool:
-    seconds = ns // _NS
-    return _MIN_SECONDS <= seconds <= (_MAX_SECONDS_LARGE if large else _MAX_SECONDS_SMALL)
+def time_range_ns(*, large: bool) -> tuple[int, int]:
+    """(first, last) nanosecond time an inode holds without clamping."""
+    high = _MAX_SECONDS_LARGE if large else _MAX_SECONDS_SMALL
+    return _MIN_SECONDS * _NS, (high + 1) * _NS - 1
 
 
 def encode_time(ns: int, *, large: bool) -> tuple[int, int]:
@@ -105,22 +109,30 @@ class InodeRecord:
 def encode_inode(table: bytearray, offset: int, rec: InodeRecord, *, inode_size: int,
                  csums: Checksums) -> None:
     large = inode_size > GOOD_OLD_INODE_SIZE
-    t_lo, t_extra = encode_time(rec.time_ns, large=large)
-    sectors = rec.blocks * 8
-    _HEAD.pack_into(table, offset, rec.mode, rec.uid & 0xFFFF, rec.size & 0xFFFFFFFF,
-                    t_lo, t_lo, t_lo, 0, rec.gid & 0xFFFF, rec.links, sectors & 0xFFFFFFFF,
-                    rec.flags, 0)
-    table[offset + 0x28:offset + 0x64] = rec.i_block
-    _TAIL.pack_into(table, offset + 0x64, 0, rec.xattr_block & 0xFFFFFFFF, rec.size >> 32, 0,
-                    sectors >> 32, rec.xattr_block >> 32, rec.uid >> 16, rec.gid >> 16, 0, 0)
-    if large:
-        _EXTRA.pack_into(table, offset + GOOD_OLD_INODE_SIZE, EXTRA_ISIZE, 0, t_extra,
-                         t_extra, t_extra, t_lo, t_extra, 0, 0)
+    ns = rec.time_ns
+    if 0 <= ns < _PLAIN_NS:                     # 1970-2038: no clamping, no epoch bits
+        t_lo, nanos = divmod(ns, _NS)
+        t_extra = nanos << 2 if large else 0
+    else:
+        t_lo, t_extra = encode_time(ns, large=large)
+    sectors, size, xblock, uid, gid = rec.blocks * 8, rec.size, rec.xattr_block, rec.uid, rec.gid
+    if large:                                   # the first 160 bytes in one call
+        _LARGE.pack_into(table, offset, rec.mode, uid & 0xFFFF, size & 0xFFFFFFFF,
+                         t_lo, t_lo, t_lo, 0, gid & 0xFFFF, rec.links, sectors & 0xFFFFFFFF,
+                         rec.flags, 0, rec.i_block, 0, xblock & 0xFFFFFFFF, size >> 32, 0,
+                         sectors >> 32, xblock >> 32, uid >> 16, gid >> 16, 0, 0,
+                         EXTRA_ISIZE, 0, t_extra, t_extra, t_extra, t_lo, t_extra, 0, 0)
         if rec.xattr_body:
             start = offset + GOOD_OLD_INODE_SIZE + EXTRA_ISIZE
             table[start:start + len(rec.xattr_body)] = rec.xattr_body
+    else:
+        _SMALL.pack_into(table, offset, rec.mode, uid & 0xFFFF, size & 0xFFFFFFFF,
+                         t_lo, t_lo, t_lo, 0, gid & 0xFFFF, rec.links, sectors & 0xFFFFFFFF,
+                         rec.flags, 0, rec.i_block, 0, xblock & 0xFFFFFFFF, size >> 32, 0,
+                         sectors >> 32, xblock >> 32, uid >> 16, gid >> 16, 0, 0)
     if csums.enabled:
-        crc = ext4_crc(csums.inode_seed(rec.number), table[offset:offset + inode_size])
+        crc = ext4_crc(csums.inode_seed(rec.number),
+                       memoryview(table)[offset:offset + inode_size])
         _U16.pack_into(table, offset + _CSUM_LO, crc & 0xFFFF)
         if large:
             _U16.pack_into(table, offset + _CSUM_HI, crc >> 16)

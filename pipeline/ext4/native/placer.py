@@ -5,7 +5,8 @@ file: ``take`` allocates runs, ``put`` writes blocks, ``map_extents`` builds an
 inode's extent tree (its index and leaf blocks allocated right after) and
 records the root in the inode. Blocks put one after another (a thousand
 small directories, their symlinks and xattr blocks) are gathered and written
-in one call per contiguous stretch of at most 4 MiB; ``flush`` writes the rest.
+in one call per contiguous stretch of at most 4 MiB; ``finish`` writes the rest
+and marks the allocated blocks in the bitmap.
 
 Trusts the writer's requests; running out of blocks is an Ext4Error.
 """
@@ -17,7 +18,13 @@ from collections.abc import Sequence
 from pipeline.ext4.native.alloc import Allocator, Run, UsedBlocks
 from pipeline.ext4.native.checksum import Checksums
 from pipeline.ext4.native.data import write_at
-from pipeline.ext4.native.extents import IN_INODE, Extent, build_tree, root_in_inode
+from pipeline.ext4.native.extents import (
+    IN_INODE,
+    Extent,
+    build_tree,
+    one_extent_root,
+    root_in_inode,
+)
 from pipeline.ext4.native.geometry import BLOCK_SIZE, Geometry, Placement
 from pipeline.ext4.native.inode import InodeRecord
 
@@ -44,6 +51,11 @@ class Placer:
     def take_one(self) -> int:
         return self._alloc.take_one()
 
+    @property
+    def cursor(self) -> int:
+        """The block the next request starts from (or after the metadata run there)."""
+        return self._alloc.cursor
+
     def put(self, block: int, data: bytes) -> None:
         """Write whole blocks of ``data`` at ``block`` (gathered with its neighbours)."""
         if block != self._gather_end or \
@@ -58,6 +70,12 @@ class Placer:
             write_at(self.fd, b"".join(self._gathered), self._gather_start * BLOCK_SIZE)
             self._gathered = []
 
+    def finish(self) -> UsedBlocks:
+        """Write what is gathered; the block bitmap with every block handed out marked."""
+        self.flush()
+        self._alloc.mark_taken()
+        return self.used
+
     def put_runs(self, runs: Sequence[Run], blocks: Sequence[bytes]) -> None:
         """Write ``blocks`` (in logical order) into ``runs``, one write per run."""
         k = 0
@@ -67,7 +85,8 @@ class Placer:
 
     def map_extents(self, rec: InodeRecord, extents: list[Extent]) -> None:
         if len(extents) <= IN_INODE:
-            rec.i_block = root_in_inode(extents)
+            rec.i_block = one_extent_root(*extents[0]) if len(extents) == 1 \
+                else root_in_inode(extents)
             return
         seed = self.csums.inode_seed(rec.number) if self.csums.enabled else None
         rec.i_block, tree = build_tree(extents, self.take_one, seed)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.ext4.native.directory import Dirent
 from pipeline.ext4.native.errors import BadTree, NameTooLong, SymlinkTooLong
-from pipeline.ext4.native.inode import InodeRecord, time_in_range
+from pipeline.ext4.native.inode import InodeRecord, time_range_ns
 from pipeline.ext4.native.inputs import FileType, FlatEntry
 
 __all__ = ["Node", "Tree", "number_tree", "ROOT_INO", "LOST_FOUND_INO", "FIRST_FREE_INO",
@@ -39,7 +40,9 @@ LOST_FOUND_MODE = 0o700
 TYPE_BITS = {FileType.REGULAR: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR,
              FileType.SYMLINK: stat.S_IFLNK, FileType.CHAR: stat.S_IFCHR,
              FileType.BLOCK: stat.S_IFBLK, FileType.FIFO: stat.S_IFIFO}
-DIRENT_TYPES = {FileType.REGULAR: 1, FileType.DIRECTORY: 2, FileType.CHAR: 3,
+_FT_REG = 1
+_NOT_NAMES = (b"", b".", b"..")
+DIRENT_TYPES = {FileType.REGULAR: _FT_REG, FileType.DIRECTORY: 2, FileType.CHAR: 3,
                 FileType.BLOCK: 4, FileType.FIFO: 5, FileType.SYMLINK: 7}
 
 
@@ -73,44 +76,53 @@ def number_tree(entries: Sequence[FlatEntry], *, epoch_ns: int, large_inode: boo
     groups: dict[int, Node] = {}
     clamped: list[str] = []
     next_ino = FIRST_FREE_INO
+    directory, regular = FileType.DIRECTORY, FileType.REGULAR
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    low_ns, high_ns = time_range_ns(large=large_inode)
     for entry in entries:
+        path, kind = entry.path, entry.type
         parent_node = None
         name = b""
-        if entry.path:
-            parent_path, _, base = entry.path.rpartition("/")
-            name = os.fsencode(base)
-            _check_name(entry.path, name)
+        if path:
+            parent_path, _, base = path.rpartition("/")
+            name = base.encode(encoding, errors)            # os.fsencode, without its checks
+            if len(name) > NAME_MAX or name in _NOT_NAMES or b"\0" in name:
+                _check_name(path, name)
             parent_node = nodes.get(parent_path)
-            if parent_node is None or parent_node.type is not FileType.DIRECTORY:
-                raise BadTree(entry.path, "its parent is not a directory listed before it")
-        if entry.path in nodes:
-            raise BadTree(entry.path, "the path appears twice in the entries")
-        node = groups.get(entry.link_group) if entry.link_group is not None else None
+            if parent_node is None or parent_node.type is not directory:
+                raise BadTree(path, "its parent is not a directory listed before it")
+        if path in nodes:
+            raise BadTree(path, "the path appears twice in the entries")
+        group = entry.link_group
+        node = groups.get(group) if group is not None else None
         if node is not None:
-            if entry.type is not FileType.REGULAR or node.type is not FileType.REGULAR:
-                raise BadTree(entry.path, "only regular files can be hard links")
+            if kind is not regular or node.type is not regular:
+                raise BadTree(path, "only regular files can be hard links")
             node.rec.links += 1
         else:
-            _check_entry(entry)
-            if not entry.path:
+            if kind is not regular or entry.size < 0:
+                _check_entry(entry)
+            if not path:
                 number = ROOT_INO
-            elif entry.path == "lost+found" and entry.type is FileType.DIRECTORY:
+            elif path == "lost+found" and kind is directory:
                 number = LOST_FOUND_INO
             else:
                 number, next_ino = next_ino, next_ino + 1
-            rec = InodeRecord(number=number, mode=TYPE_BITS[entry.type] | (entry.mode & 0o7777),
-                              uid=entry.uid, gid=entry.gid, time_ns=entry.mtime_ns,
-                              links=2 if entry.type is FileType.DIRECTORY else 1)
-            if not time_in_range(entry.mtime_ns, large=large_inode):
-                clamped.append(entry.path)
-            node = Node(rec, entry.type, entry.path, entry)
+            # Enum members hash in Python: regular files skip the table lookup.
+            bits = stat.S_IFREG if kind is regular else TYPE_BITS[kind]
+            rec = InodeRecord(number, bits | (entry.mode & 0o7777), entry.uid, entry.gid,
+                              entry.mtime_ns, 2 if kind is directory else 1)
+            if not low_ns <= entry.mtime_ns <= high_ns:
+                clamped.append(path)
+            node = Node(rec, kind, path, entry)
             by_number[number] = node
-            if entry.link_group is not None:
-                groups[entry.link_group] = node
-        nodes[entry.path] = node
+            if group is not None:
+                groups[group] = node
+        nodes[path] = node
         if parent_node is not None:
-            parent_node.children.append((name, node.rec.number, DIRENT_TYPES[entry.type]))
-            if node.type is FileType.DIRECTORY:
+            parent_node.children.append(
+                (name, node.rec.number, _FT_REG if kind is regular else DIRENT_TYPES[kind]))
+            if kind is directory:
                 node.parent = parent_node.rec.number
                 parent_node.rec.links += 1
     root = by_number[ROOT_INO]

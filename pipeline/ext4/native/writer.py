@@ -1,15 +1,16 @@
 """Write a whole ext4 image from flat entries and their content files: the driver.
 
 ``write_ext4`` runs, in order: number the tree (tree), lay out each inode's
-xattrs, probe each regular file's data segments (data) and bound each
-directory's blocks (sizing); plan the size with the same rules as the mkfs
-builder (auto with headroom, or fixed) and place the metadata (geometry).
-Then blocks are allocated strictly in order (placer): the resize inode's
-block, the journal, every file's data in inode order (each file's extent
-tree blocks right after it), handed to copy threads at once; then, while
-they copy, each directory is built and placed, then slow symlinks and xattr
-blocks, in inode order; last the inode tables, bitmaps, descriptors and
-superblocks (metadata). The copies are awaited before the image is published.
+xattrs, find each regular file's data segments (data: dense unless probed,
+see ``write_image``) and bound each directory's blocks (sizing); plan the
+size with the same rules as the mkfs builder (auto with headroom, or fixed)
+and place the metadata (geometry). Then blocks are allocated strictly in
+order (placer): the resize inode's block, the journal, every file's data in
+inode order (each file's extent tree blocks right after it), whose copy jobs
+go to the helper process at once (copyproc); then, while it copies, each
+directory is built and placed, then slow symlinks and xattr blocks, in inode
+order; last the inode tables, bitmaps, descriptors and superblocks
+(metadata). The copies are awaited before the image is published.
 
 Deterministic: the bytes depend on the entries (their order numbers the
 inodes), the content bytes and holes, the options and the seed; times not
@@ -27,10 +28,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.ext4.native.checksum import Checksums
-from pipeline.ext4.native.data import Content, Copier, CopyJob, probe
+from pipeline.ext4.native.copyjobs import CopyFailed, SparseContent, encode_job
+from pipeline.ext4.native.copyproc import CopyProcess
+from pipeline.ext4.native.data import Content, probe
 from pipeline.ext4.native.directory import HtreeParams, directory_blocks
 from pipeline.ext4.native.dirhash import seed_words
-from pipeline.ext4.native.extents import EMPTY_ROOT, MAX_EXTENT_BLOCKS, extents_for
+from pipeline.ext4.native.errors import BadTree
+from pipeline.ext4.native.extents import (
+    EMPTY_ROOT,
+    MAX_EXTENT_BLOCKS,
+    extents_for,
+    one_extent_root,
+)
 from pipeline.ext4.native.geometry import BLOCK_SIZE, make_geometry, place_metadata
 from pipeline.ext4.native.inode import (
     EXTENTS_FL,
@@ -44,6 +53,7 @@ from pipeline.ext4.native.inputs import (
     FS_EPOCH,
     NATIVE_WRITER_FORMAT,
     ContentSource,
+    Ext4Error,
     Ext4Options,
     FileType,
     FlatEntry,
@@ -56,7 +66,7 @@ from pipeline.ext4.native.journal import JOURNAL_INO, journal_superblock
 from pipeline.ext4.native.metadata import FsParams, write_metadata
 from pipeline.ext4.native.placer import Placer
 from pipeline.ext4.native.sizing import LOST_FOUND_BLOCKS, dir_blocks_bound, tree_blocks
-from pipeline.ext4.native.tree import LOST_FOUND_INO, Tree, number_tree
+from pipeline.ext4.native.tree import LOST_FOUND_INO, Node, Tree, number_tree
 from pipeline.ext4.native.xattrs import XattrLayout, encode_block, lay_out_xattrs
 
 __all__ = ["write_ext4", "write_image", "NativeResult", "WRITER_FORMAT_VERSION"]
@@ -84,14 +94,15 @@ class NativeResult:
     """Paths whose time lay outside ext4's range and was clamped to it."""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per step: survey (tree, xattrs, probes), plan, data (allocation; the copies
-    run on), directories, metadata, copy (what remained of the copies)."""
+    start), directories, metadata, copy (waiting for what remained of the copies)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Survey:
     tree: Tree
     xattrs: dict[int, XattrLayout]
-    contents: dict[int, Content]
+    files: list[tuple[Node, Content]]
+    """Regular files with data, in inode order."""
     blocks: int
     """Blocks the tree needs at most."""
 
@@ -108,17 +119,45 @@ def write_ext4(entries: Sequence[FlatEntry], content: ContentSource, output: Pat
 
 
 def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4Options,
-            features: frozenset[str]) -> _Survey:
+            features: frozenset[str], *, assume_dense: bool) -> _Survey:
     large = options.inode_size > GOOD_OLD_INODE_SIZE
     tree = number_tree(entries, epoch_ns=FS_EPOCH * 10**9, large_inode=large,
                        dir_nlink="dir_nlink" in features)
     inode_room = options.inode_size - GOOD_OLD_INODE_SIZE - EXTRA_ISIZE if large else 0
     csum, htree = "metadata_csum" in features, "dir_index" in features
     xattrs: dict[int, XattrLayout] = {}
-    contents: dict[int, Content] = {}
+    files: list[tuple[Node, Content]] = []
     blocks = 0
+    regular = FileType.REGULAR
+    one_extent = tree_blocks(1)
     for node in tree.nodes:
-        number, entry = node.rec.number, node.entry
+        entry = node.entry
+        if node.type is regular:
+            assert entry is not None
+            if entry.xattrs:
+                xattrs[node.rec.number] = lay = lay_out_xattrs(node.path, entry.xattrs,
+                                                               inode_room=inode_room)
+                blocks += 1 if lay.block else 0
+            if entry.size:
+                source = content(entry)
+                if source is None:
+                    raise AssertionError(f"internal error: no content for {node.path!r}")
+                if assume_dense:            # checked by the copy, which opens it anyway
+                    count = -(-entry.size // BLOCK_SIZE)
+                    found = Content(os.fspath(source), ((0, count),))
+                else:
+                    found = probe(node.path, os.fspath(source), entry.size)
+                files.append((node, found))
+                segments = found.segments
+                if len(segments) == 1:           # dense: one segment from block 0
+                    count = segments[0][1]
+                    blocks += count + (one_extent if count <= MAX_EXTENT_BLOCKS else
+                                       tree_blocks(-(-count // MAX_EXTENT_BLOCKS)))
+                else:
+                    blocks += found.blocks + tree_blocks(
+                        sum(-(-n // MAX_EXTENT_BLOCKS) for _, n in segments))
+            continue
+        number = node.rec.number
         if entry is not None and entry.xattrs:
             xattrs[number] = lay = lay_out_xattrs(node.path, entry.xattrs,
                                                   inode_room=inode_room)
@@ -128,23 +167,33 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
                 (name for name, _, _ in node.children), csum=csum, htree=htree,
                 min_blocks=LOST_FOUND_BLOCKS if number == LOST_FOUND_INO else 1)
             blocks += tree_blocks(1)
-        elif entry is None:
-            continue
-        elif node.type is FileType.REGULAR and entry.size:
-            source = content(entry)
-            if source is None:
-                raise AssertionError(f"internal error: no content for {node.path!r}")
-            contents[number] = found = probe(node.path, os.fspath(source), entry.size)
-            blocks += found.blocks + tree_blocks(
-                sum(-(-n // MAX_EXTENT_BLOCKS) for _, n in found.segments))
-        elif node.type is FileType.SYMLINK:
+        elif entry is not None and node.type is FileType.SYMLINK:
             blocks += 1 if len(_target(entry)) > FAST_SYMLINK_MAX else 0
-    return _Survey(tree, xattrs, contents, blocks)
+    return _Survey(tree, xattrs, files, blocks)
 
 
 def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                 options: Ext4Options, *, seed: str, min_inodes: int = 0) -> NativeResult:
-    """Write the image into the empty file ``fd`` (see ``write_ext4``)."""
+    """Write the image into the empty file ``fd`` (see ``write_ext4``).
+
+    With an auto size, content files are first taken to be dense, as layer stores
+    are, saving a stat per file; should the copy find one with holes, the image is
+    written again with every file probed, so the bytes are the same either way. A
+    fixed size is planned from probed files, so that holes count before a refusal.
+    """
+    if options.size is None:
+        try:
+            return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
+                          assume_dense=True)
+        except SparseContent:
+            os.ftruncate(fd, 0)
+    return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
+                  assume_dense=False)
+
+
+def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
+           options: Ext4Options, *, seed: str, min_inodes: int, assume_dense: bool
+           ) -> NativeResult:
     clock = [time.monotonic()]
     timings: dict[str, float] = {}
 
@@ -157,7 +206,7 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     fs_uuid, hash_seed = derive_uuids(seed)
     uuid_bytes, seed_bytes = uuidlib.UUID(fs_uuid).bytes, uuidlib.UUID(hash_seed).bytes
     csums = Checksums(uuid_bytes, enabled="metadata_csum" in features)
-    survey = _survey(entries, content, options, features)
+    survey = _survey(entries, content, options, features, assume_dense=assume_dense)
     nodes = survey.tree.nodes
     lap("survey")
 
@@ -185,22 +234,35 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         placer.map_extents(journal, extents_for(0, runs))
     lap("plan")
 
-    with Copier(fd) as copier:
-        for node in nodes:                          # file data first, copied meanwhile
+    for node in nodes:
+        if node.type is FileType.REGULAR and node.entry is not None:
             rec = node.rec
-            if node.type is not FileType.REGULAR or node.entry is None:
-                continue
-            rec.size, rec.flags = node.entry.size, EXTENTS_FL
-            data = survey.contents.get(rec.number)
-            if data is None:
-                rec.i_block = EMPTY_ROOT
-                continue
-            mapped = []
-            for first, count in data.segments:
-                mapped += extents_for(first, placer.take(count))
-            copier.add(CopyJob(node.path, data, rec.size, tuple(mapped)))
+            rec.size, rec.flags, rec.i_block = node.entry.size, EXTENTS_FL, EMPTY_ROOT
+    with CopyProcess(fd, dense=assume_dense) as copier:
+        take = placer.take
+        jobs: list[bytes] = []
+        data_start = placer.cursor
+        for node, data in survey.files:             # file data first, copied meanwhile
+            rec = node.rec
+            segments = data.segments
+            if len(segments) == 1:
+                first, count = segments[0]
+                runs = take(count)
+                if len(runs) == 1 and first == 0 and count <= MAX_EXTENT_BLOCKS:
+                    start = runs[0][0]              # one extent: most files
+                    mapped = [(0, start, count)]
+                    rec.i_block = one_extent_root(0, start, count)
+                else:
+                    mapped = extents_for(first, runs)
+                    placer.map_extents(rec, mapped)
+            else:
+                mapped = []
+                for first, count in segments:
+                    mapped += extents_for(first, take(count))
+                placer.map_extents(rec, mapped)
             rec.blocks += data.blocks
-            placer.map_extents(rec, mapped)
+            jobs.append(encode_job(data.path, rec.size, mapped))
+        copier.send(jobs, data_start * BLOCK_SIZE, placer.cursor * BLOCK_SIZE)
         lap("data")
         htree = HtreeParams(seed_words(seed_bytes), signed=True,
                             max_levels=3 if "large_dir" in features else 2) \
@@ -243,16 +305,22 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             elif node.type in (FileType.CHAR, FileType.BLOCK):
                 assert node.entry.rdev is not None
                 rec.i_block = device_block(node.path, *node.entry.rdev)
-        placer.flush()
+        used = placer.finish()
         lap("directories")
         totals = write_metadata(fd, FsParams(
-            geo=geo, placement=placement, used=placer.used, features=features, csums=csums,
+            geo=geo, placement=placement, used=used, features=features, csums=csums,
             uuid=uuid_bytes, hash_seed=seed_bytes,
             label=options.label.encode("utf-8", "surrogateescape"),
             reserved_blocks=plan.reserved_blocks, epoch=FS_EPOCH, resize_dind=resize_dind,
             journal=journal), [n.rec for n in nodes] + ([journal] if journal else []),
             dirs_by_ino=[n.rec.number for n in nodes if n.type is FileType.DIRECTORY])
         lap("metadata")
+        try:
+            copier.wait()
+        except CopyFailed as failed:
+            if failed.index < 0:
+                raise Ext4Error(failed.message) from None
+            raise BadTree(survey.files[failed.index][0].path, failed.message) from None
     lap("copy")
     free_bytes = (totals.free_blocks - plan.reserved_blocks) * BLOCK_SIZE
     if options.size is None and (free_bytes < plan.promised_free_bytes

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ import uuid
 import pytest
 
 from pipeline.ext4.native.checksum import ext4_crc
-from pipeline.ext4.native.dirhash import half_md4, seed_words
+from pipeline.ext4.native.dirhash import half_md4, half_md4_many, seed_words
 from pipeline.ext4.native.extents import build_tree, extents_for
 from pipeline.ext4.native.inode import device_block, encode_time
 
@@ -36,6 +37,19 @@ def test_half_md4_matches_debugfs(tmp_path: os.PathLike[str]) -> None:
            re.findall(rb"is 0x([0-9a-f]+) \(minor 0x([0-9a-f]+)\)", out)]
     seed = seed_words(uuid.UUID(SEED).bytes)
     assert got == [half_md4(n, seed, signed=True) for n in NAMES]
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_half_md4_many_is_half_md4_of_each(signed: bool) -> None:
+    """The lane-parallel hash against the scalar one: ASCII names of every length up to a
+    chunk and past it, high bytes, the all-zero seed (MD4's constants)."""
+    rng = random.Random(4)
+    names = [bytes(rng.randrange(33, 127) for _ in range(n)) for n in range(1, 70)] * 3
+    names += [bytes(rng.randrange(1, 256) for _ in range(rng.randint(1, 255)))
+              for _ in range(200)] + NAMES
+    for seed in (seed_words(uuid.UUID(SEED).bytes), seed_words(bytes(16))):
+        assert half_md4_many(names, seed, signed=signed) == \
+            [half_md4(n, seed, signed=signed) for n in names]
 
 
 def test_unsigned_hash_differs_only_for_high_bytes() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.ext4.native import WRITER_FORMAT_VERSION, NativeResult, write_ext4
-from pipeline.ext4.native.inputs import Ext4Options
+from pipeline.ext4.native.inputs import Ext4Options, ImageOutput
+from pipeline.ext4.native.writer import _write
 from tests.ext4.native.oracle import check_round_trip, debugfs, features, fsck_clean
 from tests.ext4.native.trees import Tree, TreeBuilder, every_kind
 from tests.harness.ext4reader import Ext4Image
@@ -84,6 +86,24 @@ def test_same_input_same_bytes_and_another_seed_another_uuid(
                        Ext4Options(label="rootfs"), seed="another")
     assert other.uuid != again.uuid
     assert isinstance(WRITER_FORMAT_VERSION, int)
+
+
+def test_sparse_content_taken_as_dense_is_rewritten_to_the_same_bytes(
+        kinds: Tree, built: tuple[Path, NativeResult], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tree has sparse files: the dense first attempt is given up for a probed one,
+    whose bytes are those of a build that probes from the start; and a copy helper
+    that cannot start leaves the copies to the writer's own process, same bytes."""
+    probed = tmp_path / "probed.ext4"
+    with ImageOutput(probed) as out:
+        _write(kinds.entries, kinds.content, out.fd, Ext4Options(label="rootfs"),
+               seed="every-kind", min_inodes=0, assume_dense=False)
+        out.publish()
+    assert probed.read_bytes() == built[0].read_bytes()
+    monkeypatch.setattr(sys, "executable", "")
+    write_ext4(kinds.entries, kinds.content, tmp_path / "inproc.ext4",
+               Ext4Options(label="rootfs"), seed="every-kind")
+    assert (tmp_path / "inproc.ext4").read_bytes() == built[0].read_bytes()
 
 
 @pytest.mark.parametrize("options", [
