@@ -26,8 +26,8 @@ import os
 import stat
 import sys
 
-__all__ = ["CopyFailed", "SparseContent", "encode_job", "encode_jobs", "copy_jobs",
-           "SPARSE_STATUS"]
+__all__ = ["OUTPUT_ERRNOS", "OUTPUT_FAILED", "CopyFailed", "SparseContent", "encode_job",
+           "encode_jobs", "copy_jobs", "SPARSE_STATUS"]
 
 _BLOCK = 4096
 _SECTOR = 512
@@ -47,6 +47,12 @@ Placed = list[tuple[int, int, int]]
 
 class SparseContent(Exception):
     """A content file taken to be dense has holes: place its data again, probed."""
+
+
+# Errors only a write into the image gives; CopyFailed carries their errno with
+# the index OUTPUT_FAILED (-1 is the helper itself failing).
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+OUTPUT_FAILED = -2
 
 
 class CopyFailed(Exception):
@@ -94,6 +100,10 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
         except _Refused as err:
             raise CopyFailed(index, str(err)) from None
         except OSError as err:
+            if err.errno in OUTPUT_ERRNOS:
+                # The image's filesystem refused the write, whichever file was copied:
+                # the caller reports it as the output's (full, quota, file too large).
+                raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
             raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
     gather.flush()
 

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.ext4.native.checksum import Checksums
-from pipeline.ext4.native.copyjobs import CopyFailed, SparseContent, encode_job
+from pipeline.ext4.native.copyjobs import (
+    OUTPUT_FAILED,
+    CopyFailed,
+    SparseContent,
+    encode_job,
+)
 from pipeline.ext4.native.copyproc import CopyProcess
 from pipeline.ext4.native.data import Content, probe
 from pipeline.ext4.native.directory import HtreeParams, directory_blocks
@@ -318,6 +323,9 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         try:
             copier.wait()
         except CopyFailed as failed:
+            if failed.index == OUTPUT_FAILED:
+                code = int(failed.message)
+                raise OSError(code, os.strerror(code)) from None
             if failed.index < 0:
                 raise Ext4Error(failed.message) from None
             raise BadTree(survey.files[failed.index][0].path, failed.message) from None
