@@ -129,7 +129,7 @@ def _drop_chunk(world: World, client: RegistryClient, tag: str) -> None:
 
 
 def _edit_config(world: World, client: RegistryClient, tag: str) -> None:
-    """Another manifest under the tag: same key, the material says another builder."""
+    """Another manifest under the tag: same key, the material says another platform."""
     from tests.harness.images import Blob
     from tests.harness.push import push_blob
 
@@ -137,7 +137,7 @@ def _edit_config(world: World, client: RegistryClient, tag: str) -> None:
     repo = f"{world.namespace}/rootfs-cache"
     old = blob_file(world.registry, manifest["config"]["digest"]).read_bytes()
     config = json.loads(old)
-    config["material"]["ext4"]["tools"]["mkfs.ext4"] = "0.0-edited"
+    config["material"]["platform"] = "linux/edited"
     data = json.dumps(config).encode()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     push_blob(world.registry, repo, Blob(data, manifest["config"]["mediaType"]))
