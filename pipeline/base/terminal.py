@@ -25,6 +25,7 @@ its time repainting.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -85,9 +86,19 @@ class Terminal:
                 self.stream.write(self._status)
             self.stream.flush()
 
+    def columns(self) -> int:
+        """The terminal's width now (it may have been resized), 80 if it cannot say."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (AttributeError, OSError, ValueError):
+            return 80
+
     def set_status(self, text: str) -> None:
         if not self.interactive:
             return
+        # One row only: a status line that wraps leaves its first row behind at every
+        # redraw ("\r" goes back to the start of the last row), a trail of stale lines.
+        text = _clip(text, max(self.columns() - 1, 20))
         with self._lock:
             self._status = text
             self.stream.write("\r\x1b[K" + text)

@@ -147,3 +147,20 @@ def test_the_summary_table() -> None:
         "debian  up to date   1.0 GiB      -\n"
         "nope    failed             -  0.4 s\n"
         "3 images: 1 built, 1 up to date, 1 failed in 3.0 s")
+
+
+def test_the_status_line_never_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wrapped status line leaves its first row behind at every redraw.
+    out = io.StringIO()
+    terminal = Terminal(out, interactive=True)
+    monkeypatch.setattr(terminal, "columns", lambda: 40)
+    terminal.set_status("fetching 1 blob  59.6 MiB / 84.4 MiB  50.9 MiB/s  ETA 0:00  fetch-blob "
+                        "sha256:a9bb4f8f264cd36c9c28c801466a06c0")
+    drawn = out.getvalue().rpartition("\x1b[K")[2]
+    assert len(drawn) == 39 and drawn.endswith("~")
+    terminal.write_line("mkfs  app00  built")
+    assert out.getvalue().endswith("mkfs  app00  built\n" + drawn)
+
+
+def test_a_terminal_without_a_size_is_80_columns() -> None:
+    assert Terminal(io.StringIO(), interactive=True).columns() == 80
