@@ -22,8 +22,9 @@ from typing import TextIO
 
 from pipeline.errors import SettingError
 
-__all__ = ["KNOWN_VARS", "IMAGE_FAMILIES", "NEEDS_LOCK_COMMANDS", "check_vars", "parse_switch",
-           "requested_images", "check_requested", "install_interrupt_hook", "INTERRUPTED"]
+__all__ = ["only_options", "KNOWN_VARS", "IMAGE_FAMILIES", "NEEDS_LOCK_COMMANDS", "check_vars",
+           "parse_switch", "requested_images", "check_requested", "install_interrupt_hook",
+           "INTERRUPTED"]
 
 KNOWN_VARS = ("manifest", "frozen", "log", "log_level", "shard", "shards", "fetch")
 """Every ``doit name=value`` the pipeline reads."""
@@ -69,6 +70,34 @@ def requested_images(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, s
         if match and not arg.startswith("-"):
             found.append((match.group(1), match.group(2)))
     return command, found
+
+
+def only_options(args: Sequence[str], values: Collection[str], flags: Collection[str]) -> bool:
+    """True when ``args`` hold only ``name=value`` variables and the options in ``values``
+    (with their value: ``-n 2``, ``-n2``, ``--process 2``, ``--process=2``) and ``flags``.
+
+    Conservative: a task name, any other option, or a value missing at the end is not.
+    """
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg.startswith("--"):
+            name, eq, _ = arg.partition("=")
+        elif arg.startswith("-") and len(arg) >= 2:
+            name, eq = arg[:2], "=" if len(arg) > 2 else ""
+        elif "=" in arg and not arg.startswith("="):
+            continue  # a doit variable: manifest=..., log=..., frozen=...
+        else:
+            return False  # a task name or a command
+        if name in flags and not eq:
+            continue
+        if name not in values:
+            return False
+        if not eq:
+            if not rest:
+                return False
+            rest.pop(0)
+    return True
 
 
 def check_requested(argv: Sequence[str], images: Collection[str],

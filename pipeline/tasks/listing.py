@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pipeline.tasks.cmdline import only_options
+
 __all__ = ["families_only"]
 
 # doit `list` options that print neither subtasks nor anything computed from them.
@@ -26,25 +28,5 @@ _FLAG_OPTIONS = frozenset({"-q", "--quiet", "-p", "--private", "--seek-file"})
 def families_only(args: Sequence[str]) -> bool:
     """True when ``args`` (doit's command line without the program) is a ``list`` of the
     top-level tasks only. Conservative: what this does not understand is not."""
-    rest = list(args)
-    if not rest or rest.pop(0) != "list":
-        return False
-    while rest:
-        arg = rest.pop(0)
-        name, eq, _ = arg.partition("=")
-        if arg.startswith("-"):
-            if name in _FLAG_OPTIONS and not eq:
-                continue
-            if name in _VALUE_OPTIONS:
-                if not eq:
-                    if not rest:
-                        return False
-                    rest.pop(0)
-                continue
-            if arg[:2] in ("-f", "-d") and len(arg) > 2:
-                continue  # -fdodo.py, -dproj
-            return False
-        if eq and not arg.startswith("="):
-            continue  # a doit variable: manifest=..., log=...
-        return False  # a task name
-    return True
+    return bool(args) and args[0] == "list" and only_options(args[1:], _VALUE_OPTIONS,
+                                                             _FLAG_OPTIONS)

@@ -55,6 +55,7 @@ from pipeline.base.files import file_stamp, remove_path, write_atomic
 from pipeline.errors import PipelineError
 from pipeline.project.buildrecord import record_path_for
 from pipeline.project.lockfile import read_lock
+from pipeline.tasks.cmdline import only_options
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.plan import plan_run
 from pipeline.tasks.reporter import PipelineReporter
@@ -88,34 +89,7 @@ def plain_run(args: Sequence[str]) -> bool:
     rest = list(args)
     if rest and rest[0] == "run":
         rest.pop(0)
-    while rest:
-        arg = rest.pop(0)
-        if arg.startswith("--"):
-            name, eq, _ = arg.partition("=")
-            if name in _FLAG_OPTIONS and not eq:
-                continue
-            if name in _VALUE_OPTIONS:
-                if not eq:
-                    if not rest:
-                        return False
-                    rest.pop(0)
-                continue
-            return False
-        if arg.startswith("-") and len(arg) >= 2:
-            short = arg[:2]
-            if short in _FLAG_OPTIONS and len(arg) == 2:
-                continue
-            if short in _VALUE_OPTIONS:
-                if len(arg) == 2:
-                    if not rest:
-                        return False
-                    rest.pop(0)
-                continue
-            return False
-        if "=" in arg and not arg.startswith("="):
-            continue  # a doit variable: manifest=..., log=..., frozen=...
-        return False  # a task name or a command other than run
-    return True
+    return only_options(rest, _VALUE_OPTIONS, _FLAG_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
