@@ -57,7 +57,8 @@ def make_flat(work: Path, *, files: int, size: int) -> Path:
     """The cached flat image for these parameters, unpacked and flattened on first use."""
     root = work / f"{files}-{size // MiB}MiB"
     done = root / "flat-dir"
-    if done.is_file():
+    # A flat image of an older format (its header has another name) is made again.
+    if done.is_file() and (Path(done.read_text()) / HEADER_NAME).is_file():
         return Path(done.read_text())
     shutil.rmtree(root, ignore_errors=True)
     (root / "blobs").mkdir(parents=True)

@@ -61,7 +61,7 @@ from pipeline.ext4.native import write_ext4  # noqa: E402
 from pipeline.ext4.options import Ext4Options  # noqa: E402
 from pipeline.ext4.tools import fake_time_env, fsck_image  # noqa: E402
 from pipeline.flat.flatten import flatten  # noqa: E402
-from pipeline.flat.image import FlatEntry, read_header  # noqa: E402
+from pipeline.flat.image import HEADER_NAME, FlatEntry, read_header  # noqa: E402
 from pipeline.layers.store import LayerStore  # noqa: E402
 
 DEFAULT_WORK = Path("/tmp/rootfs-native-bench")
@@ -71,7 +71,7 @@ SEED = "bench"
 def store_content(flat: Path) -> dict[str, str]:
     """Each regular file's numbered file in its layer store, by path."""
     layers = flat.parents[1] / "layers"             # make_flat's <root>/flat/<key>
-    stores = [LayerStore.open(layers, d) for d in read_header(flat / "flat.json").chain]
+    stores = [LayerStore.open(layers, d) for d in read_header(flat / HEADER_NAME).chain]
     return {path: str(store.content_path(number))
             for path, inode in flatten(stores).walk()
             if inode.content is not None for store, number in [inode.content]}
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     flat = make_flat(args.work, files=args.files, size=args.size_mib * MiB)
-    header = read_header(flat / "flat.json")
+    header = read_header(flat / HEADER_NAME)
     _warm(flat)
     load_before = os.getloadavg()
     mkfs_s: list[float] = []
