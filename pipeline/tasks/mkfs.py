@@ -175,6 +175,15 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
          **({"base": result.derived_from[:12]} if result.derived_from else {}))
 
 
+def builder_fields(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
+    """The record's ``tool_versions`` and ``native_writer_format``: what beyond the tree
+    decided the bytes, the same whether the image was built here or fetched from the
+    remote cache."""
+    native = image.spec.ext4.builder == "native"
+    return {"tool_versions": {} if native else dict(tools),
+            "native_writer_format": NATIVE_WRITER_FORMAT if native else None}
+
+
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
            tools: Mapping[str, str], key: str, ext4_key: str, output: Path,
            derived_from: str | None, runtime: Mapping[str, Any],
@@ -182,13 +191,10 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
-    native = image.spec.ext4.builder == "native"
     write_record(record_path, BuildRecord(
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
-        uuid=uuid, tool_versions={} if native else dict(tools),
-        native_writer_format=NATIVE_WRITER_FORMAT if native else None,
-        build_key=key, ext4_key=ext4_key,
+        uuid=uuid, **builder_fields(image, tools), build_key=key, ext4_key=ext4_key,
         ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime,
         clamped_times=clamped, pipeline_version=__version__))
 

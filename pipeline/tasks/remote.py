@@ -50,7 +50,7 @@ from pipeline.project.buildrecord import (
 from pipeline.project.config.remote import RemoteCache
 from pipeline.remote.artifact import ARTIFACT_TYPE
 from pipeline.tasks.context import RunContext
-from pipeline.tasks.mkfs import ext4_config, mkfs_config, output_path
+from pipeline.tasks.mkfs import builder_fields, ext4_config, mkfs_config, output_path
 from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
@@ -181,7 +181,7 @@ def write_fetched(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str],
     write_record(record_path_for(output), BuildRecord(
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=fetched.size,
-        sha256=fetched.sha256, uuid=extras["uuid"], tool_versions=dict(tools),
+        sha256=fetched.sha256, uuid=extras["uuid"], **builder_fields(image, tools),
         build_key=build_key(mkfs_config(image, tools)),
         ext4_key=build_key(ext4_config(image, tools)), ext4_stamp=stamp, built_at=now_utc(),
         derived_from=extras["derived_from"], runtime=extras["runtime"],

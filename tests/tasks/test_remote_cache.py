@@ -104,6 +104,9 @@ def test_warm_cache_gives_a_fresh_directory_every_image_without_a_layer_blob(
     assert record["sha256"] == local["a.ext4"]
     built = json.loads((world.project / "out/a.json").read_text())
     assert record["runtime"] == built["runtime"] and record["uuid"] == built["uuid"]
+    # What decided the bytes reads the same as in the record of the local build.
+    for field in ("tool_versions", "native_writer_format"):
+        assert record[field] == built[field], field
 
     # A second run: the no-op stamp holds, no request at all.
     again = run_doit(other, env=env(world), audit=True).check()
