@@ -185,13 +185,21 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
                              packed_size, offset, raw_size, raw_digest)
             f.flush()
             os.fsync(f.fileno())
-        if whole.hexdigest() != config["sha256"]:
-            raise bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
-                             f"sha256:{config['sha256'][:80]}")
+        fetched = verified(where, found, whole)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return Fetched(found.digest, config["sha256"], size, config["material"],
+    return fetched
+
+
+def verified(where: str, found: Found, whole: Any) -> Fetched:
+    """What was fetched of ``found``, once ``whole`` (the sha256 over every written byte)
+    matches the image's hash in its config."""
+    config = found.config
+    if whole.hexdigest() != config["sha256"]:
+        raise bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
+                         f"sha256:{str(config['sha256'])[:80]}")
+    return Fetched(found.digest, config["sha256"], config["size"], config["material"],
                    dict(config.get("record") or {}))
 
 

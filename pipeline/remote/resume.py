@@ -30,9 +30,10 @@ from typing import Any
 import structlog
 
 from pipeline.base.files import remove_path, write_atomic
+from pipeline.errors import RemoteArtifactError
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import IO_PIECE_BYTES
-from pipeline.remote.fetch import Fetched, bad, chunk_list, fetch_chunk, find_artifact
+from pipeline.remote.fetch import Fetched, chunk_list, fetch_chunk, find_artifact, verified
 
 __all__ = ["pull_resumable", "part_paths"]
 
@@ -122,13 +123,13 @@ def pull_resumable(client: RegistryClient, registry: str, repository: str, refer
             f.flush()
             os.fsync(f.fileno())
             _save_done(state, artifact, size, i + 1)
-    if whole.hexdigest() != config["sha256"]:
+    try:
+        fetched = verified(where, found, whole)
+    except RemoteArtifactError:
         # Every chunk verified, the whole does not: nothing here is worth keeping.
         remove_path(part)
         remove_path(state)
-        raise bad(where, f"the image hashes to sha256:{whole.hexdigest()}, the config says "
-                         f"sha256:{str(config['sha256'])[:80]}")
+        raise
     os.replace(part, out)
     remove_path(state)
-    return Fetched(found.digest, config["sha256"], size, config["material"],
-                   dict(config.get("record") or {})), reused
+    return fetched, reused
