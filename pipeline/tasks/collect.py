@@ -23,12 +23,12 @@ import structlog
 from pipeline.base.escape import escape_text
 from pipeline.base.files import write_atomic
 from pipeline.errors import PipelineError
-from pipeline.project.buildrecord import build_key, read_record, record_path_for
+from pipeline.project.buildrecord import read_record, record_path_for
 from pipeline.project.lockfile import read_lock
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.mkfs import mkfs_config, output_path
 from pipeline.tasks.plan import plan_run
-from pipeline.tasks.remote import cache_tag, image_built, key_material, write_fetched
+from pipeline.tasks.remote import cache_entry, image_built, write_fetched
 from pipeline.tasks.steps import IO, note, run_step
 from pipeline.tasks.toolcache import cached_tool_versions
 
@@ -58,9 +58,8 @@ def collect_step(ctx: RunContext, fetch: bool) -> None:
     client = ctx.registries.client()
     fetched = 0
     for image in plan.images:
-        material = key_material(image, tools)
-        key = build_key(material)
-        tag = cache_tag(key)
+        entry = cache_entry(image, tools)
+        material, key, tag = entry.material, entry.key, entry.tag
         try:
             found = find_artifact(client, remote.registry, remote.repository, tag, key=key,
                                   material=material)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -55,6 +56,7 @@ from pipeline.tasks.plan import ImagePlan, RunPlan
 from pipeline.tasks.steps import IO, action, group, note
 
 __all__ = ["KEY_VERSION", "TAG_PREFIX", "key_material", "cache_key", "cache_tag",
+           "CacheEntry", "cache_entry",
            "remote_tasks", "remote_step", "image_built", "UnlessBuilt", "lazy_layer_tasks",
            "write_fetched"]
 
@@ -78,12 +80,27 @@ def key_material(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
     return loaded
 
 
-def cache_key(image: ImagePlan, tools: Mapping[str, str]) -> str:
-    return build_key(key_material(image, tools))
-
-
 def cache_tag(key: str) -> str:
     return TAG_PREFIX + key
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """Where an image's output lives in the remote cache, and what its config must hold."""
+
+    material: dict[str, Any]
+    key: str
+    tag: str
+
+
+def cache_entry(image: ImagePlan, tools: Mapping[str, str]) -> CacheEntry:
+    material = key_material(image, tools)
+    key = build_key(material)
+    return CacheEntry(material, key, cache_tag(key))
+
+
+def cache_key(image: ImagePlan, tools: Mapping[str, str]) -> str:
+    return cache_entry(image, tools).key
 
 
 def image_built(ctx: RunContext, image: ImagePlan, config: Mapping[str, Any]) -> bool:
@@ -113,9 +130,8 @@ def remote_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> 
     if image_built(ctx, image, mkfs_config(image, tools)):
         note(outcome="already built")
         return
-    material = key_material(image, tools)
-    key = build_key(material)
-    tag = cache_tag(key)
+    entry = cache_entry(image, tools)
+    material, key, tag = entry.material, entry.key, entry.tag
     from pipeline.errors import DigestMismatch, RegistryError, RemoteArtifactError
 
     try:

@@ -31,7 +31,7 @@ from pipeline.project.config.remote import RemoteCache
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.mkfs import mkfs_step, output_path
 from pipeline.tasks.plan import ImagePlan, RunPlan
-from pipeline.tasks.remote import RECORD_EXTRAS, cache_tag, key_material
+from pipeline.tasks.remote import RECORD_EXTRAS, cache_entry
 from pipeline.tasks.steps import action, note
 
 __all__ = ["share_step", "shared_plan", "SharedUpToDate", "sharing_tasks"]
@@ -83,19 +83,17 @@ def _push(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], remote: R
         note(pushed="came from the cache")
         return came
     from pipeline.errors import RegistryError
-    from pipeline.project.buildrecord import build_key
 
-    material = key_material(image, tools)
-    key = build_key(material)
-    repair = key in ctx.damaged_entries
+    entry = cache_entry(image, tools)
+    repair = entry.key in ctx.damaged_entries
     from pipeline.tasks.jobs import push_job
 
     try:
         # Compressing and hashing hold the GIL between pieces: a worker beside other jobs.
         digest = ctx.run_job(push_job, remote.registry, remote.repository,
                              output_path(ctx, image.name), ctx.manifest.insecure_hosts,
-                             {"name": image.name, "key": key, "material": material,
-                              "tags": [cache_tag(key)], "repair": repair,
+                             {"name": image.name, "key": entry.key, "material": entry.material,
+                              "tags": [entry.tag], "repair": repair,
                               "record": {k: record.get(k) for k in RECORD_EXTRAS}})
     except RegistryError as err:
         raise RegistryError(f"{image.name} is built ({output_path(ctx, image.name)}) but its "
@@ -111,7 +109,6 @@ def _publish(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], ref: I
     """Publish the cache's artifact ``cached`` as is when there is one (the chunks the hit
     verified, mounted), else push the output from the file."""
     from pipeline.base.digest import parse_digest
-    from pipeline.project.buildrecord import build_key
     from pipeline.remote.artifact import copy_artifact, push_artifact
 
     remote = ctx.manifest.remote
@@ -122,15 +119,15 @@ def _publish(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], ref: I
                                parse_digest(cached), to_registry=ref.registry,
                                to_repository=ref.repository, tag=ref.tag)
     else:
-        material = key_material(image, tools)
+        entry = cache_entry(image, tools)
         # Same registry: blobs the cache holds are mounted, not uploaded (HEAD first).
         mount = (remote.repository if remote is not None and remote.registry == ref.registry
                  else None)
         digest = push_artifact(client, ref.registry, ref.repository,
                                output_path(ctx, image.name), name=image.name,
-                               key=build_key(material), material=material, tags=[ref.tag],
+                               key=entry.key, material=entry.material, tags=[ref.tag],
                                record={k: record.get(k) for k in RECORD_EXTRAS},
-                               mount_from=mount, repair=build_key(material) in ctx.damaged_entries)
+                               mount_from=mount, repair=entry.key in ctx.damaged_entries)
     note(published=f"{ref}@{digest}")
 
 
