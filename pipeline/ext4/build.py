@@ -178,10 +178,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
     except OSError as err:
         if err.errno not in (errno.EFBIG, errno.EINVAL):
             raise
-        raise Ext4Error(f"the filesystem holding {str(image.parent)!r} cannot hold a"
-                        f" {format_size(plan.size)} file ({err.strerror}); choose a smaller"
-                        " `size` or an output_dir on a filesystem that allows larger files"
-                        ) from None
+        raise Ext4Error(host_too_small(image, plan.size, err)) from None
     # The inode prediction is pure Python on the entries: it runs while mkfs works.
     prediction = _mkfs(flat_dir / ROOTFS_NAME, image, scratch, options, plan.layout.blocks,
                        plan.layout.inodes, plan.layout.journal_blocks, fs_uuid, hash_seed,
@@ -266,6 +263,13 @@ def read_flat_entries(flat_dir: Path) -> list[FlatEntry]:
 
 
 _T = TypeVar("_T")
+
+
+def host_too_small(image: Path, size: int, err: OSError) -> str:
+    """The message for an image larger than the output filesystem allows in one file."""
+    return (f"the filesystem holding {str(image.parent)!r} cannot hold a {format_size(size)}"
+            f" file ({err.strerror}); choose a smaller `size` or an output_dir on a filesystem"
+            " that allows larger files")
 
 
 def host_full(image: Path, size: int) -> str:

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import structlog
 
-from pipeline.base.units import format_size
 from pipeline.errors import Ext4Error
-from pipeline.ext4.build import Ext4Result, host_full, read_flat_entries
+from pipeline.ext4.build import Ext4Result, host_full, host_too_small, read_flat_entries
 from pipeline.ext4.native import write_image
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput, sha256_sparse
@@ -75,9 +74,6 @@ def _host_error(err: OSError, output: Path, size: int) -> None:
     """The output filesystem's refusals as one line a user can act on (others propagate);
     ``size``: the image's size as far as known."""
     if err.errno == errno.EFBIG:
-        raise Ext4Error(f"the filesystem holding {str(output.parent)!r} cannot hold a"
-                        f" {format_size(size)} file"
-                        f" ({err.strerror}); choose a smaller `size` or an output_dir on a"
-                        " filesystem that allows larger files") from None
+        raise Ext4Error(host_too_small(output, size, err)) from None
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         raise Ext4Error(host_full(output, size)) from None
