@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import BadImage
 
 __all__ = ["RuntimeConfig", "UserIds", "parse_runtime", "resolve_user", "render_runtime",
@@ -76,7 +77,7 @@ def _text(value: Any, key: str, *, where: str) -> str | None:
 def parse_runtime(body: bytes, *, where: str) -> RuntimeConfig:
     """The runtime fields of an image config (absent fields are empty, as Docker reads them)."""
     try:
-        doc = json.loads(body.decode("utf-8"))
+        doc = loads_bounded(body.decode("utf-8"))
     except ValueError as err:
         raise BadImage(f"{where}: image config is not UTF-8 JSON ({err})") from None
     config = doc.get("config") if isinstance(doc, dict) else None

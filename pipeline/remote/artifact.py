@@ -185,15 +185,14 @@ def copy_artifact(client: RegistryClient, registry: str, repository: str, digest
     """Publish an artifact already in ``registry/repository`` (by manifest digest) under
     ``to_registry/to_repository:tag``: the same manifest bytes, so the same digest, and
     every blob mounted (or, across registries, streamed through) instead of rebuilt."""
-    import json
-
     from pipeline.base.digest import parse_digest
+    from pipeline.base.jsontext import loads_bounded
     from pipeline.errors import BadDigest, RemoteArtifactError
     from pipeline.registry.push import ensure_blob, put_manifest
 
     body = client.get_manifest(registry, repository, digest).body  # verified: by digest
     try:
-        manifest = json.loads(body)
+        manifest = loads_bounded(body)
         blobs = [(parse_digest(d["digest"]), int(d["size"]))
                  for d in [manifest["config"], *manifest["layers"]]]
     except (KeyError, TypeError, ValueError, BadDigest) as err:

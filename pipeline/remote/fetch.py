@@ -17,7 +17,6 @@ piece's whole expansion at once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import zstandard
 
 from pipeline.base.digest import Digest, parse_digest
 from pipeline.base.files import temp_path
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import BadDigest, RemoteArtifactError
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import (
@@ -131,7 +131,7 @@ def _read_config(client: RegistryClient, registry: str, repository: str, where: 
     if len(body) != size or hashlib.sha256(body).hexdigest() != digest.hex:
         raise bad(where, f"the config blob does not match its descriptor {digest}")
     try:
-        config = json.loads(body)
+        config = loads_bounded(body)
         if (not isinstance(config, dict) or not isinstance(config.get("key"), str)
                 or not isinstance(config.get("size"), int)
                 or not isinstance(config.get("sha256"), str)
@@ -153,7 +153,7 @@ def find_artifact(client: RegistryClient, registry: str, repository: str, refere
     where = f"{registry}/{repository}:{reference}"
     response = client.get_manifest(registry, repository, reference)
     try:
-        manifest = json.loads(response.body)
+        manifest = loads_bounded(response.body)
         if not isinstance(manifest, dict):
             raise ValueError("not an object")
     except ValueError as err:

@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from pipeline.base.files import remove_path, write_atomic
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import RemoteArtifactError
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import IO_PIECE_BYTES
@@ -54,7 +55,7 @@ def _load_done(state: Path, artifact: str, size: int, count: int) -> int:
     try:
         with open(state, "rb") as f:
             raw = f.read(_STATE_MAX_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= _STATE_MAX_BYTES else None
+        data = loads_bounded(raw) if len(raw) <= _STATE_MAX_BYTES else None
         if (isinstance(data, dict) and data.get("format") == _FORMAT
                 and data.get("artifact") == artifact and data.get("size") == size
                 and isinstance(data.get("done"), int) and 0 <= data["done"] <= count):

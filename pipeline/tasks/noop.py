@@ -52,6 +52,7 @@ import structlog
 
 import pipeline
 from pipeline.base.files import file_stamp, remove_path, write_atomic
+from pipeline.base.jsontext import loads_bounded
 from pipeline.errors import PipelineError
 from pipeline.project.buildrecord import record_path_for
 from pipeline.project.lockfile import read_lock
@@ -199,7 +200,7 @@ def _load(path: Path) -> NoopStamp | None:
     try:
         with open(path, "rb") as f:
             raw = f.read(STAMP_MAX_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= STAMP_MAX_BYTES else None
+        data = loads_bounded(raw) if len(raw) <= STAMP_MAX_BYTES else None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             return None
         files = tuple((str(p), s, t) for p, s, t in data["files"])

@@ -126,3 +126,10 @@ def test_local_references_are_accepted_in_images_toml(tmp_path: Path) -> None:
     spec = parse_manifest(text, tmp_path / "images.toml").images[0]
     assert spec.ref == LocalRef("oci-archive", "build/app.tar", "v1")
     assert spec.ref.location(tmp_path) == tmp_path / "build/app.tar"
+
+
+def test_a_deeply_nested_config_is_one_clear_error() -> None:
+    with pytest.raises(BadImage) as err:
+        parse_runtime(b"[" * 100_000, where="cfg")
+    assert str(err.value).startswith("cfg: image config is not UTF-8 JSON (")
+    assert "nested more than 64 levels deep" in str(err.value)

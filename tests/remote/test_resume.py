@@ -138,3 +138,11 @@ def test_progress_for_another_artifact_starts_over(
     assert _pull(registry, repo, out) == 0
     assert _chunk_gets(requests, chunks) == CHUNKS
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_a_deeply_nested_progress_file_is_no_progress(tmp_path: Path) -> None:
+    # Under the 4 KiB cap, yet deeper than json.loads can recurse: a fresh start,
+    # not a RecursionError.
+    state = tmp_path / "out.ext4.part.json"
+    state.write_text("[" * 4000)
+    assert resume._load_done(state, "sha256:" + "0" * 64, 10, 3) == 0
