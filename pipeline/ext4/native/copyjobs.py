@@ -92,7 +92,7 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
         except OSError:
             pass                            # the writes allocate, or fail and say why
     fields = data.split(b"\0")
-    gather = _Gather(dst)
+    gather = _Gather(dst, _Writeback(dst, first, end))
     for index in range(len(fields) // 2):
         source, spec = fields[2 * index], fields[2 * index + 1].split()
         try:
@@ -106,6 +106,40 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
                 raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
             raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
     gather.flush()
+    gather.writeback.start(end)
+
+
+class _Writeback:
+    """Starts the disk writing the copied data while the writer still builds metadata.
+
+    The image ends with an fsync; left to it, ~200 MiB of dirty pages are all written
+    then, the build waiting (0.06-0.26 s measured). ``sync_file_range`` with
+    SYNC_FILE_RANGE_WRITE only queues the writeback and returns, so by the fsync little
+    is left. Not in ``os``: called through ctypes, and skipped where that fails."""
+
+    _EVERY = 32 << 20
+
+    def __init__(self, dst: int, first: int, end: int) -> None:
+        self.dst, self.first, self.next = dst, first, first + self._EVERY
+        self.call = None
+        try:
+            import ctypes
+            call = ctypes.CDLL(None, use_errno=True).sync_file_range
+            call.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
+                             ctypes.c_uint)
+            self.call = call
+        except (ImportError, OSError, AttributeError):
+            pass
+
+    def written(self, upto: int) -> None:
+        if upto >= self.next:
+            self.start(upto)
+
+    def start(self, upto: int) -> None:
+        if self.call is not None and upto > self.first:
+            if self.call(self.dst, self.first, upto - self.first, 2) != 0:
+                self.call = None            # SYNC_FILE_RANGE_WRITE refused: the fsync does it
+            self.first, self.next = upto, upto + self._EVERY
 
 
 class _Refused(Exception):
@@ -117,8 +151,9 @@ class _Gather:
     consecutive blocks: a rootfs is thousands of small files placed one after another,
     and one large write costs the kernel less than a copy_file_range per file."""
 
-    def __init__(self, dst: int) -> None:
+    def __init__(self, dst: int, writeback: _Writeback) -> None:
         self.dst = dst
+        self.writeback = writeback
         # O_NOATIME: a first read would otherwise dirty every store file's inode
         # (relatime); only the files' owner may ask, so it is dropped on EPERM.
         self.open_flags = _OPEN_FLAGS | getattr(os, "O_NOATIME", 0)
@@ -143,6 +178,7 @@ class _Gather:
         at = 0
         while at < self.fill:
             at += os.pwrite(self.dst, self.view[at:self.fill], self.start + at)
+        self.writeback.written(self.start + self.fill)
         self.start = self.fill = 0
 
 
@@ -176,6 +212,7 @@ def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
             offset = logical * _BLOCK
             _copy(src, gather.dst, offset, physical * _BLOCK,
                   min(count * _BLOCK, size - offset))
+            gather.writeback.written(physical * _BLOCK + count * _BLOCK)
     finally:
         os.close(src)
 

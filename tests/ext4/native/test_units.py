@@ -9,6 +9,7 @@ import re
 import subprocess
 import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,55 @@ def test_extent_trees_grow_levels_as_needed() -> None:
     assert root[6] == 2 and len(blocks) == 5 + 1               # 5 leaves, 1 index block
     assert extents_for(0, [(10, 70000)]) == [(0, 10, 32768), (32768, 32778, 32768),
                                             (65536, 65546, 4464)]
+
+
+def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
+        tmp_path: Path) -> None:
+    """The copy asks the kernel to start writing back what it copied, in order and
+    covering the whole data range; where the call fails the bytes are the same."""
+    from pipeline.ext4.native import copyjobs
+
+    sources = []
+    for i, size in enumerate((100, 70 << 20, 5000)):     # gathered, copy_file_range, gathered
+        src = tmp_path / f"f{i}"
+        src.write_bytes(bytes([i + 1]) * size)
+        sources.append((src, size))
+    jobs, block = [], 0
+    for src, size in sources:
+        count = -(-size // 4096)
+        jobs.append(copyjobs.encode_job(str(src), size, [(0, block, count)]))
+        block += count
+    data = copyjobs.encode_jobs(jobs, 0, block * 4096)
+    expected = b"".join(src.read_bytes().ljust(-(-size // 4096) * 4096, b"\0")
+                        for src, size in sources)
+    for refuse in (False, True):
+        calls: list[tuple[int, int]] = []
+
+        def fake(fd: int, offset: int, length: int, flags: int, refuse: bool = refuse) -> int:
+            calls.append((offset, length))
+            assert flags == 2                               # SYNC_FILE_RANGE_WRITE only
+            return -1 if refuse else 0
+
+        out = tmp_path / f"image-{refuse}"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT)
+        try:
+            original = copyjobs._Writeback.__init__
+
+            def patched(self: copyjobs._Writeback, dst: int, first: int, end: int) -> None:
+                original(self, dst, first, end)
+                self.call = fake
+
+            copyjobs._Writeback.__init__ = patched          # type: ignore[method-assign]
+            try:
+                copyjobs.copy_jobs(data, fd, dense=True)
+            finally:
+                copyjobs._Writeback.__init__ = original     # type: ignore[method-assign]
+        finally:
+            os.close(fd)
+        assert out.read_bytes() == expected
+        if refuse:
+            assert len(calls) == 1                          # refused once, never asked again
+        else:
+            assert calls[0][0] == 0 and len(calls) >= 2
+            assert all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:]))
+            assert calls[-1][0] + calls[-1][1] == block * 4096
