@@ -15,6 +15,7 @@ py-spy comes from the ``bench`` extra (``pip install -e .[bench]``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -24,7 +25,7 @@ from .world import World
 
 __all__ = ["profile_ours", "summarise", "PROFILE_SCENARIOS"]
 
-PROFILE_SCENARIOS = ("1", "2", "5")
+PROFILE_SCENARIOS = ("1", "2", "5", "remote")
 _TOP = 25
 
 
@@ -74,8 +75,11 @@ def summarise(speedscope: Path, *, top: int = _TOP) -> str:
 
 
 def profile_ours(world: World, scenario: str, work: Path, out_dir: Path) -> Path:
-    """Profile a cold run of ``scenario`` (1, 2 or 5); return the summary file."""
-    images = {"1": [world.image("app00")], "2": world.batch, "5": [world.image("big")]}
+    """Profile a cold run of ``scenario`` (1, 2 or 5), or (``remote``) a fresh directory
+    getting the batch from a remote cache a first, unprofiled run filled; return the
+    summary file."""
+    images = {"1": [world.image("app00")], "2": world.batch, "5": [world.image("big")],
+              "remote": world.batch}
     if scenario not in images:
         raise ValueError(f"--profile takes one of {', '.join(PROFILE_SCENARIOS)}, "
                          f"got {scenario!r}")
@@ -83,10 +87,22 @@ def profile_ours(world: World, scenario: str, work: Path, out_dir: Path) -> Path
         raise RuntimeError("py-spy is missing from the venv: pip install -e '.[bench]'")
     d = work / f"profile-s{scenario}"
     shutil.rmtree(d, ignore_errors=True)
-    write_manifest(d, world, images[scenario])
+    ours, env = Ours(world, out_dir), None
+    if scenario == "remote":
+        assert world.registry is not None, "internal error: the world's registry is not running"
+        env = {"ROOTFS_REMOTE_CACHE": f"{world.registry.host}/bench/rootfs-cache-profile-"
+                                      f"{os.getpid()}", "ROOTFS_REMOTE_CACHE_PUSH": "1"}
+        write_manifest(d / "push", world, images[scenario])
+        ours.build(d / "push", env=env)
+        write_manifest(d / "fetch", world, images[scenario])
+        shutil.copy(d / "push/images.lock.json", d / "fetch/images.lock.json")
+        os.sync()
+        d = d / "fetch"
+    else:
+        write_manifest(d, world, images[scenario])
     speedscope = out_dir / f"profile-s{scenario}.speedscope.json"
-    Ours(world, out_dir).build(d, profile=speedscope)
+    ours.build(d, profile=speedscope, env=env)
     summary = out_dir / f"profile-s{scenario}.txt"
     summary.write_text(summarise(speedscope) + "\n")
-    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(work / f"profile-s{scenario}", ignore_errors=True)
     return summary

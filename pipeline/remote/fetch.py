@@ -28,6 +28,7 @@ import zstandard
 from pipeline.base.digest import Digest, parse_digest
 from pipeline.base.files import temp_path
 from pipeline.base.jsontext import loads_bounded
+from pipeline.base.writeback import Writeback
 from pipeline.errors import BadDigest, RemoteArtifactError
 from pipeline.registry.client import RegistryClient
 from pipeline.remote.artifact import (
@@ -180,9 +181,10 @@ def fetch_artifact(client: RegistryClient, registry: str, repository: str, refer
     try:
         with open(tmp, "wb") as f:
             f.truncate(size)
+            writeback = Writeback(f.fileno())
             for digest, packed_size, offset, raw_size, raw_digest in chunks:
                 fetch_chunk(client, registry, repository, where, f, whole, digest,
-                             packed_size, offset, raw_size, raw_digest)
+                             packed_size, offset, raw_size, raw_digest, writeback)
             f.flush()
             os.fsync(f.fileno())
         fetched = verified(where, found, whole)
@@ -244,7 +246,7 @@ def _zeros(data: bytes) -> bool:
 
 def fetch_chunk(client: RegistryClient, registry: str, repository: str, where: str, f: Any,
                  whole: Any, digest: Digest, packed_size: int, offset: int, raw_size: int,
-                 raw_digest: Digest) -> None:
+                 raw_digest: Digest, writeback: Writeback | None = None) -> None:
     # The first chunk's digest is the whole image's hash state after it: one pass, not two.
     raw = hashlib.sha256() if offset else None
     got_raw = 0
@@ -267,6 +269,9 @@ def fetch_chunk(client: RegistryClient, registry: str, repository: str, where: s
                     f.seek(len(data), os.SEEK_CUR)  # a hole: truncate() made it zeros
                 else:
                     f.write(data)
+                    if writeback is not None:
+                        f.flush()
+                        writeback.written(f.tell())
             packed.drain()
     except zstandard.ZstdError as err:
         raise bad(where, f"chunk {digest} is not valid zstd ({err})") from None

@@ -106,7 +106,7 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
                 raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
             raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
     gather.flush()
-    gather.writeback.start(end)
+    gather.writeback.finish(end)
 
 
 class _Writeback:
@@ -115,7 +115,9 @@ class _Writeback:
     The image ends with an fsync; left to it, ~200 MiB of dirty pages are all written
     then, the build waiting (0.06-0.26 s measured). ``sync_file_range`` with
     SYNC_FILE_RANGE_WRITE only queues the writeback and returns, so by the fsync little
-    is left. Not in ``os``: called through ctypes, and skipped where that fails."""
+    is left. Not in ``os``: called through ctypes, and skipped where that fails. The
+    same as ``pipeline.base.writeback``, which this script cannot import (it runs with
+    the standard library only)."""
 
     _EVERY = 32 << 20
 
@@ -133,9 +135,9 @@ class _Writeback:
 
     def written(self, upto: int) -> None:
         if upto >= self.next:
-            self.start(upto)
+            self.finish(upto)
 
-    def start(self, upto: int) -> None:
+    def finish(self, upto: int) -> None:
         if self.call is not None and upto > self.first:
             if self.call(self.dst, self.first, upto - self.first, 2) != 0:
                 self.call = None            # SYNC_FILE_RANGE_WRITE refused: the fsync does it
