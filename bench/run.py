@@ -4,7 +4,7 @@
 
     .venv/bin/python bench/run.py [--runs N] [--quick] [--scenario 1,2,...]
                                   [--builder native,mkfs] [--work DIR] [--keep]
-                                  [--json PATH] [--profile 1|2|5]
+                                  [--json PATH] [--profile 1|2|5|remote]
 
 See bench/README.md for what each scenario measures and docs/benchmarks.md
 for the latest numbers. Exit status: 0 when the bench ran (targets missed
