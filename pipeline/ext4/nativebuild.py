@@ -26,7 +26,7 @@ from pipeline.errors import Ext4Error
 from pipeline.ext4.build import Ext4Result, host_full, host_too_small, read_flat_entries
 from pipeline.ext4.native import write_image
 from pipeline.ext4.options import Ext4Options
-from pipeline.ext4.output import ImageOutput, sha256_sparse
+from pipeline.ext4.output import ImageOutput
 from pipeline.flat.image import HEADER_NAME, read_header
 from pipeline.flat.lookup import content_files
 
@@ -46,7 +46,8 @@ def build_native(flat_dir: Path, layers_root: Path, output: Path, options: Ext4O
         content = content_files(layers_root, read_header(flat_dir / HEADER_NAME).chain)
         read = round(time.monotonic() - started, 3)
         try:
-            result = write_image(entries, content, out.fd, options, seed=seed)
+            result = write_image(entries, content, out.fd, options, seed=seed,
+                                 hash_path=out.path)
         except OSError as err:
             size = options.size or os.fstat(out.fd).st_size
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -55,11 +56,11 @@ def build_native(flat_dir: Path, layers_root: Path, output: Path, options: Ext4O
                 os.ftruncate(out.fd, 0)
             _host_error(err, output, size)
             raise
-        hashed = time.monotonic()
-        digest = sha256_sparse(out.path)
-        hashing = round(time.monotonic() - hashed, 3)
+        digest = result.sha256
+        published = time.monotonic()
         out.publish()
-    timings = {"read": read, **result.timings, "hash": hashing,
+    timings = {"read": read, **result.timings,
+               "publish": round(time.monotonic() - published, 3),
                "total": round(time.monotonic() - started, 3)}
     log.debug("ext4.written", path=str(output), size=result.size, sha256=digest,
               **{f"seconds_{k}": v for k, v in timings.items()})

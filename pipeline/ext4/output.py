@@ -13,11 +13,12 @@ import errno
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.base.files import fsync_dir, temp_path
 
-__all__ = ["ImageOutput", "Sha256Thread", "sha256_sparse", "OUTPUT_MODE"]
+__all__ = ["ImageOutput", "Sha256Thread", "sha256_sparse", "OUTPUT_MODE", "Ready"]
 
 # Images are build products anyone may read (mkstemp would leave 0600).
 OUTPUT_MODE = 0o644
@@ -61,53 +62,68 @@ _HASH_CHUNK = 2 << 20
 _ZEROS = memoryview(bytes(1 << 20))
 
 
-def sha256_sparse(path: Path, stop: threading.Event | None = None) -> str:
-    """sha256 of a file, feeding holes (SEEK_HOLE) as zeros without reading them."""
+Ready = Callable[[int], int]
+"""Blocks until the bytes from the given offset on are final, and returns the offset up
+to which they are (more than the one given): for hashing a file still being written."""
+
+
+def sha256_sparse(path: Path, stop: threading.Event | None = None,
+                  ready: Ready | None = None) -> str:
+    """sha256 of a file, feeding holes (SEEK_HOLE) as zeros without reading them;
+    with ``ready``, each range is read only once ``ready`` says it is final."""
+    with open(path, "rb", buffering=0) as f:
+        return _sha256_fd(f.fileno(), stop, ready)
+
+
+def _sha256_fd(fd: int, stop: threading.Event | None, ready: Ready | None) -> str:
     h = hashlib.sha256()
     buf = memoryview(bytearray(_HASH_CHUNK))
-    with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as err:
-                if err.errno != errno.ENXIO:
-                    raise
-                data = size                  # only a hole remains
-            while pos < data:
-                n = min(len(_ZEROS), data - pos)
-                h.update(_ZEROS[:n])
-                pos += n
-            if pos >= size:
-                break
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            while pos < hole:
-                if stop is not None and stop.is_set():
-                    return ""                # the build failed: nobody wants the digest
-                n = os.preadv(fd, [buf[:min(_HASH_CHUNK, hole - pos)]], pos)
-                if n <= 0:
-                    raise AssertionError(f"internal error: {path} shrank while hashing")
-                h.update(buf[:n])
-                pos += n
+    size = os.fstat(fd).st_size
+    final = size if ready is None else 0
+    pos = 0
+    while pos < size:
+        if pos >= final:
+            final = min(size, ready(pos)) if ready is not None else size
+            if final <= pos:
+                raise AssertionError(f"internal error: no progress past byte {pos}")
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), final)
+        except OSError as err:
+            if err.errno != errno.ENXIO:
+                raise
+            data = final                     # only a hole remains (so far)
+        while pos < data:
+            n = min(len(_ZEROS), data - pos)
+            h.update(_ZEROS[:n])
+            pos += n
+        if pos >= final:
+            continue
+        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), final)
+        while pos < hole:
+            if stop is not None and stop.is_set():
+                return ""                    # the build failed: nobody wants the digest
+            n = os.preadv(fd, [buf[:min(_HASH_CHUNK, hole - pos)]], pos)
+            if n <= 0:
+                raise AssertionError("internal error: the image shrank while hashing")
+            h.update(buf[:n])
+            pos += n
     return h.hexdigest()
 
 
 class Sha256Thread:
     """``sha256_sparse`` of a finished image on a worker thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, ready: Ready | None = None) -> None:
         self._stop = threading.Event()
         self._digest = ""
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,),
+        self._thread = threading.Thread(target=self._run, args=(path, ready),
                                         name="ext4-sha256", daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path) -> None:
+    def _run(self, path: Path, ready: Ready | None) -> None:
         try:
-            self._digest = sha256_sparse(path, self._stop)
+            self._digest = sha256_sparse(path, self._stop, ready)
         except BaseException as err:     # handed to the caller in result()
             self._error = err
 

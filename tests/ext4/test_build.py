@@ -442,7 +442,7 @@ def test_every_entry_round_trips(tmp_path: Path, builder: str) -> None:
     else:                                   # no e2fsprogs tool made these bytes
         assert result.tool_versions == {}
         assert set(result.timings) == {"read", "survey", "plan", "data", "directories",
-                                       "metadata", "copy", "hash", "total"}
+                                       "metadata", "copy", "hash", "publish", "total"}
     # Sparse: the blocks on disk are a fraction of the apparent size.
     assert result.path.stat().st_blocks * 512 < result.size // 4
 

@@ -7,7 +7,7 @@ before anything is copied. ``copy_jobs`` moves each file's
 bytes with ``os.copy_file_range`` (in the kernel; ``pread``/``pwrite``
 through a 1 MiB buffer where the kernel refuses), in chunks of at most 64
 MiB; a file is never held in memory whole. Run as a script (``python -I -S
-copyjobs.py FD dense|probed``, started by ``copyproc``) it reads the jobs on
+copyjobs.py FD dense|probed [PROGRESS_FD]``, started by ``copyproc``) it reads the jobs on
 stdin, copies them into descriptor FD, and reports the first failure as
 ``index NUL message`` on stdout with exit status 1, or exit status 3 for a
 content file that has holes although the writer took it to be dense. It
@@ -76,9 +76,10 @@ def encode_jobs(jobs: list[bytes], first: int, end: int) -> bytes:
     return f"{first} {end}".encode("ascii") + b"\0" + b"".join(jobs)
 
 
-def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
+def copy_jobs(data: bytes, dst: int, *, dense: bool, progress: int | None = None) -> None:
     """Copy every job of ``data`` (``encode_jobs``) into ``dst``; with ``dense``, raise
-    ``SparseContent`` for a source with fewer blocks than its size needs.
+    ``SparseContent`` for a source with fewer blocks than its size needs. With
+    ``progress`` (a pipe), say there every 32 MiB up to which offset the copy is done.
 
     One thread: a second one, writing the same image, measured more CPU and no less
     time (buffered writes to one file take its inode lock in turn)."""
@@ -92,11 +93,15 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
         except OSError:
             pass                            # the writes allocate, or fail and say why
     fields = data.split(b"\0")
-    gather = _Gather(dst, _Writeback(dst, first, end))
+    gather = _Gather(dst)
+    done = _Done(dst, first, progress)
     for index in range(len(fields) // 2):
         source, spec = fields[2 * index], fields[2 * index + 1].split()
         try:
-            _copy_file(source, int(spec[0]), spec[1:], gather, dense)
+            job_end = _copy_file(source, int(spec[0]), spec[1:], gather, dense)
+            # Jobs lie in increasing order; small files wait in the gather buffer,
+            # so what is done ends where that buffer starts.
+            done.reached(gather.start if gather.fill else job_end)
         except _Refused as err:
             raise CopyFailed(index, str(err)) from None
         except OSError as err:
@@ -106,23 +111,28 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool) -> None:
                 raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
             raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
     gather.flush()
-    gather.writeback.finish(end)
+    done.finish(end)
 
 
-class _Writeback:
-    """Starts the disk writing the copied data while the writer still builds metadata.
+class _Done:
+    """What is copied so far: the disk is started on it, and the writer told.
 
     The image ends with an fsync; left to it, ~200 MiB of dirty pages are all written
     then, the build waiting (0.06-0.26 s measured). ``sync_file_range`` with
     SYNC_FILE_RANGE_WRITE only queues the writeback and returns, so by the fsync little
     is left. Not in ``os``: called through ctypes, and skipped where that fails. The
     same as ``pipeline.base.writeback``, which this script cannot import (it runs with
-    the standard library only)."""
+    the standard library only). The offsets go to the writer's ``progress`` pipe, which
+    hashes the image behind the copy; it never blocks the copy (a full pipe drops the
+    message: the writer learns the rest when the pipe closes)."""
 
     _EVERY = 32 << 20
 
-    def __init__(self, dst: int, first: int, end: int) -> None:
+    def __init__(self, dst: int, first: int, progress: int | None) -> None:
         self.dst, self.first, self.next = dst, first, first + self._EVERY
+        self.progress = progress
+        if progress is not None:
+            os.set_blocking(progress, False)
         self.call = None
         try:
             import ctypes
@@ -133,15 +143,22 @@ class _Writeback:
         except (ImportError, OSError, AttributeError):
             pass
 
-    def written(self, upto: int) -> None:
+    def reached(self, upto: int) -> None:
+        """Every job's bytes below ``upto`` are in the image."""
         if upto >= self.next:
             self.finish(upto)
 
     def finish(self, upto: int) -> None:
-        if self.call is not None and upto > self.first:
-            if self.call(self.dst, self.first, upto - self.first, 2) != 0:
-                self.call = None            # SYNC_FILE_RANGE_WRITE refused: the fsync does it
-            self.first, self.next = upto, upto + self._EVERY
+        if upto <= self.first:
+            return
+        if self.call is not None and self.call(self.dst, self.first, upto - self.first, 2):
+            self.call = None                # SYNC_FILE_RANGE_WRITE refused: the fsync does it
+        if self.progress is not None:
+            try:
+                os.write(self.progress, b"%d\n" % upto)
+            except BlockingIOError:
+                pass
+        self.first, self.next = upto, upto + self._EVERY
 
 
 class _Refused(Exception):
@@ -153,9 +170,8 @@ class _Gather:
     consecutive blocks: a rootfs is thousands of small files placed one after another,
     and one large write costs the kernel less than a copy_file_range per file."""
 
-    def __init__(self, dst: int, writeback: _Writeback) -> None:
+    def __init__(self, dst: int) -> None:
         self.dst = dst
-        self.writeback = writeback
         # O_NOATIME: a first read would otherwise dirty every store file's inode
         # (relatime); only the files' owner may ask, so it is dropped on EPERM.
         self.open_flags = _OPEN_FLAGS | getattr(os, "O_NOATIME", 0)
@@ -180,12 +196,12 @@ class _Gather:
         at = 0
         while at < self.fill:
             at += os.pwrite(self.dst, self.view[at:self.fill], self.start + at)
-        self.writeback.written(self.start + self.fill)
         self.start = self.fill = 0
 
 
 def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
-               dense: bool) -> None:
+               dense: bool) -> int:
+    """Copy one job; returns the offset in the image where its last block ends."""
     try:
         try:
             src = os.open(source, gather.open_flags)
@@ -205,16 +221,17 @@ def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
         if dense and st.st_blocks * _SECTOR < size:
             raise SparseContent()
         if len(runs) == 1 and size <= _GATHER_FILE:
-            logical, physical, _ = map(int, runs[0].split(b":"))
+            logical, physical, count = map(int, runs[0].split(b":"))
             if logical == 0:
                 gather.add(src, size, physical * _BLOCK)
-                return
+                return (physical + count) * _BLOCK
+        physical = count = 0
         for run in runs:
             logical, physical, count = map(int, run.split(b":"))
             offset = logical * _BLOCK
             _copy(src, gather.dst, offset, physical * _BLOCK,
                   min(count * _BLOCK, size - offset))
-            gather.writeback.written(physical * _BLOCK + count * _BLOCK)
+        return (physical + count) * _BLOCK
     finally:
         os.close(src)
 
@@ -243,9 +260,10 @@ def _copy(src: int, dst: int, src_off: int, dst_off: int, length: int) -> None:
 
 def _main() -> int:
     dst, dense = int(sys.argv[1]), sys.argv[2] == "dense"
+    progress = int(sys.argv[3]) if len(sys.argv) > 3 else None
     data = sys.stdin.buffer.read()
     try:
-        copy_jobs(data, dst, dense=dense)
+        copy_jobs(data, dst, dense=dense, progress=progress)
     except SparseContent:
         return SPARSE_STATUS
     except CopyFailed as failed:

@@ -63,6 +63,7 @@ from pipeline.ext4.native.inputs import (
     FileType,
     FlatEntry,
     ImageOutput,
+    Sha256Thread,
     TreeUsage,
     derive_uuids,
     plan_for,
@@ -99,7 +100,10 @@ class NativeResult:
     """Paths whose time lay outside ext4's range and was clamped to it."""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per step: survey (tree, xattrs, probes), plan, data (allocation; the copies
-    start), directories, metadata, copy (waiting for what remained of the copies)."""
+    start), directories, metadata, copy (waiting for what remained of the copies), hash
+    (what remained of the hash, when asked for)."""
+    sha256: str = ""
+    """The image's sha256 when ``write_image`` was given ``hash_path``, else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +182,10 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
 
 
 def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
-                options: Ext4Options, *, seed: str, min_inodes: int = 0) -> NativeResult:
-    """Write the image into the empty file ``fd`` (see ``write_ext4``).
+                options: Ext4Options, *, seed: str, min_inodes: int = 0,
+                hash_path: Path | None = None) -> NativeResult:
+    """Write the image into the empty file ``fd`` (see ``write_ext4``); with ``hash_path``
+    (``fd``'s file), also its sha256, hashed on a thread behind the copy of file data.
 
     With an auto size, content files are first taken to be dense, as layer stores
     are, saving a stat per file; should the copy find one with holes, the image is
@@ -189,16 +195,16 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     if options.size is None:
         try:
             return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
-                          assume_dense=True)
+                          assume_dense=True, hash_path=hash_path)
         except SparseContent:
             os.ftruncate(fd, 0)
     return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
-                  assume_dense=False)
+                  assume_dense=False, hash_path=hash_path)
 
 
 def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
-           options: Ext4Options, *, seed: str, min_inodes: int, assume_dense: bool
-           ) -> NativeResult:
+           options: Ext4Options, *, seed: str, min_inodes: int, assume_dense: bool,
+           hash_path: Path | None = None) -> NativeResult:
     clock = [time.monotonic()]
     timings: dict[str, float] = {}
 
@@ -243,7 +249,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         if node.type is FileType.REGULAR and node.entry is not None:
             rec = node.rec
             rec.size, rec.flags, rec.i_block = node.entry.size, EXTENTS_FL, EMPTY_ROOT
-    with CopyProcess(fd, dense=assume_dense) as copier:
+    with CopyProcess(fd, dense=assume_dense, progress=hash_path is not None) as copier:
         take = placer.take
         jobs: list[bytes] = []
         data_start = placer.cursor
@@ -320,6 +326,8 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             journal=journal), [n.rec for n in nodes] + ([journal] if journal else []),
             dirs_by_ino=[n.rec.number for n in nodes if n.type is FileType.DIRECTORY])
         lap("metadata")
+        # Everything but the copied data is in place: the hash starts, following the copy.
+        hashing = Sha256Thread(hash_path, copier.ready) if hash_path is not None else None
         try:
             copier.wait()
         except CopyFailed as failed:
@@ -329,7 +337,13 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             if failed.index < 0:
                 raise Ext4Error(failed.message) from None
             raise BadTree(survey.files[failed.index][0].path, failed.message) from None
-    lap("copy")
+        finally:
+            if hashing is not None and not copier.copied_ok:
+                hashing.cancel()            # before the progress pipe closes
+        lap("copy")
+        digest = hashing.result() if hashing is not None else ""
+    if hashing is not None:
+        lap("hash")
     free_bytes = (totals.free_blocks - plan.reserved_blocks) * BLOCK_SIZE
     if options.size is None and (free_bytes < plan.promised_free_bytes
                                  or totals.free_inodes < plan.promised_free_inodes):
@@ -339,7 +353,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     return NativeResult(path=Path(), size=geo.blocks * BLOCK_SIZE, uuid=fs_uuid,
                         inodes=geo.inodes, free_bytes=free_bytes,
                         free_inodes=totals.free_inodes, clamped_times=survey.tree.clamped,
-                        timings=timings)
+                        timings=timings, sha256=digest)
 
 
 def _target(entry: FlatEntry) -> bytes:

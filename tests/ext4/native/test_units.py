@@ -125,17 +125,18 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
         out = tmp_path / f"image-{refuse}"
         fd = os.open(out, os.O_RDWR | os.O_CREAT)
         try:
-            original = copyjobs._Writeback.__init__
+            original = copyjobs._Done.__init__
 
-            def patched(self: copyjobs._Writeback, dst: int, first: int, end: int) -> None:
-                original(self, dst, first, end)
+            def patched(self: copyjobs._Done, dst: int, first: int,
+                        progress: int | None) -> None:
+                original(self, dst, first, progress)
                 self.call = fake
 
-            copyjobs._Writeback.__init__ = patched          # type: ignore[method-assign]
+            copyjobs._Done.__init__ = patched               # type: ignore[method-assign]
             try:
                 copyjobs.copy_jobs(data, fd, dense=True)
             finally:
-                copyjobs._Writeback.__init__ = original     # type: ignore[method-assign]
+                copyjobs._Done.__init__ = original          # type: ignore[method-assign]
         finally:
             os.close(fd)
         assert out.read_bytes() == expected
@@ -145,3 +146,47 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
             assert calls[0][0] == 0 and len(calls) >= 2
             assert all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:]))
             assert calls[-1][0] + calls[-1][1] == block * 4096
+
+
+def test_copy_progress_only_reports_bytes_already_final(tmp_path: Path) -> None:
+    """Each offset the copy reports (the writer hashes up to it) has every job's bytes
+    below it in the image: small files still waiting in the gather buffer hold it back,
+    even after a large file past them was copied."""
+    from pipeline.ext4.native import copyjobs
+
+    rng = random.Random(3)
+    sizes = [100 << 10] * 10 + [40 << 20] + [100 << 10] * 10 + [30 << 20]
+    jobs, block, expected = [], 0, bytearray()
+    for i, size in enumerate(sizes):
+        src = tmp_path / f"f{i}"
+        data = rng.randbytes(size)
+        src.write_bytes(data)
+        count = -(-size // 4096)
+        jobs.append(copyjobs.encode_job(str(src), size, [(0, block, count)]))
+        expected += data.ljust(count * 4096, b"\0")
+        block += count
+    out = tmp_path / "image"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT)
+    reports: list[int] = []
+    original = copyjobs._Done.finish
+
+    def checked(self: copyjobs._Done, upto: int) -> None:
+        if upto > self.first:
+            assert os.pread(fd, upto, 0) == bytes(expected[:upto]), upto
+            reports.append(upto)
+        original(self, upto)
+
+    read_end, write_end = os.pipe()
+    try:
+        copyjobs._Done.finish = checked                     # type: ignore[method-assign]
+        copyjobs.copy_jobs(copyjobs.encode_jobs(jobs, 0, block * 4096), fd, dense=True,
+                           progress=write_end)
+    finally:
+        copyjobs._Done.finish = original                    # type: ignore[method-assign]
+        os.close(write_end)
+        os.close(fd)
+    told = os.read(read_end, 4096).split()
+    os.close(read_end)
+    assert [int(n) for n in told] == reports and reports[-1] == block * 4096
+    assert len(reports) >= 2
+    assert out.read_bytes() == bytes(expected)

@@ -3,7 +3,9 @@ independent reader agree with the entries, for every option the writer honours."
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import re
 import sys
 from pathlib import Path
@@ -11,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.ext4.native import WRITER_FORMAT_VERSION, NativeResult, write_ext4
+from pipeline.ext4.native.errors import BadTree
 from pipeline.ext4.native.inputs import Ext4Options, ImageOutput
-from pipeline.ext4.native.writer import _write
+from pipeline.ext4.native.writer import _write, write_image
 from tests.ext4.native.oracle import check_round_trip, debugfs, features, fsck_clean
 from tests.ext4.native.trees import Tree, TreeBuilder, every_kind
 from tests.harness.ext4reader import Ext4Image
@@ -165,3 +168,64 @@ def test_a_file_past_4_gib(tmp_path: Path) -> None:
         found = {lblk: img.block(pblk) for lblk, _, pblk, _ in extents}
     assert found.keys() == {256, 1310719}
     assert found[256][:3] == b"mid" and found[1310719][-1:] == b"e"
+
+
+def _hashed_build(tree: Tree, out: Path, **options: object) -> NativeResult:
+    with ImageOutput(out) as image:
+        result = write_image(tree.entries, tree.content, image.fd,
+                             Ext4Options(**options), seed="hashed",  # type: ignore[arg-type]
+                             hash_path=image.path)
+        image.publish()
+    return result
+
+
+def _no_process(*args: object, **kwargs: object) -> None:
+    raise PermissionError(13, "Permission denied")
+
+
+@pytest.mark.parametrize("helper", ["copy-helper", "no-interpreter", "cannot-start"])
+def test_the_hash_taken_behind_the_copy_is_the_files(
+        kinds: Tree, tmp_path: Path, helper: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sha256 hashed while the copy runs (following the helper's progress, or after
+    an in-process copy) is the finished file's, here across a sparse-content retry
+    and across many progress reports (80 MiB of data between small and large files)."""
+    if helper == "no-interpreter":
+        monkeypatch.setattr(sys, "executable", "")
+    elif helper == "cannot-start":                  # as uid nobody, where it cannot run
+        monkeypatch.setattr("pipeline.ext4.native.copyproc.subprocess.Popen", _no_process)
+    b = TreeBuilder(tmp_path / "store")
+    rng = random.Random(7)
+    b.dir("small")
+    b.dir("large")
+    for i in range(400):
+        b.file(f"small/{i:03d}", rng.randbytes(rng.randrange(1, 100_000)))
+        if i % 50 == 0:
+            b.file(f"large/{i:03d}", rng.randbytes(6 << 20))
+    b.file("sparse", size=40 << 20, holes=[(5 << 20, b"x" * 9000), ((40 << 20) - 3, b"end")])
+    for tree, name in ((b.build(), "mixed"), (kinds, "kinds")):
+        out = tmp_path / f"{name}.ext4"
+        result = _hashed_build(tree, out)
+        assert result.sha256 == hashlib.sha256(out.read_bytes()).hexdigest(), name
+        assert result.timings["hash"] >= 0
+    unhashed = write_ext4(kinds.entries, kinds.content, tmp_path / "plain.ext4",
+                          Ext4Options(), seed="hashed")
+    assert unhashed.sha256 == "" and "hash" not in unhashed.timings
+    assert (tmp_path / "plain.ext4").read_bytes() == (tmp_path / "kinds.ext4").read_bytes()
+
+
+def test_a_failed_copy_stops_the_hash(tmp_path: Path) -> None:
+    """Content that disagrees with its entry fails the copy; the hash following it
+    stops and the error is the copy's (no hang, nothing left)."""
+    b = TreeBuilder(tmp_path / "store")
+    b.file("big", bytes(40 << 20))
+    b.file("bad", b"12345")
+    tree = b.build()
+    bad = tree.content(next(e for e in tree.entries if e.path == "bad"))
+    assert bad is not None
+    os.chmod(bad, 0o644)
+    with open(bad, "ab") as f:
+        f.write(b"6")
+    out = tmp_path / "o" / "x.ext4"
+    with pytest.raises(BadTree, match="holds 6 bytes, the entry declares 5"):
+        _hashed_build(tree, out)
+    assert os.listdir(tmp_path / "o") == []
