@@ -828,11 +828,8 @@ def test_options_dict_is_stable_and_complete() -> None:
         "size": "auto", "headroom": {"percent": 20.0, "bytes": 64 * MiB}, "label": "",
         "inode_size": 256, "journal": True, "features": [], "reserved_percent": 0.0,
         "block_size": 4096, "builder": "native"}
-    # derive keys only the mkfs builder: the native one never derives.
-    assert Ext4Options(derive=False).to_dict() == Ext4Options().to_dict()
-    assert Ext4Options(builder="mkfs").to_dict() == {
-        **Ext4Options().to_dict(), "builder": "mkfs", "derive": True}
-    assert Ext4Options(builder="mkfs", derive=False).to_dict()["derive"] is False
+    assert Ext4Options(builder="mkfs").to_dict() == {**Ext4Options().to_dict(),
+                                                     "builder": "mkfs"}
     same = Ext4Options(size="1GiB", headroom="20%", features=["large_dir", "metadata_csum",
                                                               " ^64bit"])
     assert same.to_dict() == Ext4Options(size=1 << 30, headroom=Headroom(percent=20),
