@@ -25,7 +25,7 @@ __all__ = ["Target", "targets", "render", "machine", "write_json", "MEMORY_LIMIT
 
 MiB = 1 << 20
 MEMORY_LIMIT = 300 * MiB
-_TITLES = {"1": "1 cold single image", "1f": "1f cold single, derive = false",
+_TITLES = {"1": "1 cold single image",
            "2": "2 cold batch of 10", "3": "3 no-op rerun of batch",
            "4": "4 tag bump (new top layer)", "5": "5 1 GiB image",
            "layers": "L multi-layer whiteouts",

@@ -4,7 +4,6 @@
 id    what is timed (ours: one ``doit`` run)           peer
 ====  ==============================================  ===================================
 1     cold build of ``app00`` (fresh cache)            fresh OCI layout; plus the floor
-1f    1 again with ``derive = false`` (no base)        scenario 1's peer and floor
 2     cold batch ``app00``-``app09`` (shared base)     one fresh layout for the batch
 3     no-op rerun of the batch                         the same script again (warm layout)
 4     ``app00`` bumped ``v1`` -> ``v2`` (new top)      copy + unpack + mkfs of app00:v2
@@ -42,8 +41,8 @@ from .world import World, WorldImage
 
 __all__ = ["SCENARIOS", "Sample", "Samples", "Bench", "with_dependencies", "ext4_inodes_used"]
 
-SCENARIOS = ("1", "1f", "2", "3", "4", "5", "layers", "remote")
-_NEEDS = {"1f": ("1",), "3": ("2",), "4": ("2", "1")}
+SCENARIOS = ("1", "2", "3", "4", "5", "layers", "remote")
+_NEEDS = {"3": ("2",), "4": ("2", "1")}
 
 
 def with_dependencies(selected: Sequence[str]) -> list[str]:
@@ -167,21 +166,8 @@ class Bench:
         if "1" in selected:
             d = root / "s1"
             write_manifest(d / "ours", w, [app00], extra=self.extra)
-            p, _ = self._side_by_side("1", "cold single", Peer(w, d / "peer", self.log_dir),
-                                      [app00], d / "ours", floor=True)
-            if "1f" in selected:
-                # The same cold build without derived builds, against the same peer.
-                write_manifest(d / "ours-full", w, [app00],
-                               extra=self.extra + "derive = false\n")
-                os.sync()
-                o = self.ours.build(d / "ours-full")
-                full = self._samples("1f")
-                full.ours.append(Sample.of(o))
-                full.peer.append(self._samples("1").peer[-1])
-                full.floor.append(self._samples("1").floor[-1])
-                self.say(f"  [1f] cold single, derive = false: ours {o.seconds:.2f} s "
-                         f"(ratio {o.seconds / p.seconds:.2f})")
-                self._check("1f", o, p)
+            self._side_by_side("1", "cold single", Peer(w, d / "peer", self.log_dir),
+                               [app00], d / "ours", floor=True)
             shutil.rmtree(d)
         if "2" in selected:
             d = root / "s2"

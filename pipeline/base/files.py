@@ -1,9 +1,9 @@
 """Files and directories that appear whole or not at all.
 
-Every store (blobs, layer stores, flat images, base images, the lock file,
-build records, outputs) publishes the same way: write under a temporary name
-in the destination's own directory, fsync, rename into place, fsync the
-directory (a rename is only durable once its directory is). Temporary names
+Every store (blobs, layer stores, flat images, the lock file, build records,
+outputs) publishes the same way: write under a temporary name in the
+destination's own directory, fsync, rename into place, fsync the directory
+(a rename is only durable once its directory is). Temporary names
 have one shape, ``.tmp-<final name>-<pid>-<random>``, so a crash leaves
 nothing that could be mistaken for a finished entry and gc knows what to
 sweep (``TEMP_PREFIX``). Blob downloads are the one other shape: their

@@ -42,7 +42,7 @@ from pipeline.errors import Ext4Error, ToolError
 from pipeline.ext4.debugfs import run_debugfs, tool_env
 from pipeline.ext4.disk import superblock_counts
 from pipeline.ext4.fixup import clamped_times, plan_fixups
-from pipeline.ext4.inodes import InodeMap, predict
+from pipeline.ext4.inodes import predict
 from pipeline.ext4.options import Ext4Options
 from pipeline.ext4.output import ImageOutput, Sha256Thread
 from pipeline.ext4.size import BLOCK_SIZE, SizePlan, TreeUsage, measure_tree, plan_size
@@ -95,9 +95,8 @@ class Ext4Result:
     path: Path
     size: int
     """Size of the image in bytes (the filesystem size; the file is sparse)."""
-    sha256: str | None
-    """Hex sha256 of the whole image file; None when the build was asked not to hash it
-    (a base image, which only derived builds read)."""
+    sha256: str
+    """Hex sha256 of the whole image file."""
     uuid: str
     inodes: int
     free_bytes: int
@@ -108,12 +107,6 @@ class Ext4Result:
     """Seconds per step: plan, mkfs (with the inode prediction beside it), map (the
     listing check, reading inodes back, the script), fixup (debugfs -w), fsck (with
     the hash running beside it), hash (what remained of it after fsck), total."""
-    derived_from: str | None = None
-    """Key of the cached base image this one was derived from (ext4derive), or None
-    for a full build."""
-    inode_map: InodeMap = field(default_factory=dict, repr=False)
-    """The inode number of every entry, proven against the image (a base image keeps
-    it so derived builds list no unchanged directory)."""
     clamped_times: tuple[str, ...] = ()
     """Paths whose time lies outside what the inode can hold, stored clamped to its range."""
 
@@ -126,22 +119,16 @@ def derive_uuids(seed: str) -> tuple[str, str]:
     return one("uuid"), one("hash_seed")
 
 
-def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str,
-               min_inodes: int = 0, hash_image: bool = True) -> Ext4Result:
-    """Build ``output`` from the flat image at ``flat_dir``; see the module docstring.
-
-    ``min_inodes`` raises the inode count the size plan asks mke2fs for (a base
-    image that derived images grow from needs room for their entries).
-    ``hash_image=False`` skips the sha256 of the result (a fifth of a second per
-    200 MB) for images nobody publishes.
-    """
+def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *,
+               seed: str) -> Ext4Result:
+    """Build ``output`` from the flat image at ``flat_dir``; see the module docstring."""
     started = time.monotonic()
     flat_dir, output = Path(flat_dir), Path(output)
     versions = tool_versions()
     with ImageOutput(output) as out, \
             tempfile.TemporaryDirectory(prefix="rootfs-ext4-") as scratch_name:
         result = _build(flat_dir, out.path, out.fd, Path(scratch_name), options, seed,
-                        versions, started, min_inodes, hash_image)
+                        versions, started)
         out.publish()
     timings = dict(result.timings, total=round(time.monotonic() - started, 3))
     log.debug("ext4.built", path=str(output), size=result.size, sha256=result.sha256,
@@ -150,8 +137,7 @@ def build_ext4(flat_dir: Path, output: Path, options: Ext4Options, *, seed: str,
 
 
 def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Options,
-           seed: str, versions: Mapping[str, str], started: float,
-           min_inodes: int, hash_image: bool) -> Ext4Result:
+           seed: str, versions: Mapping[str, str], started: float) -> Ext4Result:
     timings: dict[str, float] = {}
     clock = [started]
 
@@ -166,10 +152,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
             any(e.type is FileType.REGULAR and e.size > TWO_GIB for e in entries):
         raise ToolError("mkfs.ext4", f"version {versions['mkfs.ext4']} corrupts files over "
                                      "2 GiB; install e2fsprogs 1.47.4 or later")
-    usage = measure_usage(entries, options)
-    if min_inodes > usage.inodes:
-        usage = replace(usage, inodes=min_inodes)
-    plan = plan_for(usage, options)
+    plan = plan_for(measure_usage(entries, options), options)
     lap("plan")
 
     fs_uuid, hash_seed = derive_uuids(seed)
@@ -185,7 +168,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                        while_running=lambda: predict(entries))
     lap("mkfs")
 
-    script, inode_map = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
+    script, _ = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
                                     large_inode=options.inode_size > 128)
     script_path = scratch / "fixup.debugfs"
     script.write(script_path)
@@ -195,7 +178,7 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
 
     # The image is final: hash it on another thread (hashlib releases the GIL
     # on large buffers) while e2fsck checks it read-only.
-    hashing = Sha256Thread(image) if hash_image else None
+    hashing = Sha256Thread(image)
     try:
         fsck_image(image)
         counts = superblock_counts(image)
@@ -207,15 +190,14 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                 f"and {counts['free_inodes']} inodes free, promised "
                 f"{plan.promised_free_bytes} and {plan.promised_free_inodes}")
         lap("fsck")
-        digest = hashing.result() if hashing is not None else None
+        digest = hashing.result()
     finally:
-        if hashing is not None:
-            hashing.cancel()
+        hashing.cancel()
     lap("hash")
     return Ext4Result(path=image, size=plan.size, sha256=digest, uuid=fs_uuid,
                       inodes=counts["inodes"], free_bytes=free_bytes,
                       free_inodes=counts["free_inodes"], tool_versions=versions,
-                      timings=timings, inode_map=inode_map,
+                      timings=timings,
                       clamped_times=clamped_times(entries, large_inode=options.inode_size > 128))
 
 

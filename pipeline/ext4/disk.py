@@ -2,8 +2,8 @@
 
 References: the kernel's Documentation/filesystems/ext4/ (inodes, "Extended
 Attributes", "The Super Block") and fs/ext4/xattr.h. ``superblock_counts``
-reads only the counts the builders check after a build and the geometry
-derived builds grow from; nothing is assumed beyond the fields read.
+reads only the counts the mkfs builder checks after a build; nothing is
+assumed beyond the fields read.
 """
 
 from __future__ import annotations
@@ -50,15 +50,12 @@ def xattr_disk_name(name: str) -> tuple[int, bytes] | None:
 
 
 def superblock_counts(image: Path) -> dict[str, int]:
-    """Counts from the primary superblock (ext4 disk layout, "The Super Block"), and the
-    geometry derived builds grow from: inodes per group, group descriptor size."""
+    """Counts from the primary superblock (ext4 disk layout, "The Super Block")."""
     with open(image, "rb") as f:
         sb = os.pread(f.fileno(), 1024, SUPERBLOCK_OFFSET)
     inodes, blocks_lo, r_lo, free_lo, free_inodes = struct.unpack_from("<5I", sb, 0)
-    per_group, = struct.unpack_from("<I", sb, 0x28)
     is64 = struct.unpack_from("<I", sb, 0x60)[0] & 0x80
     blocks_hi, r_hi, free_hi = struct.unpack_from("<3I", sb, 0x150) if is64 else (0, 0, 0)
     return {"inodes": inodes, "blocks": blocks_lo | blocks_hi << 32,
             "reserved_blocks": r_lo | r_hi << 32, "free_blocks": free_lo | free_hi << 32,
-            "free_inodes": free_inodes, "inodes_per_group": per_group,
-            "desc_size": struct.unpack_from("<H", sb, 0xFE)[0] if is64 else 32}
+            "free_inodes": free_inodes}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Collection, Container, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -49,7 +49,6 @@ TYPE_BITS = {
 _STAGED_BITS = {**TYPE_BITS, FileType.CHAR: stat.S_IFREG, FileType.BLOCK: stat.S_IFREG}
 # ls -p prints the mode as "%06o": the first two digits are the file type.
 _STAGED_TYPE = {t: b"%02o" % (bits >> 12) for t, bits in _STAGED_BITS.items()}
-_REAL_TYPE = {t: b"%02o" % (bits >> 12) for t, bits in TYPE_BITS.items()}
 _DIR_TYPE = _STAGED_TYPE[FileType.DIRECTORY]
 
 
@@ -112,9 +111,8 @@ _name_order = itemgetter(0)
 """alphasort in the C locale: strcmp, byte order of the names."""
 
 
-def expected_listings(entries: Sequence[FlatEntry], inodes: InodeMap, *,
-                      only: Collection[str] | None = None,
-                      real_devices: Container[str] = ()) -> dict[int, frozenset[ListingKey]]:
+def expected_listings(entries: Sequence[FlatEntry],
+                      inodes: InodeMap) -> dict[int, frozenset[ListingKey]]:
     """Every record ``ls -p`` must print for each directory if ``inodes`` is right.
 
     Derived from the map alone, so checking them checks the very map the
@@ -122,29 +120,23 @@ def expected_listings(entries: Sequence[FlatEntry], inodes: InodeMap, *,
     image declares one, and each entry's name, inode, staged type and size.
     Listings of every directory agreeing with these prove, from the root
     down, that each path reaches the inode the map gives it.
-
-    ``only``: list just these directories (a derived build checks the ones it
-    changed). ``real_devices``: paths whose device nodes are already nodes,
-    not placeholder files (a derived build's kept inodes).
     """
-    wanted = None if only is None else set(only)
     listings: dict[int, set[ListingKey]] = defaultdict(set)
     own_lost_found = True                   # mke2fs's, unless the image declares one
     for entry in entries:
         parent = entry.path.rpartition("/")[0]
         number = b"%d" % inodes[entry.path]
-        if entry.type is FileType.DIRECTORY and (wanted is None or entry.path in wanted):
+        if entry.type is FileType.DIRECTORY:
             records = listings[inodes[entry.path]]
             records.add((b".", number, _DIR_TYPE, b""))
             records.add((b"..", b"%d" % inodes[parent], _DIR_TYPE, b""))
         if entry.path == LOST_FOUND and entry.type is FileType.DIRECTORY:
             own_lost_found = False
-        if entry.path and (wanted is None or parent in wanted):
+        if entry.path:
             size = _staged_size(entry)
-            kind = (_REAL_TYPE if entry.path in real_devices else _STAGED_TYPE)[entry.type]
-            listings[inodes[parent]].add((basename(entry.path), number, kind,
+            listings[inodes[parent]].add((basename(entry.path), number, _STAGED_TYPE[entry.type],
                                           b"" if size is None else b"%d" % size))
-    if own_lost_found and (wanted is None or "" in wanted):
+    if own_lost_found:
         listings[ROOT_INO].add((b"lost+found", b"%d" % LOST_FOUND_INO, _DIR_TYPE, b""))
     return {number: frozenset(records) for number, records in listings.items()}
 

@@ -55,13 +55,9 @@ class Ext4Options:
     features: tuple[str, ...] = ()
     """mke2fs -O changes on top of DEFAULT_FEATURES: ``"large_dir"``, ``"^metadata_csum"``."""
     reserved_percent: float = 0.0
-    derive: bool = True
-    """Allow a derived build (ext4derive, mkfs builder only): when the top layers are
-    small next to the rest, copy the cached ext4 of the rest and apply the difference.
-    False: always mkfs the whole tree (a cold build of one image is then a little faster)."""
     builder: str = DEFAULT_BUILDER
-    """``"native"`` (the writer in ext4.native, always a full build) or ``"mkfs"``
-    (mkfs.ext4 -d plus a debugfs fixup, derived builds allowed): ext4.builder."""
+    """``"native"`` (the writer in ext4.native) or ``"mkfs"`` (mkfs.ext4 -d plus a
+    debugfs fixup); both always build in full: ext4.builder."""
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -81,8 +77,6 @@ class Ext4Options:
         if self.builder not in BUILDERS:
             raise Ext4Error(f"invalid builder {self.builder!r}: expected "
                             + " or ".join(f'"{b}"' for b in BUILDERS))
-        if not isinstance(self.derive, bool):
-            raise Ext4Error(f"invalid derive {self.derive!r}: expected true or false")
         if not isinstance(self.journal, bool):
             raise Ext4Error(f"invalid journal {self.journal!r}: expected true or false")
         if isinstance(self.features, str):
@@ -124,9 +118,8 @@ class Ext4Options:
         return "metadata_csum" in self.feature_set()
 
     def to_dict(self) -> dict[str, object]:
-        """A stable, JSON-ready dict of every option that affects the output bytes
-        (``derive`` only with the mkfs builder: the native one never derives)."""
-        options: dict[str, object] = {
+        """A stable, JSON-ready dict of every option that affects the output bytes."""
+        return {
             "size": self.size if self.size is not None else "auto",
             "headroom": {"percent": self.headroom.percent, "bytes": self.headroom.bytes},
             "label": self.label,
@@ -137,9 +130,6 @@ class Ext4Options:
             "block_size": 4096,
             "builder": self.builder,
         }
-        if self.builder == "mkfs":
-            options["derive"] = self.derive
-        return options
 
 
 def _normalise_features(features: tuple[str, ...] | list[str]) -> tuple[str, ...]:

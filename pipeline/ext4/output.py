@@ -1,10 +1,10 @@
 """What every build ends with: a world-readable image, hashed, published by rename.
 
-The full and the derived build both write into a temporary file beside the
-output (``ImageOutput``), hash it on a thread while e2fsck reads it
-(``Sha256Thread``; holes are hashed as zeros without reading them), and
-rename it into place only when everything passed: nothing is ever left
-half-written at the final path.
+Both builders write into a temporary file beside the output
+(``ImageOutput``), hash it (mkfs: ``Sha256Thread``, on a thread while e2fsck
+reads it; native: ``sha256_sparse``; holes are hashed as zeros without
+reading them), and rename it into place only when everything passed:
+nothing is ever left half-written at the final path.
 """
 
 from __future__ import annotations

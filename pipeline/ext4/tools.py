@@ -32,10 +32,8 @@ TWO_GIB = 2 * 1024**3
 # instant, as the image has no meaningful build time. 0 means "unset" to
 # e2fsprogs, which would then use the clock.
 FS_EPOCH = 1
-# Each tool and the arguments that make it print its banner: resize2fs and
-# tune2fs have no -V, and print their banner with their usage when run bare.
-TOOLS = {"mkfs.ext4": ["-V"], "debugfs": ["-V"], "e2fsck": ["-V"], "resize2fs": [],
-         "tune2fs": []}
+# Each tool an mkfs build runs and the arguments that make it print its banner.
+TOOLS = {"mkfs.ext4": ["-V"], "debugfs": ["-V"], "e2fsck": ["-V"]}
 _FSCK_OK = re.compile(
     r"e2fsck [0-9][^\n]*|Pass [1-5]: [A-Za-z ,]+|"
     r".*: [0-9]+/[0-9]+ files \([0-9.]+% non-contiguous\), [0-9]+/[0-9]+ blocks")
@@ -43,7 +41,7 @@ _FSCK_OK = re.compile(
 
 def tool_versions() -> dict[str, str]:
     """Versions of every e2fsprogs tool a build runs, e.g. ``{"mkfs.ext4": "1.47.0
-    (5-Feb-2023)", ...}``: what keys an mkfs task, full or derived build alike.
+    (5-Feb-2023)", ...}``: what keys an mkfs task.
 
     Raises ToolError when a tool is missing or older than MIN_E2FSPROGS.
     """

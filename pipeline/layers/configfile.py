@@ -3,7 +3,7 @@
 An image with ``config_path = "/etc/rootfs/config.json"`` gets its runtime
 config written into the image at that path. It is added as one more layer
 store on top of the image's layers, so flatten puts it into the flat image
-like any layer's file and both ext4 builders (full and derived) get it, and
+like any layer's file and both ext4 builders get it, and
 the chain (hence the flat image and ext4 keys) changes with the option.
 
 The store is not made from a tar: its single index entry is written here.

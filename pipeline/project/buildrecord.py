@@ -19,9 +19,6 @@ Two fields serve the pipeline itself:
 - ``runtime``: the image's runtime config (entrypoint, cmd, env,
   working_dir, user and the uid/gid it resolves to, exposed ports, labels,
   stop signal), for whoever boots the image;
-- ``derived_from``: the base image key when the image was derived from a
-  cached base (``ext4derive``), else null; informative only (how the bytes
-  were made is decided by the layers, so ``ext4_key`` already covers it);
 - ``remote_cache``: null for a local build; for an image fetched from the
   remote cache instead of built, the repository, tag and artifact digest it
   came from (``tasks.remote``);
@@ -35,7 +32,9 @@ Two fields serve the pipeline itself:
   it rebuilds anything.
 
 Nothing read back is trusted: a record that does not parse, or has another
-version, is treated as absent (the image is rebuilt).
+version, is treated as absent (the image is rebuilt). Fields a reader does not
+know are ignored: records written before derived builds were removed carry a
+``derived_from`` (the base image's key, or null) that nothing reads.
 """
 
 from __future__ import annotations
@@ -88,9 +87,6 @@ class BuildRecord:
     ext4_key: str
     ext4_stamp: Stamp
     built_at: str
-    derived_from: str | None = None
-    """Key of the cached base image (``<cache_dir>/base/<key>``) the image was derived
-    from, or None for a full build."""
     runtime: Mapping[str, Any] | None = None
     """What the container would have run (``oci.runtime.RuntimeConfig.to_json``)."""
     clamped_times: tuple[str, ...] = ()
@@ -124,7 +120,6 @@ class BuildRecord:
             "ext4_key": self.ext4_key,
             "ext4_stamp": list(self.ext4_stamp),
             "built_at": self.built_at,
-            "derived_from": self.derived_from,
             "runtime": None if self.runtime is None else dict(self.runtime),
             "clamped_times": list(self.clamped_times),
             "pipeline_version": self.pipeline_version,

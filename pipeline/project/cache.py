@@ -7,7 +7,8 @@ spelled out in this one place::
     <root>/blobs/sha256/<hex>      verified blobs (registry.blobcache)
     <root>/layers/<hex>/           layer stores (layers.store)
     <root>/flat/<chain key>/       flat images (flat.image)
-    <root>/base/<base key>/        base images of derived ext4 builds (ext4.derive.base)
+    <root>/base/                   left by earlier versions (derived builds' base images):
+                                   gc removes it
     <root>/tools.json              remembered e2fsprogs versions (tasks.toolcache)
     <root>/doit.db                 doit's dependency database
     <root>/run.lock                one run per cache (project.runlock)
@@ -27,6 +28,8 @@ __all__ = ["CacheLayout", "BLOBS", "LAYERS", "FLAT", "BASE", "STORES"]
 BLOBS = "blobs"
 LAYERS = "layers"
 FLAT = "flat"
+# Derived builds' base images, which earlier versions kept: nothing writes or reads
+# here any more; gc empties and removes it.
 BASE = "base"
 STORES = (BLOBS, LAYERS, FLAT, BASE)
 """The directories gc sweeps: everything in them is ours and keyed by content."""
@@ -49,10 +52,6 @@ class CacheLayout:
     @property
     def flat_root(self) -> Path:
         return self.root / FLAT
-
-    @property
-    def base_root(self) -> Path:
-        return self.root / BASE
 
     @property
     def blobs(self) -> BlobCache:

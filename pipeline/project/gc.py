@@ -7,9 +7,9 @@ under ``<cache_dir>``:
 - ``blobs/<alg>/<hex>`` whose digest is not a layer or config of a kept image;
 - ``layers/<hex>`` whose layer digest is not kept;
 - ``flat/<chain key>`` whose ordered layer chain is not kept;
-- ``base/<key>`` (ext4 base images of derived builds, ``ext4base``) whose key
-  is not kept, with the ``.lock-<key>`` files and ``.tmp-*`` directories
-  there (no run holds the cache, so no builder holds a lock);
+- everything under ``base/`` (the base images, ``.lock-<key>`` files and
+  ``.tmp-*`` directories of derived builds, which earlier versions made and
+  this one never reads), then ``base/`` itself once it is empty;
 
 and the leftovers of interrupted runs there (``.tmp-*``, ``.lock-*``,
 ``.<hex>.*.partial``, ``.<hex>.lock``). A name of any other shape is not
@@ -26,6 +26,7 @@ touched (the doit database and the run lock live beside them).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -61,19 +62,16 @@ def _ours(name: str, shape: re.Pattern[str], where: Path) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Keep:
-    """What must survive: blob digests, layer digests, flat image chain keys and base
-    image keys (``bases`` None: every base, when they could not be worked out)."""
+    """What must survive: blob digests, layer digests and flat image chain keys."""
 
     blobs: frozenset[Digest] = frozenset()
     layers: frozenset[Digest] = frozenset()
     chains: frozenset[str] = frozenset()
-    bases: frozenset[str] | None = frozenset()
 
     @classmethod
     def of(cls, *, blobs: Iterable[Digest] = (), layers: Iterable[Digest] = (),
-           chains: Iterable[str] = (), bases: Iterable[str] | None = ()) -> Keep:
-        return cls(frozenset(blobs), frozenset(layers), frozenset(chains),
-                   None if bases is None else frozenset(bases))
+           chains: Iterable[str] = ()) -> Keep:
+        return cls(frozenset(blobs), frozenset(layers), frozenset(chains))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +116,9 @@ def plan(cache: CacheLayout, keep: Keep) -> tuple[list[Path], int]:
                 kept += 1
             elif _ours(entry.name, _BLOB_NAME, Path(alg_entry.path)):
                 doomed.append(Path(entry.path))
+    # Nothing under base/ is kept: no build reads a base image any more.
     roots: list[tuple[str, set[str]]] = [(LAYERS, {d.hex for d in keep.layers}),
-                                         (FLAT, set(keep.chains))]
-    if keep.bases is not None:
-        roots.append((BASE, set(keep.bases)))
+                                         (FLAT, set(keep.chains)), (BASE, set())]
     for root, names in roots:
         for entry in _entries(cache_dir / root):
             if entry.name in names and entry.is_dir(follow_symlinks=False):
@@ -175,5 +172,17 @@ def collect(cache: CacheLayout, keep: Keep, *, dry_run: bool = False) -> GcResul
         kept_sizes.append(size)
         freed += size
         log.debug("gc.removed", path=str(path), bytes=size, dry_run=dry_run)
+    if not dry_run:
+        _remove_if_empty(cache.root / BASE)
     return GcResult(removed=tuple(removed), freed_bytes=freed, kept=kept, errors=tuple(errors),
                     kinds=tuple(kind_of(cache, p) for p in removed), sizes=tuple(kept_sizes))
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` when nothing is left in it; a foreign entry keeps it, and so
+    does anything else in the way (an empty directory costs nothing)."""
+    try:
+        os.rmdir(directory)
+    except OSError as err:
+        if err.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+            log.debug("gc.kept_directory", path=str(directory), error=str(err))

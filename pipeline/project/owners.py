@@ -61,13 +61,13 @@ def _path(cache_root: Path) -> Path:
 
 def entries_used(resolved: ResolvedImage, config_path: str | None = None) -> list[str]:
     """The cache entries an image of this lock entry uses, as gc names them: its blobs,
-    layer stores, and the flat image of every prefix of its chain (a derived build's base
-    chain is one; ``base/<key>`` is labelled through the chain its ``base.json`` names)."""
+    layer stores, and the flat image of its chain (and, with ``config_path``, of its
+    chain with the config file's layer store on top)."""
     blobs = [resolved.config.digest, *(layer.digest for layer in resolved.layers)]
     found = [f"{BLOBS}/{d.algorithm}/{d.hex}" for d in blobs]
     found += [f"{LAYERS}/{layer.digest.hex}" for layer in resolved.layers]
     chain = [str(layer.digest) for layer in resolved.layers]
-    found += [f"{FLAT}/{chain_key(chain[:n])}" for n in range(1, len(chain) + 1)]
+    found.append(f"{FLAT}/{chain_key(chain)}")
     if config_path is not None:
         extra = config_layer_key(resolved.config.digest, chain, config_path)
         found += [f"{LAYERS}/{extra.hex}", f"{FLAT}/{chain_key([*chain, str(extra)])}"]

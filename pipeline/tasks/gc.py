@@ -3,18 +3,18 @@
 Kept: the blobs (layers and config), layer stores and flat images of every
 lock entry of an image still in the manifest, and in every other manifest
 registered in the cache directory (``project.sharing``: each manifest that
-builds in a cache registers there), and for an image its mkfs step
-derives (``ext4derive.choose_build``, from its layer stores' stats) the base
-image and the base chain's flat image it derives from. Everything else under
-``blobs/``, ``layers/``, ``flat/`` and ``base/`` goes, including leftovers of
-killed runs. The step takes the cache exclusively, so within one run it waits for
-build steps to finish and none starts under it; the run lock keeps other
-processes out. ``doit gc --dry-run`` only lists what would go: one line per
-entry with its kind, bytes and the images that last used it
-(``project.owners``: recorded whenever an image's roots leave a lock; the
-locks of every manifest add their own images; "no image" when nobody ever
-said), one line per group of images and kind, and the total, which is what
-the real run frees (``collect`` measures every entry before removing any).
+builds in a cache registers there). Everything else under ``blobs/``,
+``layers/`` and ``flat/`` goes, including leftovers of killed runs, and so
+does everything under ``base/`` (the base images of derived builds, which
+older versions made and this one never reads). The step takes the cache
+exclusively, so within one run it waits for build steps to finish and none
+starts under it; the run lock keeps other processes out. ``doit gc
+--dry-run`` only lists what would go: one line per entry with its kind, bytes
+and the images that last used it (``project.owners``: recorded whenever an
+image's roots leave a lock; the locks of every manifest add their own images;
+"no image" when nobody ever said), one line per group of images and kind, and
+the total, which is what the real run frees (``collect`` measures every entry
+before removing any).
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from typing import Any
 
 import structlog
 
-from pipeline.base.jsontext import loads_bounded
 from pipeline.base.terminal import format_bytes
-from pipeline.errors import LayerError, PipelineError, ToolError
-from pipeline.ext4.options import Ext4Options
+from pipeline.errors import PipelineError
 from pipeline.flat.image import chain_key
 from pipeline.layers.configfile import config_layer_key
-from pipeline.project.cache import FLAT
 from pipeline.project.config import Manifest, load_manifest
 from pipeline.project.gc import Keep, collect
 from pipeline.project.lockfile import LockEntry, read_lock
@@ -45,9 +42,8 @@ from pipeline.project.owners import (
 from pipeline.project.sharing import registered_manifests
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.steps import IO, run_step
-from pipeline.tasks.toolcache import cached_tool_versions
 
-__all__ = ["gc_task", "gc_step", "keep_for", "base_of", "record_former", "owners_for", "NO_IMAGE"]
+__all__ = ["gc_task", "gc_step", "keep_for", "record_former", "owners_for", "NO_IMAGE"]
 
 log = structlog.get_logger(__name__)
 
@@ -74,8 +70,7 @@ def _manifests(ctx: RunContext) -> list[Manifest]:
 
 
 def keep_for(ctx: RunContext, manifests: list[Manifest] | None = None) -> Keep:
-    blobs, layers, chains, bases = [], [], [], []
-    keep_all_bases = False
+    blobs, layers, chains = [], [], []
     every = _manifests(ctx) if manifests is None else manifests
     for manifest, spec in [(m, s) for m in every for s in m.images]:
         entry = read_lock(manifest.lock_path).get(spec.name)
@@ -91,20 +86,8 @@ def keep_for(ctx: RunContext, manifests: list[Manifest] | None = None) -> Keep:
             # The config file's layer store sits on top: keep it and the chain with it.
             extra = config_layer_key(resolved.config.digest, chain, spec.config_path)
             layers.append(extra)
-            chain = [*chain, str(extra)]
-            chains.append(chain_key(chain))
-        try:
-            base = base_of(ctx, chain, spec.ext4)
-        except ToolError as err:
-            # Without the tool versions no base key can be worked out: keep them all.
-            log.warning("gc.keeps_all_bases", reason=str(err))
-            keep_all_bases = True
-            continue
-        if base is not None:
-            chains.append(base[0])
-            bases.append(base[1])
-    return Keep.of(blobs=blobs, layers=layers, chains=chains,
-                   bases=None if keep_all_bases else bases)
+            chains.append(chain_key([*chain, str(extra)]))
+    return Keep.of(blobs=blobs, layers=layers, chains=chains)
 
 
 def record_former(ctx: RunContext, former: Mapping[str, LockEntry]) -> None:
@@ -133,22 +116,6 @@ def owners_for(ctx: RunContext, manifests: list[Manifest]) -> dict[str, list[Own
     return owners
 
 
-def base_of(ctx: RunContext, chain: list[str], options: Ext4Options) -> tuple[str, str] | None:
-    """(flat image chain key, base key) of the base the image's mkfs step derives from,
-    or None when it builds in full or its layer stores are gone (then nothing of it
-    is worth keeping: a new build unpacks, flattens and builds its base again)."""
-    from pipeline.ext4.derive.build import DerivedBuild, choose_build, layer_stats
-
-    try:
-        stats = layer_stats(ctx.cache.layers_root, chain)
-    except LayerError:
-        return None
-    plan = choose_build(stats, options, cached_tool_versions(ctx.cache.root))
-    if not isinstance(plan, DerivedBuild):
-        return None
-    return chain_key(plan.base_chain), plan.base_key
-
-
 def gc_step(ctx: RunContext, dry_run: bool) -> None:
     manifests = _manifests(ctx)
     keep = keep_for(ctx, manifests)
@@ -159,7 +126,7 @@ def gc_step(ctx: RunContext, dry_run: bool) -> None:
     entries = [_short(ctx.cache.root, Path(path)) for path in result.removed]
     for entry, kind, size in zip(entries, result.kinds, result.sizes):
         by_kind[kind] = by_kind.get(kind, 0) + size
-        images = _labels(ctx, _owners_of(ctx.cache.root, entry, kind, owners))
+        images = _labels(ctx, owners.get(entry, []))
         log.info("gc.would_remove" if dry_run else "gc.removed", kind=kind, entry=entry,
                  bytes=size, images=images)
         group = groups.setdefault((", ".join(images) or NO_IMAGE, kind), [0, 0])
@@ -181,22 +148,6 @@ def gc_step(ctx: RunContext, dry_run: bool) -> None:
 
 
 NO_IMAGE = "no image"
-# base.json is a few hundred bytes; more is not what ensure_base wrote.
-_MARKER_MAX_BYTES = 64 * 1024
-
-
-def _owners_of(root: Path, entry: str, kind: str,
-               owners: Mapping[str, list[Owner]]) -> list[Owner]:
-    if kind == "base":
-        # A base is labelled by its chain's flat image, which its base.json names.
-        try:
-            with open(root / entry / "base.json", "rb") as f:
-                marker = loads_bounded(f.read(_MARKER_MAX_BYTES))
-            chain = marker.get("chain") if isinstance(marker, dict) else None
-        except (OSError, ValueError):
-            chain = None
-        return list(owners.get(f"{FLAT}/{chain}", [])) if isinstance(chain, str) else []
-    return list(owners.get(entry, []))
 
 
 def _labels(ctx: RunContext, users: list[Owner]) -> list[str]:
@@ -220,7 +171,7 @@ def gc_action(ctx: RunContext, dry_run: bool) -> Any:
 
 def gc_task(ctx: RunContext) -> dict[str, Any]:
     return {
-        "doc": f"remove cached blobs, layers, flat and base images no image in "
+        "doc": f"remove cached blobs, layers and flat images no image in "
                f"{ctx.manifest.path.name} references (--dry-run to list them)",
         "actions": [(gc_action, [ctx], {})],
         "params": [{"name": "dry_run", "long": "dry-run", "type": bool, "default": False,

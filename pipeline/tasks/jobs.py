@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["flatten_job", "image_job", "fetch_job", "push_job", "PRELOAD"]
 
 PRELOAD = ("pipeline.tasks.jobs", "pipeline.flat.staging", "pipeline.ext4.build",
-           "pipeline.ext4.derive.build", "pipeline.ext4.nativebuild")
+           "pipeline.ext4.nativebuild")
 """What the worker pool's server imports once, so each worker starts with the job code."""
 
 
@@ -36,15 +36,13 @@ def flatten_job(cache: CacheLayout, digests: Sequence[str], staging: bool) -> Pa
     return flatten_image(stores, cache.flat_root, staging=staging)
 
 
-def image_job(cache: CacheLayout, chain: Sequence[str], flat: Path, output: Path,
-              options: Ext4Options, seed: str, tools: Mapping[str, str]) -> Ext4Result:
-    """``ext4.derive.build.build_image``: the native writer's image, or mkfs's, derived
-    from its base's ext4 when its layers say so, else in full."""
-    from pipeline.ext4.derive.build import build_image
+def image_job(cache: CacheLayout, flat: Path, output: Path, options: Ext4Options,
+              seed: str) -> Ext4Result:
+    """``ext4.builder.build_image``: the image built in full by its builder (the native
+    writer, or mkfs.ext4)."""
+    from pipeline.ext4.builder import build_image
 
-    return build_image(layers_root=cache.layers_root, flat_root=cache.flat_root,
-                       base_root=cache.base_root, chain=chain, flat_dir=flat, output=output,
-                       options=options, seed=seed, tools=tools)
+    return build_image(flat, cache.layers_root, output, options, seed=seed)
 
 
 def fetch_job(registry: str, repository: str, tag: str, output: Path, key: str,

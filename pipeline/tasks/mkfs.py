@@ -7,16 +7,13 @@ record beside the image says it was built for this key from this very file
 (``buildrecord.describes``). So a changed size option reruns exactly this
 task, and a deleted output too.
 
-The build is ``ext4.derive.build_image``. With ``builder = "native"`` (the
-default) the native writer makes the image from the flat entries and the
-layer stores, always in full; its format version keys the task and the
-e2fsprogs versions do not (no tool of theirs runs). With ``builder =
-"mkfs"``: when the image's top layers are small next to a shared base chain
-(decided from the layer stores' stats, so the bytes never depend on what the
-cache holds), it is derived from the base chain's ext4, built once per key
-under a flock that every step and worker shares, and the record says
-``derived_from``; the tools that key the task include resize2fs and tune2fs
-for that reason (``toolcache``). ``ext4.builder.bytes_decided_by`` says which.
+The build is ``ext4.builder.build_image``, always in full. With ``builder =
+"native"`` (the default) the native writer makes the image from the flat
+entries and the layer stores; its format version keys the task and the
+e2fsprogs versions do not (no tool of theirs runs). With ``builder = "mkfs"``,
+``mkfs.ext4 -d`` and the debugfs fixup make it from the staging tree, and the
+versions of the e2fsprogs tools that run key the task (``toolcache``).
+``ext4.builder.bytes_decided_by`` says which.
 
 The step avoids work it can prove unnecessary: when doit's database was
 lost (SIGKILL, a fresh cache) but the record still describes the file, or
@@ -81,7 +78,7 @@ def output_path(ctx: RunContext, name: str) -> Path:
 def ext4_config(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
     """What decides the ext4 bytes: the layer chain, the options (the builder among them),
     the seed scheme, and the builder's own inputs: the native writer's format version,
-    or the e2fsprogs versions for mkfs (whether it derives follows from the chain)."""
+    or the e2fsprogs versions for mkfs."""
     options = image.spec.ext4
     return {"chain": image.chain_key, "options": options.to_dict(),
             **bytes_decided_by(options.builder, tools), "seed": SEED_SCHEME}
@@ -146,8 +143,7 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     if (old is not None and old.get("ext4_key") == ext4_key and file_stamp(output) is not None
             and _sha256(output) == old.get("sha256")):
         _write(record_path, image, old["size"], old["sha256"], old["uuid"], tools, key, ext4_key,
-               output, old.get("derived_from"), runtime,
-               tuple(str(p) for p in old.get("clamped_times") or ()))
+               output, runtime, tuple(str(p) for p in old.get("clamped_times") or ()))
         note(outcome="unchanged, record rewritten", output=str(output))
         return
     _remove_stale_temporaries(output)
@@ -158,21 +154,17 @@ def mkfs_step(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str]) -> No
     seed = build_key({"chain": content, "options": image.spec.ext4.to_dict()})
     from pipeline.tasks.jobs import image_job  # the builder loads only when an image is built
 
-    chain = list(image.chain)
     # Its Python half holds the GIL: beside another job, a worker process runs it.
-    result = ctx.run_job(image_job, ctx.cache, chain, flat, output, image.spec.ext4,
-                         seed, dict(tools))
-    assert result.sha256 is not None, "internal error: a published image was not hashed"
+    result = ctx.run_job(image_job, ctx.cache, flat, output, image.spec.ext4, seed)
     _write(record_path, image, result.size, result.sha256, result.uuid, tools, key, ext4_key,
-           output, result.derived_from, runtime, result.clamped_times)
+           output, runtime, result.clamped_times)
     if result.clamped_times:
         log.warning("mkfs.times_clamped", count=len(result.clamped_times),
                     paths=[escape_text(p) for p in result.clamped_times[:_CLAMPED_SHOWN]],
                     reason="outside the years ext4 inodes hold; out/<name>.json lists them")
     # Sizes as numbers (bytes): JSON readers compute with them; the terminal formats them.
-    note(outcome="derived" if result.derived_from else "built", output=str(output),
-         size=result.size, sha256=result.sha256, free=result.free_bytes,
-         **({"base": result.derived_from[:12]} if result.derived_from else {}))
+    note(outcome="built", output=str(output), size=result.size, sha256=result.sha256,
+         free=result.free_bytes)
 
 
 def builder_fields(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
@@ -186,8 +178,7 @@ def builder_fields(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]
 
 def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: str,
            tools: Mapping[str, str], key: str, ext4_key: str, output: Path,
-           derived_from: str | None, runtime: Mapping[str, Any],
-           clamped: tuple[str, ...]) -> None:
+           runtime: Mapping[str, Any], clamped: tuple[str, ...]) -> None:
     stamp = file_stamp(output)
     if stamp is None:
         raise AssertionError(f"internal error: {output} vanished right after its build")
@@ -195,18 +186,8 @@ def _write(record_path: Path, image: ImagePlan, size: int, sha256: str, uuid: st
         name=image.name, ref=image.spec.ref_text, resolved=image.resolved.to_json(),
         chain=image.chain_key, options=image.spec.ext4.to_dict(), size=size, sha256=sha256,
         uuid=uuid, **builder_fields(image, tools), build_key=key, ext4_key=ext4_key,
-        ext4_stamp=stamp, built_at=now_utc(), derived_from=derived_from, runtime=runtime,
+        ext4_stamp=stamp, built_at=now_utc(), runtime=runtime,
         clamped_times=clamped, pipeline_version=__version__))
-
-
-def clean_base(ctx: RunContext, image: ImagePlan) -> None:
-    """``doit clean``: the base image a derived build of ``image`` uses, and its flat image."""
-    from pipeline.tasks.gc import base_of
-
-    found = base_of(ctx, list(image.layer_chain), image.spec.ext4)
-    if found is not None:
-        remove_path(ctx.cache.flat_root / found[0])
-        remove_path(ctx.cache.base_root / found[1])
 
 
 def mkfs_tasks(ctx: RunContext, plan: RunPlan,
@@ -229,10 +210,7 @@ def mkfs_tasks(ctx: RunContext, plan: RunPlan,
             "targets": [str(output), str(record)],
             # One check that also says, in `doit info`, why it would rebuild (tasks.why).
             "uptodate": [ImageUpToDate(config, output, record, build_key(config))],
-            # Everything the step made: the outputs and, for a derived build, its base
-            # image and the base chain's flat image (no flatten task owns those).
-            "clean": [(remove_path, [output]), (remove_path, [record]),
-                      (clean_base, [ctx, image])],
+            "clean": [(remove_path, [output]), (remove_path, [record])],
             "io": IO,
             "meta": {"images": [image.name]},
         }

@@ -68,7 +68,8 @@ KEY_VERSION = 1
 # ``sha256-<hex>`` shape the referrers fallback scheme reserves.
 TAG_PREFIX = "rk-"
 # Build record fields a cache entry carries for the reader's out/<name>.json.
-RECORD_EXTRAS = ("uuid", "runtime", "clamped_times", "derived_from")
+# An entry pushed before derived builds were removed also has ``derived_from``: ignored.
+RECORD_EXTRAS = ("uuid", "runtime", "clamped_times")
 
 
 def key_material(image: ImagePlan, tools: Mapping[str, str]) -> dict[str, Any]:
@@ -161,15 +162,13 @@ def _extras(record: Mapping[str, Any], where: str) -> dict[str, Any]:
     from pipeline.errors import RemoteArtifactError
 
     uuid, runtime = record.get("uuid"), record.get("runtime")
-    clamped, derived = record.get("clamped_times", []), record.get("derived_from")
+    clamped = record.get("clamped_times", [])
     if (not isinstance(uuid, str) or len(uuid) > 64
             or not (runtime is None or isinstance(runtime, dict))
-            or not isinstance(clamped, list) or not all(isinstance(p, str) for p in clamped)
-            or not (derived is None or isinstance(derived, str))):
+            or not isinstance(clamped, list) or not all(isinstance(p, str) for p in clamped)):
         raise RemoteArtifactError(f"{where}: the config's record is malformed; it is treated "
                                   "as a cache miss (push it again from a good build)")
-    return {"uuid": uuid, "runtime": runtime, "clamped_times": tuple(clamped),
-            "derived_from": derived}
+    return {"uuid": uuid, "runtime": runtime, "clamped_times": tuple(clamped)}
 
 
 def write_fetched(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str],
@@ -200,7 +199,7 @@ def write_fetched(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str],
         sha256=fetched.sha256, uuid=extras["uuid"], **builder_fields(image, tools),
         build_key=build_key(mkfs_config(image, tools)),
         ext4_key=build_key(ext4_config(image, tools)), ext4_stamp=stamp, built_at=now_utc(),
-        derived_from=extras["derived_from"], runtime=extras["runtime"],
+        runtime=extras["runtime"],
         clamped_times=extras["clamped_times"], pipeline_version=__version__,
         remote_cache={"repository": str(remote), "tag": tag, "digest": str(fetched.digest)}))
     return str(fetched.digest)

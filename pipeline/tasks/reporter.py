@@ -54,7 +54,7 @@ LONG_STEPS = ("fetch-blob", "unpack", "flatten", "mkfs")
 SHOW_AFTER_S = 1.0
 TICK_S = 0.5
 # What a ran mkfs step's outcome means for the image.
-_MKFS_OUTCOMES = {"built": "built", "derived": "built", "already built": "from cache",
+_MKFS_OUTCOMES = {"built": "built", "already built": "from cache",
                   "unchanged, record rewritten": "from cache",
                   "from remote cache": "from remote cache"}
 

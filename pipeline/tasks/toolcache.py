@@ -1,8 +1,8 @@
 """The e2fsprogs versions that key every mkfs task, remembered per binary.
 
 Every run, a no-op included, needs ``ext4.tools.tool_versions()`` (the
-mkfs.ext4, debugfs and e2fsck of every build, the resize2fs and tune2fs of
-derived builds) to build the mkfs tasks' keys (a new toolchain must rebuild).
+mkfs.ext4, debugfs and e2fsck an mkfs build runs) to build the mkfs tasks'
+keys (a new toolchain must rebuild).
 Asking costs importing the ext4 builder and running each tool; the answer
 changes only when a binary does. So it is kept in ``<cache_dir>/tools.json``
 together with, for each tool, the path ``PATH`` finds it at and that file's

@@ -47,9 +47,9 @@ def reset_structlog():  # type: ignore[no-untyped-def]
                   "error": f"404 \x1b[31mred\nsha256:{HEX}"},
                  f"{'resolve':<10} {'a':<32} warning: fallback, source mirror.local, "
                  "404 \\x1b[31mred\\nsha256:abababababab", id="outside-text-escaped"),
-    pytest.param({"event": "ext4.base_built", "task": "mkfs:a", "key": HEX, "size": 4 << 20,
+    pytest.param({"event": "ext4.written", "task": "mkfs:a", "sha256": HEX, "size": 4 << 20,
                   "seconds": 1.54},
-                 f"{'mkfs':<10} {'a':<32} base built, key abababababab, 4.0 MiB, 1.5 s",
+                 f"{'mkfs':<10} {'a':<32} written, sha256 abababababab, 4.0 MiB, 1.5 s",
                  id="library-event"),
     pytest.param({"event": "registry.retry", "task": "resolve:a", "level": "warning",
                   "what": "GET https://r.example/v2/a/manifests/1: 503", "attempt": 1,

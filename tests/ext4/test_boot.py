@@ -12,20 +12,18 @@ setuid, setgid and sticky file, every device node and fifo, every path it
 finds (every directory listed) and the sha256 of every regular file, each
 opened by its path (so a directory of thousands of entries, which has an htree
 index, is searched by the kernel's hashed lookup); the test checks each line
-against what the image declared. It runs for the native writer, for mkfs.ext4
-and for a derived mkfs build.
+against what the image declared. It runs for the native writer and for
+mkfs.ext4.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import re
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -97,8 +95,7 @@ EXTRA: list[Spec] = [
     fifo("srv/pipe", 0o620, uid=1000, gid=100),
 ]
 # Thousands of entries: with the native writer an htree directory (dir_index), which the
-# kernel searches by hashed lookup; mkfs.ext4 -d writes directories linear. Part of the
-# base of a derived build (a top this large is built in full).
+# kernel searches by hashed lookup; mkfs.ext4 -d writes directories linear.
 MANY: list[Spec] = [d("srv/many"), *[f(f"srv/many/entry-{i:05d}-{'n' * 24}", f"{i}\n".encode())
                                      for i in range(3000)]]
 INDEX_FL = 0x1000                          # ext4 inode flag: the directory has an htree
@@ -154,58 +151,22 @@ def declared(specs: list[Spec]) -> tuple[dict[str, tuple], dict[str, str]]:
     return stats, hashes
 
 
-# A derived build (ext4derive) as uid 65534: the base is the Debian-like tree, the
-# image adds EXTRA on top of it (the init, devices, setuid files: all created by
-# the derivation's debugfs script, then fixed up).
-_DERIVE_AS_NOBODY = """
-import json, sys
-from pathlib import Path
-from pipeline.ext4.options import Ext4Options
-from pipeline.ext4.derive.base import ensure_base
-from pipeline.ext4.derive.build import derive_ext4
-flat_base, flat, output, bases = map(Path, sys.argv[1:5])
-options = Ext4Options(builder="mkfs")
-_, base = ensure_base(lambda: flat_base, bases, "0" * 64, options)
-result = derive_ext4(base, flat_base, flat, output, options, seed="seed")
-print(json.dumps({"derived_from": result.derived_from}))
-"""
-
-
-def derive_rootless(flat_base: Path, flat: Path, image: Path, bases: Path) -> dict:
-    argv = [sys.executable, "-c", _DERIVE_AS_NOBODY, str(flat_base), str(flat), str(image),
-            str(bases)]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=image.parent, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(repo)})
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("build", ["native", "full", "derived"])
+@pytest.mark.parametrize("build", ["native", "full"])
 def test_rootless_image_boots_and_the_kernel_sees_what_was_declared(shared_dir: Path,
                                                                     build: str) -> None:
     specs = specs_from_members(debian_like(files=300, size=2 << 20, busybox=True).expected())
-    specs += MANY
-    base_specs = list(specs)
-    specs += EXTRA
+    specs += MANY + EXTRA
     flat = make_flat(shared_dir / "flat", specs, staging=build != "native")
     out = shared_dir / "out"
     out.mkdir()
     image = out / "boot.ext4"
     if os.geteuid() == 0:
         os.chown(out, 65534, 65534)
-    if build == "derived":
-        flat_base = make_flat(shared_dir / "flat-base", base_specs)
-        made = derive_rootless(flat_base, flat, image, shared_dir / "base")
-        assert made["derived_from"] is not None, "the image was built in full, not derived"
-    else:
-        builder = "native" if build == "native" else "mkfs"
-        if os.geteuid() == 0:
-            build_as_nobody(flat, image, builder)
-        else:                                    # already unprivileged
-            build_flat(flat, image, Ext4Options(), seed="seed", builder=builder)
+    builder = "native" if build == "native" else "mkfs"
+    if os.geteuid() == 0:
+        build_as_nobody(flat, image, builder)
+    else:                                    # already unprivileged
+        build_flat(flat, image, Ext4Options(), seed="seed", builder=builder)
     if build == "native":
         with Ext4Image(image) as fs:
             many = fs.walk()["srv/many"]

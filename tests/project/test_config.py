@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from pipeline.errors import ManifestError
 from pipeline.ext4.options import Ext4Options
@@ -46,7 +47,6 @@ journal = false
 features = ["large_dir", "^metadata_csum"]
 reserved_percent = 5
 builder = "mkfs"
-derive = false
 """ % ("a" * 64)
 
 
@@ -80,12 +80,28 @@ def test_good_manifest_every_field() -> None:
     assert tiny.ref.digest is not None
     assert tiny.ext4 == Ext4Options(headroom="20%")
     assert tuned.ext4 == Ext4Options(inode_size=128, journal=False, reserved_percent=5,
-                                     features=("large_dir", "^metadata_csum"), derive=False,
+                                     features=("large_dir", "^metadata_csum"),
                                      builder="mkfs")
     assert m.settings.builder == "native" and alpine.ext4.builder == "native"
     assert m.insecure_hosts == frozenset({"registry.local:5000"})
     assert m.mirrors_for("docker.io") == ("mirror.internal:5000", "10.0.0.2:5000")
     assert m.mirrors_for("quay.io") == ()
+
+
+def test_an_old_derive_key_loads_with_one_warning_naming_file_and_line() -> None:
+    # Derived builds are gone; a manifest written for them must still load, unchanged.
+    text = ('[images.a]\nref = "alpine"\nderive = false\n\n'
+            '[images.b]\nref = "alpine"\nbuilder = "mkfs"\nderive = true\n\n'
+            '[images.c]\nref = "alpine"\n\n[images]\nd = { ref = "alpine", derive = 1 }\n')
+    with capture_logs() as logs:
+        m = parse(text)
+    assert [spec.ext4 for spec in m.images] == [Ext4Options(), Ext4Options(builder="mkfs"),
+                                                Ext4Options(), Ext4Options()]
+    assert [(e["log_level"], e["event"], e["file"], e["image"], e["key"]) for e in logs] == [
+        ("warning", "config.ignored_key", f"/proj/images.toml:{line}", image, "derive")
+        for image, line in (("a", 3), ("b", 8), ("d", 14))]
+    assert logs[0]["reason"] == ("`derive` no longer has an effect (derived builds were "
+                                 "removed, a full build being as fast); remove it")
 
 
 def test_defaults_are_relative_to_the_manifest() -> None:
@@ -146,7 +162,7 @@ BAD = [
                  "their output files would collide", id="duplicate-name-by-case"),
     pytest.param('[images.a]\nref = "alpine"\nszie = "1GiB"\n',
                  "/proj/images.toml:3: image 'a': unknown key 'szie' (did you mean 'size'?); "
-                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "allowed: builder, config_path, features, headroom, inode_size, journal, "
                  "label, platform, publish, ref, reserved_percent, size", id="unknown-image-key"),
     pytest.param('[setings]\njobs = 2\n[images.a]\nref = "alpine"\n',
                  "/proj/images.toml:1: unknown key 'setings' (did you mean 'settings'?); "
@@ -203,9 +219,6 @@ BAD = [
     pytest.param('[images.a]\nref = "alpine"\njournal = "no"\n',
                  "/proj/images.toml:3: image 'a': `journal` must be true or false, got string "
                  "'no'", id="journal-not-bool"),
-    pytest.param('[images.a]\nref = "alpine"\nderive = 1\n',
-                 "/proj/images.toml:3: image 'a': `derive` must be true or false, got integer 1",
-                 id="derive-not-bool"),
     pytest.param('[images.a]\nref = "alpine"\nbuilder = "mke2fs"\n',
                  "/proj/images.toml:3: image 'a': bad `builder`: invalid builder 'mke2fs': "
                  'expected "native" or "mkfs"', id="builder-unknown"),
@@ -290,7 +303,7 @@ BAD = [
                  "'alpine'", id="image-not-a-table"),
     pytest.param('[images]\na = { ref = "alpine", sise = "1G" }\n',
                  "/proj/images.toml:2: image 'a': unknown key 'sise' (did you mean 'size'?); "
-                 "allowed: builder, config_path, derive, features, headroom, inode_size, journal, "
+                 "allowed: builder, config_path, features, headroom, inode_size, journal, "
                  "label, platform, publish, ref, reserved_percent, size",
                  id="inline-table-unknown-key"),
 ]

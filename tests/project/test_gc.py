@@ -108,20 +108,36 @@ def test_a_file_where_a_directory_belongs_is_removed(tmp_path: Path, where: str)
     assert plan(CacheLayout(cache), KEEP) == ([cache / where / name], 0)
 
 
-def test_base_images_are_kept_by_key(tmp_path: Path) -> None:
+def test_base_images_left_by_derived_builds_all_go_and_base_with_them(tmp_path: Path) -> None:
+    # Earlier versions kept the base images of derived builds under base/; nothing
+    # reads them any more, so every one goes, whatever the manifest keeps.
     cache = tmp_path / "cache"
     base = cache / "base"
     for name in ("a" * 64, "b" * 64, f".tmp-{'c' * 64}-12-ab"):
         (base / name).mkdir(parents=True)
-        (base / name / "base.ext4").write_bytes(b"e" * 100)
+        (base / name / "base.ext4").write_bytes(b"e" * 8192)
     for name in (f".lock-{'a' * 64}", f".lock-{'b' * 64}"):
         (base / name).write_bytes(b"")
-    doomed, kept = plan(CacheLayout(cache), Keep.of(bases=["a" * 64]))
-    assert kept == 1
-    assert {p.name for p in doomed} == {"b" * 64, f".tmp-{'c' * 64}-12-ab", f".lock-{'a' * 64}",
-                                        f".lock-{'b' * 64}"}
-    # Keys that could not be worked out (no tool versions): every base stays.
-    assert plan(CacheLayout(cache), Keep.of(bases=None)) == ([], 0)
+    keep = Keep.of(chains=["a" * 64, "b" * 64])
+    doomed, kept = plan(CacheLayout(cache), keep)
+    assert kept == 0
+    assert {p.name for p in doomed} == {"a" * 64, "b" * 64, f".tmp-{'c' * 64}-12-ab",
+                                        f".lock-{'a' * 64}", f".lock-{'b' * 64}"}
+    dry = collect(CacheLayout(cache), keep, dry_run=True)
+    assert sorted(dry.kinds) == ["base", "base", "leftover", "leftover", "leftover"]
+    assert base.is_dir()
+    result = collect(CacheLayout(cache), keep)
+    assert result.removed == dry.removed and result.freed_bytes == dry.freed_bytes > 0
+    assert not base.exists()
+
+
+def test_a_foreign_file_keeps_the_base_directory(tmp_path: Path) -> None:
+    base = tmp_path / "cache" / "base"
+    (base / ("a" * 64)).mkdir(parents=True)
+    (base / "notes.txt").write_text("the user's")
+    collect(CacheLayout(tmp_path / "cache"), Keep.of())
+    assert not (base / ("a" * 64)).exists()
+    assert (base / "notes.txt").read_text() == "the user's"
 
 
 @pytest.mark.parametrize("relative", [

@@ -140,6 +140,13 @@ def test_size_option_change_runs_only_its_mkfs(world: World) -> None:
     assert changed.ran == ["mkfs:b"]
     assert (world.project / "out/b.ext4").stat().st_size == 96 << 20
     verify_outputs(world.project, "abc")
+    # `derive` (derived builds, removed) is ignored with one warning: nothing reruns.
+    world.write_manifest(extra={"b": 'size = "96MiB"\n', "c": "derive = false\n"})
+    ignored = run_doit(world.project).check()
+    assert ignored.ran == []
+    assert [(e["file"], e["image"]) for e in ignored.events
+            if e.get("event") == "config.ignored_key"] == [
+        (f"{world.project / 'images.toml'}:11", "c")]       # a: 3 lines, b: 4, c's 4th
 
 
 @pytest.mark.parametrize("removed", ["c.ext4", "c.json"])
@@ -236,7 +243,7 @@ def bad_manifest_cases() -> list:  # type: ignore[type-arg]
         pytest.param(good + 'size = "1GiB\n', ":3: invalid TOML: Illegal character '\\n'",
                      id="syntax-error"),
         pytest.param(good + 'szie = "1GiB"\n', ":3: image 'a': unknown key 'szie' (did you "
-                     "mean 'size'?); allowed: builder, config_path, derive, features, headroom, "
+                     "mean 'size'?); allowed: builder, config_path, features, headroom, "
                      "inode_size, journal, "
                      "label, platform, publish, ref, reserved_percent, size", id="unknown-key"),
         pytest.param(good + 'size = "lots"\n', ":3: image 'a': bad `size`: invalid size "
@@ -359,10 +366,17 @@ def test_gc_removes_what_no_image_references(world: World) -> None:
     cache = world.project / ".cache"
     old_hex = d(old).split(":")[1]
     assert world.blob(old).exists() and (cache / "layers" / old_hex).exists()
+    # What an earlier version's derived builds left: a base image and its lock.
+    (cache / "base" / ("b" * 64)).mkdir(parents=True)
+    (cache / "base" / ("b" * 64) / "base.ext4").write_bytes(b"\0" * 4096)
+    (cache / "base" / f".lock-{'b' * 64}").touch()
     dry = run_doit(world.project, "gc", "--dry-run").check()
-    assert dry.ran == ["gc"] and world.blob(old).exists()
+    assert dry.ran == ["gc"] and world.blob(old).exists() and (cache / "base").exists()
+    assert {e["entry"] for e in dry.events if e.get("event") == "gc.would_remove"} >= {
+        f"base/{'b' * 64}", f"base/.lock-{'b' * 64}"}
     run_doit(world.project, "gc").check()
     assert not world.blob(old).exists() and not (cache / "layers" / old_hex).exists()
+    assert not (cache / "base").exists()
     assert len(list((cache / "flat").iterdir())) == 3
     assert world.blob(new_top).exists() and world.blob(world.base).exists()
     assert run_doit(world.project).check().ran == []

@@ -166,8 +166,21 @@ def test_mkfs_builder_keys_on_the_e2fsprogs_versions(project: Path) -> None:
     assert config_of(tasks["flatten:a"])["staging"] is True
     mkfs = config_of(tasks["mkfs:a"])
     assert mkfs["options"]["builder"] == "mkfs" and "native_writer_format" not in mkfs
-    # resize2fs and tune2fs shape derived images: a new one rebuilds them too.
-    assert set(mkfs["tools"]) == {"mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "tune2fs"}
+    # The tools an mkfs build runs, and only those (resize2fs and tune2fs went with
+    # derived builds).
+    assert set(mkfs["tools"]) == {"mkfs.ext4", "debugfs", "e2fsck"}
+
+
+@pytest.mark.parametrize("builder", ["native", "mkfs"])
+def test_an_old_derive_key_changes_no_task(project: Path, builder: str) -> None:
+    settings = MANIFEST.replace("jobs = 3", f'jobs = 3\nbuilder = "{builder}"')
+    without = {n: config_of(t) for n, t in tasks_by_name(build_tasks(
+        context(project, settings))).items() if t["name"] is not None}
+    for value in ("true", "false"):
+        text = settings.replace('size = "64MiB"', f'size = "64MiB"\nderive = {value}')
+        with_key = {n: config_of(t) for n, t in tasks_by_name(build_tasks(
+            context(project, text))).items() if t["name"] is not None}
+        assert with_key == without, value
 
 
 def test_changing_one_size_changes_only_that_mkfs_config(project: Path) -> None:
@@ -251,6 +264,11 @@ def test_output_intact_needs_the_record_key_and_the_same_file(tmp_path: Path) ->
         name="a", ref="a:1", resolved={}, chain="c", options={}, size=4, sha256="00",
         uuid="u", tool_versions={}, build_key="KEY", ext4_key="E", ext4_stamp=file_stamp(output),
         built_at="now"))
+    assert output_intact(output, record, "KEY")
+    # A record from before derived builds were removed has derived_from: it still describes.
+    old = json.loads(record.read_text())
+    assert "derived_from" not in old
+    record.write_text(json.dumps({**old, "derived_from": "b" * 64}))
     assert output_intact(output, record, "KEY")
     assert not output_intact(output, record, "OTHER")
     output.write_bytes(b"ext4 changed")
@@ -361,7 +379,7 @@ def test_load_pipeline_turns_a_bad_manifest_into_one_doit_error(tmp_path: Path) 
     with pytest.raises(InvalidDodoFile) as exc:
         load_pipeline(tmp_path / "images.toml")
     assert str(exc.value) == (f"{tmp_path}/images.toml:3: image 'a': unknown key 'sise' (did "
-                              "you mean 'size'?); allowed: builder, config_path, derive, features, "
+                              "you mean 'size'?); allowed: builder, config_path, features, "
                               "headroom, inode_size, "
                               "journal, label, platform, publish, ref, reserved_percent, size")
     structlog.configure(**structlog_config)

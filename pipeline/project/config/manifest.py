@@ -1,11 +1,13 @@
 """images.toml: parsing and validation into frozen values.
 
 Every key is checked; an unknown key is an error (with a suggestion when it is
-a near miss), never silently ignored. Every error is a ManifestError that
-names the file, the line when it can be found, the image, the offending key
-or value, and what is allowed. Nothing in the file is trusted: image names
-become file and task names, so they are restricted to a safe alphabet;
-references, platforms and sizes go through their own parsers.
+a near miss), never silently ignored; a key only earlier versions used
+(``IGNORED_IMAGE_KEYS``) loads with one warning naming its file and line. Every
+error is a ManifestError that names the file, the line when it can be found,
+the image, the offending key or value, and what is allowed. Nothing in the
+file is trusted: image names become file and task names, so they are
+restricted to a safe alphabet; references, platforms and sizes go through
+their own parsers.
 
 Relative ``output_dir`` and ``cache_dir`` are relative to the manifest's
 directory, so a manifest, its lock file and its outputs travel together.
@@ -20,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from pipeline.errors import ManifestError, PipelineError
 from pipeline.ext4.builder import BUILDERS, DEFAULT_BUILDER
@@ -52,6 +56,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["ImageSpec", "Manifest", "RegistrySettings", "Settings", "load_manifest",
            "parse_manifest", "lock_path_for"]
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_OUTPUT_DIR = "out"
 DEFAULT_CACHE_DIR = ".cache"
 DEFAULT_JOBS = 4
@@ -69,14 +75,17 @@ TOP_KEYS = ("cache", "images", "registries", "settings")
 SETTINGS_KEYS = ("builder", "cache_dir", "jobs", "output_dir", "platform")
 REGISTRY_KEYS = ("insecure", "mirrors", "mirrors_only")
 # ext4 keys map one to one onto Ext4Options fields (ext4options.py checks values).
-EXT4_KEYS = ("builder", "derive", "features", "headroom", "inode_size", "journal", "label",
+EXT4_KEYS = ("builder", "features", "headroom", "inode_size", "journal", "label",
              "reserved_percent", "size")
+# Keys that once had an effect, and why they no longer do: older files still load.
+IGNORED_IMAGE_KEYS = {
+    "derive": "derived builds were removed, a full build being as fast",
+}
 IMAGE_KEYS = tuple(sorted(("config_path", "platform", "publish", "ref") + EXT4_KEYS))
 # The TOML type each ext4 key must have, and how to say it.
 _BUILDER_WANTED = "one of " + ", ".join(f'"{b}"' for b in BUILDERS)
 _EXT4_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "builder": ((str,), _BUILDER_WANTED),
-    "derive": ((bool,), "true or false"),
     "features": ((list,), "an array of feature names such as [\"large_dir\"]"),
     "headroom": ((str,), "a string such as \"20%\" or \"256MiB\""),
     "inode_size": ((int,), "an integer (128, 256, 512 or 1024)"),
@@ -238,6 +247,13 @@ def _image(c: Checker, name: str, raw: object, settings: Settings) -> ImageSpec:
         raise c.fail(f"image name {name!r} is not a safe file name: use 1 to 64 letters, digits, "
                      "'.', '_' or '-', starting with a letter or digit", "images", name)
     table = c.table(raw, "images", name, image=name)
+    for key in sorted(IGNORED_IMAGE_KEYS.keys() & table.keys()):
+        line = c.lines.line("images", name, key)
+        log.warning("config.ignored_key", file=f"{c.path}:{line}" if line else str(c.path),
+                    image=name, key=key,
+                    reason=f"`{key}` no longer has an effect ({IGNORED_IMAGE_KEYS[key]}); "
+                           "remove it")
+    table = {key: value for key, value in table.items() if key not in IGNORED_IMAGE_KEYS}
     c.known(table, IMAGE_KEYS, "images", name, image=name)
     if "ref" not in table:
         raise c.fail("missing `ref`, the image reference, e.g. ref = \"alpine:3.20\"",
