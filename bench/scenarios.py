@@ -119,6 +119,7 @@ class Bench:
         self.world = world
         # Every image of our side names the ext4 builder (images.toml `builder`).
         self.extra = f'builder = "{builder}"\n'
+        self.builder = builder
         self.run_root = run_root
         self.log_dir = log_dir
         self.say = log
@@ -200,10 +201,11 @@ class Bench:
         the world's registry (new per run: a cold cache), then a fresh directory from it."""
         w, samples = self.world, self._samples("remote")
         assert w.registry is not None, "internal error: the world's registry is not running"
+        # A cache repository new to this run and builder: each pass starts from a cold cache.
         env = {"ROOTFS_REMOTE_CACHE": f"{w.registry.host}/bench/rootfs-cache-{os.getpid()}-"
-                                      f"{index}", "ROOTFS_REMOTE_CACHE_PUSH": "1"}
+                                      f"{index}-{self.builder}", "ROOTFS_REMOTE_CACHE_PUSH": "1"}
         for name in ("local", "push", "fetch"):
-            write_manifest(d / name, w, w.batch)
+            write_manifest(d / name, w, w.batch, extra=self.extra)
         os.sync()
         cold = self.ours.build(d / "local")
         samples.peer.append(Sample.of(cold))
@@ -242,7 +244,7 @@ class Bench:
         mine = {**env, "ROOTFS_REMOTE_CACHE": env["ROOTFS_REMOTE_CACHE"] + "-shards"}
         dirs = [d / f"shard{k}" for k in (1, 2)]
         for directory in dirs:
-            write_manifest(directory, w, w.batch)
+            write_manifest(directory, w, w.batch, extra=self.extra)
             shutil.copy(lock, directory / "images.lock.json")
         os.sync()
         errors: list[BaseException] = []
