@@ -394,6 +394,11 @@ HEAVY_MODULES = ("httpx", "httpcore", "pipeline.registry.client", "pipeline.regi
                  "pipeline.layers.compression", "pipeline.flat.staging", "pipeline.flat.flatten",
                  "pipeline.layers.overlap", "pipeline.tasks.workers", "zstandard", "isal")
 
+
+def heavy_loaded(modules: Iterable[str]) -> list[str]:
+    """Which of ``modules`` (names from ``sys.modules``) are or lie under HEAVY_MODULES."""
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY_MODULES or m in HEAVY_MODULES)
+
 LOAD_DODO = """
 import json, runpy, sys
 namespace = runpy.run_path(sys.argv[1])
@@ -416,8 +421,7 @@ def test_importing_the_tasks_loads_no_network_client_and_no_builder(tmp_path: Pa
     found = loaded_modules("import json, sys, pipeline.tasks\n"
                            "print(json.dumps(sorted(sys.modules)))", cwd=tmp_path)
     assert "pipeline.tasks" in found
-    assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
-                  or m in HEAVY_MODULES) == []
+    assert heavy_loaded(found) == []
 
 
 def test_loading_dodo_and_creating_every_task_loads_no_network_client_and_no_builder(
@@ -427,8 +431,7 @@ def test_loading_dodo_and_creating_every_task_loads_no_network_client_and_no_bui
     cached_tool_versions(project / ".cache")
     found = loaded_modules(LOAD_DODO, str(REPO / "dodo.py"), cwd=project)
     assert "pipeline.tasks.mkfs" in found and "doit" in found
-    assert sorted(m for m in found if m.split(".")[0] in HEAVY_MODULES
-                  or m in HEAVY_MODULES) == []
+    assert heavy_loaded(found) == []
 
 
 def test_a_job_runs_here_alone_and_in_a_worker_beside_another(project: Path) -> None:
