@@ -48,7 +48,6 @@ class CopyProcess:
         self._span = (0, 0)
         self._done = 0
         self._partial = b""
-        self.copied_ok = False
         self._copied = threading.Event()    # wait() returned or raised
 
     def __enter__(self) -> CopyProcess:
@@ -117,7 +116,6 @@ class CopyProcess:
         """Return once every byte is copied; raise ``CopyFailed`` for a bad job."""
         try:
             self._wait()
-            self.copied_ok = True
         finally:
             self._copied.set()
 

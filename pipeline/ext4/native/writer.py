@@ -117,12 +117,11 @@ class _Survey:
 
 
 def write_ext4(entries: Sequence[FlatEntry], content: ContentSource, output: Path,
-               options: Ext4Options, *, seed: str, min_inodes: int = 0) -> NativeResult:
+               options: Ext4Options, *, seed: str) -> NativeResult:
     """Build ``output`` from ``entries`` (root first, parents before children) whose
     regular files' bytes ``content`` locates; nothing is left at ``output`` on failure."""
     with ImageOutput(output) as out:
-        result = write_image(entries, content, out.fd, options, seed=seed,
-                             min_inodes=min_inodes)
+        result = write_image(entries, content, out.fd, options, seed=seed)
         out.publish()
     return replace(result, path=Path(output))
 
@@ -182,7 +181,7 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
 
 
 def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
-                options: Ext4Options, *, seed: str, min_inodes: int = 0,
+                options: Ext4Options, *, seed: str,
                 hash_path: Path | None = None) -> NativeResult:
     """Write the image into the empty file ``fd`` (see ``write_ext4``); with ``hash_path``
     (``fd``'s file), also its sha256, hashed on a thread behind the copy of file data.
@@ -194,16 +193,16 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     """
     if options.size is None:
         try:
-            return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
-                          assume_dense=True, hash_path=hash_path)
+            return _write(entries, content, fd, options, seed=seed, assume_dense=True,
+                          hash_path=hash_path)
         except SparseContent:
             os.ftruncate(fd, 0)
-    return _write(entries, content, fd, options, seed=seed, min_inodes=min_inodes,
-                  assume_dense=False, hash_path=hash_path)
+    return _write(entries, content, fd, options, seed=seed, assume_dense=False,
+                  hash_path=hash_path)
 
 
 def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
-           options: Ext4Options, *, seed: str, min_inodes: int, assume_dense: bool,
+           options: Ext4Options, *, seed: str, assume_dense: bool,
            hash_path: Path | None = None) -> NativeResult:
     clock = [time.monotonic()]
     timings: dict[str, float] = {}
@@ -222,7 +221,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     lap("survey")
 
     tree_inodes = len(nodes) - (1 if nodes[1].entry is None else 0)
-    plan = plan_for(TreeUsage(blocks=survey.blocks, inodes=max(10 + tree_inodes, min_inodes),
+    plan = plan_for(TreeUsage(blocks=survey.blocks, inodes=10 + tree_inodes,
                               tree_inodes=tree_inodes), options)
     shape = plan.layout
     geo = make_geometry(shape.blocks, shape.inodes // shape.groups,
@@ -329,17 +328,11 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         # Everything but the copied data is in place: the hash starts, following the copy.
         hashing = Sha256Thread(hash_path, copier.ready) if hash_path is not None else None
         try:
-            copier.wait()
-        except CopyFailed as failed:
-            if failed.index == OUTPUT_FAILED:
-                code = int(failed.message)
-                raise OSError(code, os.strerror(code)) from None
-            if failed.index < 0:
-                raise Ext4Error(failed.message) from None
-            raise BadTree(survey.files[failed.index][0].path, failed.message) from None
-        finally:
-            if hashing is not None and not copier.copied_ok:
+            _await_copies(copier, survey.files)
+        except BaseException:
+            if hashing is not None:
                 hashing.cancel()            # before the progress pipe closes
+            raise
         lap("copy")
         digest = hashing.result() if hashing is not None else ""
     if hashing is not None:
@@ -354,6 +347,19 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                         inodes=geo.inodes, free_bytes=free_bytes,
                         free_inodes=totals.free_inodes, clamped_times=survey.tree.clamped,
                         timings=timings, sha256=digest)
+
+
+def _await_copies(copier: CopyProcess, files: list[tuple[Node, Content]]) -> None:
+    """Wait for the copy helper; its failures as the errors the writer raises."""
+    try:
+        copier.wait()
+    except CopyFailed as failed:
+        if failed.index == OUTPUT_FAILED:
+            code = int(failed.message)
+            raise OSError(code, os.strerror(code)) from None
+        if failed.index < 0:
+            raise Ext4Error(failed.message) from None
+        raise BadTree(files[failed.index][0].path, failed.message) from None
 
 
 def _target(entry: FlatEntry) -> bytes:

@@ -100,7 +100,7 @@ def test_sparse_content_taken_as_dense_is_rewritten_to_the_same_bytes(
     probed = tmp_path / "probed.ext4"
     with ImageOutput(probed) as out:
         _write(kinds.entries, kinds.content, out.fd, Ext4Options(label="rootfs"),
-               seed="every-kind", min_inodes=0, assume_dense=False)
+               seed="every-kind", assume_dense=False)
         out.publish()
     assert probed.read_bytes() == built[0].read_bytes()
     monkeypatch.setattr(sys, "executable", "")
