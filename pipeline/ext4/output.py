@@ -1,10 +1,11 @@
 """What every build ends with: a world-readable image, hashed, published by rename.
 
 Both builders write into a temporary file beside the output
-(``ImageOutput``), hash it (mkfs: ``Sha256Thread``, on a thread while e2fsck
-reads it; native: ``sha256_sparse``; holes are hashed as zeros without
-reading them), and rename it into place only when everything passed:
-nothing is ever left half-written at the final path.
+(``ImageOutput``), hash it on a thread (``Sha256Thread``; mkfs: while e2fsck
+reads it; native: behind the copy of file data, as far as ``Ready`` says is
+final; holes are hashed as zeros without reading them), and rename it into
+place only when everything passed: nothing is ever left half-written at the
+final path.
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def _sha256_fd(fd: int, stop: threading.Event | None, ready: Ready | None) -> st
     h = hashlib.sha256()
     buf = memoryview(bytearray(_HASH_CHUNK))
     size = os.fstat(fd).st_size
-    final = size if ready is None else 0
+    final = size if ready is None else 0    # without ``ready`` the whole file is final
     pos = 0
     while pos < size:
         if pos >= final:
-            final = min(size, ready(pos)) if ready is not None else size
+            assert ready is not None
+            final = min(size, ready(pos))
             if final <= pos:
                 raise AssertionError(f"internal error: no progress past byte {pos}")
         try:
@@ -111,7 +113,8 @@ def _sha256_fd(fd: int, stop: threading.Event | None, ready: Ready | None) -> st
 
 
 class Sha256Thread:
-    """``sha256_sparse`` of a finished image on a worker thread."""
+    """``sha256_sparse`` of an image on a worker thread: a finished one, or with ``ready``
+    one still being written."""
 
     def __init__(self, path: Path, ready: Ready | None = None) -> None:
         self._stop = threading.Event()
