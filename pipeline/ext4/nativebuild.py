@@ -5,11 +5,11 @@ files to a published, hashed ext4, with no staging tree, no e2fsprogs and no roo
 checks them), locates each regular file's bytes in its layer store
 (``flat.lookup.content_files``), has ``ext4.native.write_image`` write the
 image into a temporary file beside the output and hash it behind the copy of
-file data, and renames it into place. It is always a full build, as every build is (``ext4.builder``). No
-e2fsck runs here: the writer's proofs (tests/ext4/native: e2fsck with two
-e2fsprogs versions, the independent reader, debugfs, the kernel) stand
-behind every image, and a build that needed a host tool would again depend
-on the host.
+file data, and renames it into place. It is always a full build, as every
+build is (``ext4.builder``). No e2fsck runs here: the writer's proofs
+(tests/ext4/native: e2fsck with two e2fsprogs versions, the independent
+reader, debugfs, the kernel) stand behind every image, and a build that needed
+a host tool would again depend on the host.
 """
 
 from __future__ import annotations
