@@ -252,14 +252,10 @@ def remote_tasks(ctx: RunContext, plan: RunPlan,
             "actions": [action(remote_step, ctx, image, tools, name=f"remote:{image.name}",
                                images=[image.name])],
             # Built already: no request at all.
-            "uptodate": [(_built_check, [ctx, image, config], {})],
+            "uptodate": [(image_built, [ctx, image, config], {})],
             "io": IO,
             "meta": {"images": [image.name]},
         }
-
-
-def _built_check(ctx: RunContext, image: ImagePlan, config: Mapping[str, Any]) -> bool:
-    return image_built(ctx, image, config)
 
 
 def lazy_layer_tasks(ctx: RunContext, plan: RunPlan, tools: Mapping[str, str],
