@@ -9,13 +9,15 @@ task fails naming every image that is missing (not resolved, no entry, or an
 entry for another key). ``doit collect fetch=1`` also downloads every image
 into ``out/`` (verified, as a cache hit is), skipping one already there.
 
-The key covers the e2fsprogs versions, so the collect job must run with the
-same toolchain as the jobs that built (the same CI image).
+The key covers the builder: the native writer's format version, or for
+``builder = "mkfs"`` images the e2fsprogs versions, so for those the collect
+job must run with the same toolchain as the jobs that built (the same CI image).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -27,7 +29,7 @@ from pipeline.project.buildrecord import read_record, record_path_for
 from pipeline.project.lockfile import read_lock
 from pipeline.tasks.context import RunContext
 from pipeline.tasks.mkfs import mkfs_config, output_path
-from pipeline.tasks.plan import plan_run
+from pipeline.tasks.plan import ImagePlan, plan_run
 from pipeline.tasks.remote import cache_entry, image_built, write_fetched
 from pipeline.tasks.steps import IO, note, run_step
 from pipeline.tasks.toolcache import cached_tool_versions
@@ -88,7 +90,7 @@ def collect_step(ctx: RunContext, fetch: bool) -> None:
                             "(plain `doit`) and collect again")
 
 
-def _have(ctx: RunContext, image: Any, tools: Any, sha256: str) -> bool:
+def _have(ctx: RunContext, image: ImagePlan, tools: Mapping[str, str], sha256: str) -> bool:
     """out/<name>.ext4 is already this entry's image."""
     if not image_built(ctx, image, mkfs_config(image, tools)):
         return False
