@@ -26,7 +26,7 @@ __all__ = ["event_line"]
 # What the columns already say, or what only a machine reads.
 _HIDDEN = frozenset({"timestamp", "level", "event", "logger", "task", "image", "digest",
                      "images", "traceback", "hint"})
-# Digests (sha256:<64 hex>) and bare content keys (chain and base keys) shortened
+# Digests (sha256:<64 hex>) and bare content keys (chain and cache keys) shortened
 # wherever they appear, error messages and paths included.
 _LONG_DIGEST = re.compile(r"\b(sha256|sha512):([0-9a-f]{12})[0-9a-f]{52,116}\b")
 _LONG_KEY = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}(?:[0-9a-f]{64})?\b")
