@@ -168,8 +168,8 @@ def _build(flat_dir: Path, image: Path, fd: int, scratch: Path, options: Ext4Opt
                        while_running=lambda: predict(entries))
     lap("mkfs")
 
-    script, _ = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
-                                    large_inode=options.inode_size > 128)
+    script = plan_fixups(image, entries, flat_dir, scratch, prediction=prediction,
+                         large_inode=options.inode_size > 128)
     script_path = scratch / "fixup.debugfs"
     script.write(script_path)
     lap("map")

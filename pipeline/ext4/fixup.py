@@ -181,9 +181,9 @@ def _make_device(script: Script, number: int, entry: FlatEntry) -> None:
 
 def plan_fixups(image: Path, entries: Sequence[FlatEntry], flat_dir: Path, scratch: Path, *,
                 large_inode: bool,
-                prediction: Prediction | None = None) -> tuple[Script, InodeMap]:
-    """Map every entry to its inode and write the fixup script, in one debugfs run; return
-    the script and the map, proven against the image.
+                prediction: Prediction | None = None) -> Script:
+    """Map every entry to its inode and write the fixup script, in one debugfs run, for
+    the map proven against the image.
 
     The check of the predicted map runs in debugfs while this process reads
     the inodes back and writes the script for that map; a failed check throws
@@ -200,10 +200,10 @@ def plan_fixups(image: Path, entries: Sequence[FlatEntry], flat_dir: Path, scrat
         raise
     problem = listing_error(listing.result(), prediction.listings)
     if problem is None:
-        return script, prediction.inodes
+        return script
     inodes = list_inodes(image, entries, flat_dir, scratch)     # raises if they disagree
     log.warning("ext4.inode_prediction_failed", flat=str(flat_dir), reason=problem,
                 hint="mkfs.ext4 -d numbered inodes differently than predicted; the build "
                      "used the slower listing (report this with the e2fsprogs version)")
     return fixup_script(entries, inodes, read_inodes(image, inodes.values()),
-                        scratch=scratch, large_inode=large_inode), inodes
+                        scratch=scratch, large_inode=large_inode)
