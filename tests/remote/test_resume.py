@@ -77,6 +77,14 @@ def _pull(registry: Registry, repo: str, out: Path) -> int:
     return pull_main([f"{registry.host}/{repo}:v1", str(out)])
 
 
+def _cut_pull(monkeypatch: pytest.MonkeyPatch, registry: Registry, repo: str, out: Path,
+              good: int) -> None:
+    """A pull whose link drops after ``good`` chunks: it fails, leaving its part file."""
+    with monkeypatch.context() as patch:
+        _fail_after(patch, good)
+        assert _pull(registry, repo, out) == 1
+
+
 def test_an_interrupted_pull_resumes_from_its_verified_chunks(
         client: RegistryClient, registry: Registry, repo: str, tmp_path: Path,
         requests: list[str], monkeypatch: pytest.MonkeyPatch,
@@ -85,9 +93,7 @@ def test_an_interrupted_pull_resumes_from_its_verified_chunks(
     chunks = _push(client, registry, repo, src)
     out = tmp_path / "pulled.ext4"
     part, state = part_paths(out)
-    with monkeypatch.context() as patch:
-        _fail_after(patch, 3)
-        assert _pull(registry, repo, out) == 1
+    _cut_pull(monkeypatch, registry, repo, out, 3)
     assert not out.exists() and part.exists()
     assert json.loads(state.read_text())["done"] == 3
     assert "connection reset by peer" in capsys.readouterr().err
@@ -109,9 +115,7 @@ def test_a_damaged_part_file_is_fetched_again_from_the_damage_on(
     chunks = _push(client, registry, repo, src)
     out = tmp_path / "pulled.ext4"
     part, _ = part_paths(out)
-    with monkeypatch.context() as patch:
-        _fail_after(patch, 6)
-        assert _pull(registry, repo, out) == 1
+    _cut_pull(monkeypatch, registry, repo, out, 6)
     with open(part, "r+b") as f:  # one flipped byte in chunk 1, which the state calls done
         f.seek(CHUNK + 77)
         byte = f.read(1)
@@ -128,9 +132,7 @@ def test_progress_for_another_artifact_starts_over(
         requests: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     _push(client, registry, repo, _image(tmp_path, "old.ext4"))
     out = tmp_path / "pulled.ext4"
-    with monkeypatch.context() as patch:
-        _fail_after(patch, 4)
-        assert _pull(registry, repo, out) == 1
+    _cut_pull(monkeypatch, registry, repo, out, 4)
     # The tag moved to another image meanwhile: nothing of the old part is used.
     src = _image(tmp_path)
     chunks = _push(client, registry, repo, src)
