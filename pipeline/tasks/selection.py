@@ -38,6 +38,9 @@ __all__ = ["choose_shard", "shard_images", "plan_document", "parse_total", "plan
            "plan_task", "check_plan_request"]
 
 
+_NO_TOTAL = "doit plan: give the number of shards, e.g. doit plan shards=4"
+
+
 def choose_shard(given: str | None, environ: Mapping[str, str]) -> Shard | None:
     """``shard=K/N`` from the command line wins over the CI engine's variables."""
     if given not in (None, ""):
@@ -88,7 +91,7 @@ def check_plan_request(argv: Sequence[str], shards: str | None) -> int | None:
     planning = "plan" in argv[1:] and command in (None, "run")
     if shards in (None, ""):
         if planning:
-            raise ShardError("doit plan: give the number of shards, e.g. doit plan shards=4")
+            raise ShardError(_NO_TOTAL)
         return None
     assert shards is not None
     if not planning:
@@ -100,7 +103,7 @@ def check_plan_request(argv: Sequence[str], shards: str | None) -> int | None:
 def plan_step(ctx: RunContext, total: int | None) -> None:
     """Print the matrix for ``total`` shards on stdout: one line of JSON, nothing else."""
     if total is None:
-        raise ShardError("doit plan: give the number of shards, e.g. doit plan shards=4")
+        raise ShardError(_NO_TOTAL)
     document = plan_document(ctx.manifest, read_lock(ctx.lock_path), total)
     # One line: GitHub's `echo "matrix=$(doit plan shards=N)" >> $GITHUB_OUTPUT` takes it whole.
     sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
