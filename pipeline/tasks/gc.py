@@ -72,21 +72,24 @@ def _manifests(ctx: RunContext) -> list[Manifest]:
 def keep_for(ctx: RunContext, manifests: list[Manifest] | None = None) -> Keep:
     blobs, layers, chains = [], [], []
     every = _manifests(ctx) if manifests is None else manifests
-    for manifest, spec in [(m, s) for m in every for s in m.images]:
-        entry = read_lock(manifest.lock_path).get(spec.name)
-        if entry is None:
-            continue
-        resolved = entry.resolved
-        blobs.append(resolved.config.digest)
-        blobs += [layer.digest for layer in resolved.layers]
-        layers += [layer.digest for layer in resolved.layers]
-        chain = [str(layer.digest) for layer in resolved.layers]
-        chains.append(chain_key(chain))
-        if spec.config_path is not None:
-            # The config file's layer store sits on top: keep it and the chain with it.
-            extra = config_layer_key(resolved.config.digest, chain, spec.config_path)
-            layers.append(extra)
-            chains.append(chain_key([*chain, str(extra)]))
+    for manifest in every:
+        # One read per lock: read_lock copies its entries, and a manifest has thousands.
+        locked = read_lock(manifest.lock_path)
+        for spec in manifest.images:
+            entry = locked.get(spec.name)
+            if entry is None:
+                continue
+            resolved = entry.resolved
+            blobs.append(resolved.config.digest)
+            blobs += [layer.digest for layer in resolved.layers]
+            layers += [layer.digest for layer in resolved.layers]
+            chain = [str(layer.digest) for layer in resolved.layers]
+            chains.append(chain_key(chain))
+            if spec.config_path is not None:
+                # The config file's layer store sits on top: keep it and the chain with it.
+                extra = config_layer_key(resolved.config.digest, chain, spec.config_path)
+                layers.append(extra)
+                chains.append(chain_key([*chain, str(extra)]))
     return Keep.of(blobs=blobs, layers=layers, chains=chains)
 
 
