@@ -14,11 +14,10 @@ order and each after an untimed ``sync``:
 - **mkfs**: ``mkfs.ext4 -d`` of the staging tree with the mkfs builder's
   own arguments and mke2fs.conf (no debugfs fixup, no e2fsck, no hash: the
   floor of the mkfs path; the plan is made beforehand, untimed);
-- **native**: a fresh Python process that reads the entries, flattens the
-  layer stores' indexes to find each file's numbered store file (untimed),
-  then calls ``write_ext4`` with content straight from the layer store. The
-  ratio uses the ``write_ext4`` call; the whole process (interpreter start,
-  imports, reading entries.jsonl, the untimed store lookup) and the time to read
+- **native**: a fresh Python process that reads the entries, then calls
+  ``write_ext4`` with content straight from the layer packs (as the native
+  builder does). The ratio uses the ``write_ext4`` call; the whole process
+  (interpreter start, imports, reading entries.jsonl) and the time to read
   the entries are reported beside it.
 
 Peak memory is the sampled RSS of each side's process tree (bench/procmon.py).
@@ -41,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,21 +60,19 @@ from pipeline.ext4.build import (  # noqa: E402
 from pipeline.ext4.native import write_ext4  # noqa: E402
 from pipeline.ext4.options import Ext4Options  # noqa: E402
 from pipeline.ext4.tools import fake_time_env, fsck_image  # noqa: E402
-from pipeline.flat.flatten import flatten  # noqa: E402
 from pipeline.flat.image import HEADER_NAME, FlatEntry, read_header  # noqa: E402
+from pipeline.flat.lookup import ContentRef, content_files  # noqa: E402
 from pipeline.layers.store import LayerStore  # noqa: E402
 
 DEFAULT_WORK = Path("/tmp/rootfs-native-bench")
 SEED = "bench"
 
 
-def store_content(flat: Path) -> dict[str, str]:
-    """Each regular file's numbered file in its layer store, by path."""
+def store_content(flat: Path) -> Callable[[FlatEntry], ContentRef | None]:
+    """Where each regular file's bytes are in its layer's pack (as the native builder
+    finds them)."""
     layers = flat.parents[1] / "layers"             # make_flat's <root>/flat/<key>
-    stores = [LayerStore.open(layers, d) for d in read_header(flat / HEADER_NAME).chain]
-    return {path: str(store.content_path(number))
-            for path, inode in flatten(stores).walk()
-            if inode.content is not None for store, number in [inode.content]}
+    return content_files(layers, read_header(flat / HEADER_NAME).chain)
 
 
 def _child(flat: Path, output: Path) -> None:
@@ -82,12 +80,8 @@ def _child(flat: Path, output: Path) -> None:
     started = time.monotonic()
     entries = read_flat_entries(flat)
     read = time.monotonic()
-    where = store_content(flat)
+    content = store_content(flat)
     ready = time.monotonic()
-
-    def content(entry: FlatEntry) -> str | None:
-        return where.get(entry.path)
-
     result = write_ext4(entries, content, output, Ext4Options(), seed=SEED)
     done = time.monotonic()
     print(json.dumps({"write": done - ready, "entries": read - started,
@@ -108,9 +102,10 @@ def mkfs_argv(flat: Path, output: Path, conf: Path) -> list[str]:
 
 
 def _warm(flat: Path) -> None:
-    """Read every layer-store file once, so neither side pays for cold reads."""
-    for path in store_content(flat).values():
-        with open(path, "rb") as f:
+    """Read every layer pack once, so neither side pays for cold reads."""
+    layers = flat.parents[1] / "layers"
+    for digest in read_header(flat / HEADER_NAME).chain:
+        with open(LayerStore.open(layers, digest).pack_path, "rb") as f:
             while f.read(1 << 20):
                 pass
 
@@ -181,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profiler = cProfile.Profile()
             entries = read_flat_entries(flat)
-            where = store_content(flat)
             native_out.unlink()
-            profiler.runcall(write_ext4, entries, lambda e: where.get(e.path), native_out,
+            profiler.runcall(write_ext4, entries, store_content(flat), native_out,
                              Ext4Options(), seed=SEED)
     load_after = os.getloadavg()
 

@@ -5,11 +5,12 @@ A flat image is a directory::
     <dir>/entries.jsonl  one FlatEntry per path, parents before children,
                          children in byte order (what mkfs.ext4 -d walks);
                          each regular file names its content: a layer of the
-                         chain (by position) and a content number in its store
-    <dir>/flat.v2.json   header: format version (also in its name), layer chain, counts
+                         chain (by position) and where its bytes start in that
+                         layer's pack
+    <dir>/flat.v3.json   header: format version (also in its name), layer chain, counts
     <dir>/rootfs/        only when the mkfs builder needs it: a staging tree
                          whose names are the image's names: directories,
-                         regular files (hard links into the layer stores),
+                         regular files (copies out of the layer packs),
                          symlinks, fifos, and empty regular placeholder files
                          where device nodes belong
 
@@ -42,8 +43,8 @@ __all__ = ["FileType", "FlatEntry", "FlatHeader", "write_entries", "read_entries
            "FORMAT_VERSION", "chain_key", "is_current"]
 
 # 2: regular entries name their content (layer position, content number); the
-# staging tree is optional.
-FORMAT_VERSION = 2
+# staging tree is optional. 3: the content is an offset in the layer's pack.
+FORMAT_VERSION = 3
 ROOTFS_NAME = "rootfs"
 ENTRIES_NAME = "entries.jsonl"
 # The format is in the header's name too: whether a finished flat image of this
@@ -98,8 +99,8 @@ class FlatEntry:
     link_group: int | None = None
     """Regular files with more than one name share a group number; None if nlink == 1."""
     content: tuple[int, int] | None = None
-    """Regular files with bytes: (position of the layer in the chain, content number in
-    its store); None for empty files and everything else."""
+    """Regular files with bytes: (position of the layer in the chain, where the bytes
+    start in its pack); None for empty files and everything else."""
 
 
 @dataclass(frozen=True, slots=True)

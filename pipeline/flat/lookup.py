@@ -2,9 +2,9 @@
 (/etc/passwd, /etc/group) read by their image path.
 
 Every regular entry of ``entries.jsonl`` names its content by the position
-of a layer in the flat image's chain and a content number in that layer's
-store; ``content_files`` turns that into the store file's path (what the
-native ext4 builder copies from). The runtime config resolves a user name
+of a layer in the flat image's chain and where its bytes start in that
+layer's pack; ``content_files`` turns that into the pack's path and the
+offset (what the native ext4 builder copies from). The runtime config resolves a user name
 through the image's own account files (``oci.runtime.resolve_user``); they
 are read here the same way, from the layer stores.
 
@@ -13,7 +13,7 @@ What it refuses to trust: the image. A path is read only if
 file under directories): an image whose ``/etc/passwd`` is a symlink (to
 ``/etc/shadow``, or out of the tree) is not followed, the lookup says
 "absent". A content reference is checked against the chain before it
-becomes a path, the file is opened with ``O_NOFOLLOW`` and read under a cap.
+becomes a path, the pack is opened with ``O_NOFOLLOW`` and read under a cap.
 """
 
 from __future__ import annotations
@@ -30,31 +30,37 @@ from pipeline.flat.image import (
     read_entries,
     read_header,
 )
-from pipeline.layers.store import FILES_DIR, LayerStore, content_name
+from pipeline.layers.store import PACK_NAME, LayerStore
 
-__all__ = ["read_flat_files", "content_files", "FLAT_FILE_MAX_BYTES"]
+__all__ = ["read_flat_files", "content_files", "ContentRef", "FLAT_FILE_MAX_BYTES"]
 
 # An /etc/passwd of ten thousand accounts is well under this.
 FLAT_FILE_MAX_BYTES = 4 << 20
 
 
-def content_files(layers_root: Path, chain: Sequence[str]) -> Callable[[FlatEntry], str | None]:
-    """The store file holding each regular entry's bytes (None for an empty file), for a
-    flat image of ``chain``; a reference outside the chain is an internal error."""
-    files_dirs = [os.path.join(LayerStore.path_for(layers_root, digest), FILES_DIR)
-                  for digest in chain]
+ContentRef = tuple[str, "int | None"]
+"""Where a regular file's bytes are: (a layer's pack, the offset they start at), or
+(a file that holds exactly them, None)."""
 
-    def content(entry: FlatEntry) -> str | None:
+
+def content_files(layers_root: Path, chain: Sequence[str]
+                  ) -> Callable[[FlatEntry], ContentRef | None]:
+    """The pack and offset of each regular entry's bytes (None for an empty file), for a
+    flat image of ``chain``; a reference outside the chain is an internal error."""
+    packs = [os.path.join(LayerStore.path_for(layers_root, digest), PACK_NAME)
+             for digest in chain]
+
+    def content(entry: FlatEntry) -> ContentRef | None:
         if entry.content is None:
             if entry.size:
                 raise AssertionError(f"internal error: {entry.path!r} has no content")
             return None
-        layer, number = entry.content
-        if not 0 <= layer < len(files_dirs) or number < 0:
+        layer, offset = entry.content
+        if not 0 <= layer < len(packs) or offset < 0:
             raise AssertionError(f"internal error: {entry.path!r} names content {layer}/"
-                                 f"{number} outside its chain of {len(files_dirs)} layers")
+                                 f"{offset} outside its chain of {len(packs)} layers")
         # Strings, not Paths: pathlib's parsing costs more than the copy of a small file.
-        return os.path.join(files_dirs[layer], content_name(number))
+        return packs[layer], offset
     return content
 
 
@@ -83,14 +89,20 @@ def read_flat_files(flat_dir: Path, paths: Sequence[str],
             found[path] = None
             continue
         source = content(entry)
-        found[path] = b"" if source is None else _read(source)
+        found[path] = b"" if source is None else _read(source, entry.size)
     return found
 
 
-def _read(path: str) -> bytes | None:
+def _read(source: ContentRef, size: int) -> bytes | None:
+    path, offset = source
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read(FLAT_FILE_MAX_BYTES)
+    try:
+        data = os.pread(fd, min(size, FLAT_FILE_MAX_BYTES), offset or 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None

@@ -68,7 +68,7 @@ class Inode:
         self.xattrs = xattrs
         self.size = size
         self.content = content
-        """Regular files: (store, content id) holding the bytes; None when empty."""
+        """Regular files: (store, offset in its pack) of the bytes; None when empty."""
         self.target = target
         self.rdev = rdev
         self.children: dict[str, Inode] | None = {} if type is FileType.DIRECTORY else None

@@ -71,12 +71,17 @@ def write_config_layer(layers_root: Path, key: Digest, path: str, data: bytes) -
     try:
         return LayerStore.open(layers_root, key)
     except LayerError:  # not made yet (a damaged one is refused by commit's open)
-        pass
+        LayerStore.remove_stale(layers_root, key)
     with StoreWriter(layers_root, key, digest_of(data)) as writer:
-        content, fd = writer.new_content()
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        content, _ = writer.append_content(lambda fd: _write_all(fd, data))
         writer.add(IndexEntry(path=path.lstrip("/"), kind=EntryKind.REGULAR,
                               mode=CONFIG_FILE_MODE, uid=0, gid=0, mtime_ns=0,
                               size=len(data), content=content))
         return writer.commit(stream_bytes=len(data))
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)

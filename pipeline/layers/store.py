@@ -1,18 +1,25 @@
-"""The per-layer content store: numbered content files plus an index, on disk.
+"""The per-layer content store: one content pack plus an index, on disk.
 
 One finished store per layer digest, shared by every image that uses the
 layer and never modified after it is finished::
 
     <layers_root>/<hex>/
-        files/000000 ...   regular-file contents, numbered in archive order
-                           (mode 0444; staging trees hard-link to them)
+        content            every regular file's bytes, one after another in
+                           archive order, nothing between them (mode 0444)
         index.jsonl        one record per tar member, in archive order
-        store.json         marker written last: format, digests, counts
+        store.v2.json      marker written last: format, digests, counts
+
+One pack, not a file per member: a layer of thousands of small files is
+then one sequential write, where a file each cost a create, an inode and a
+journal entry apiece (5,778 files: 0.22 s on a calm disk, 2-4 s when the
+host's journal stalls, against 0.1 s for the same bytes in one file). The
+native writer copies byte ranges of the pack into the image; the mkfs
+builder's staging tree copies them out into files.
 
 A store is built as ``<layers_root>/.tmp-<hex>-<pid>-<random>`` and renamed to
 ``<hex>`` when complete, so the final name only ever holds a finished store;
 leftover ``.tmp-*`` directories are crashed builds and safe to delete.
-:meth:`LayerStore.open` also requires ``store.json`` to name the same digest.
+:meth:`LayerStore.open` also requires the marker to name the same digest.
 
 Index format, one JSON object per line (``ensure_ascii`` JSON, so every line is
 ASCII): ``p`` path (components joined by "/", no leading "/", root is "";
@@ -20,14 +27,18 @@ ASCII): ``p`` path (components joined by "/", no leading "/", root is "";
 byte string survives as ``\\udcXX`` escapes), ``t`` kind (EntryKind value),
 ``m`` permission bits incl. setuid/setgid/sticky, ``u``/``g`` numeric ids,
 ``mt`` mtime in ns; optional: ``x`` xattrs as ``[[name, base64 value], ...]``
-sorted by name, ``s`` size, ``c`` content id (the number of ``files/NNNNNN``;
-absent for empty files), ``l`` link (symlink target verbatim; hard-link target
+sorted by name, ``s`` size, ``c`` where the file's ``s`` bytes start in
+``content`` (absent for empty files), ``l`` link (symlink target verbatim; hard-link target
 as a normalized path), ``r`` ``[major, minor]``. Whiteouts are kind ``w`` with
 ``p`` the path they remove; opaque markers are kind ``o`` with ``p`` the
 directory whose lower contents they hide.
 
 Trusts nothing from the tar: paths were normalized and checked by ``unpack``
-before they reach an index, and contents only ever live under numbered names.
+before they reach an index, and contents only ever live in the pack.
+
+The format is in the marker's name, so that whether a finished store of this
+format exists is one stat (every unpack task's up-to-date check); a store of
+an older format is replaced by the next unpack of its layer.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import enum
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -45,18 +56,18 @@ from typing import IO
 import structlog
 
 from pipeline.base.digest import Digest, parse_digest
-from pipeline.base.files import publish_dir, temp_path
+from pipeline.base.files import fsync_dir, publish_dir, remove_path, temp_path
 from pipeline.errors import LayerError
 
 __all__ = ["EntryKind", "IndexEntry", "LayerStore", "StoreWriter", "STORE_FORMAT",
-           "FILES_DIR", "INDEX_NAME", "MARKER_NAME", "content_name"]
+           "PACK_NAME", "INDEX_NAME", "MARKER_NAME"]
 
 log = structlog.get_logger(__name__)
 
-STORE_FORMAT = 1
-FILES_DIR = "files"
+STORE_FORMAT = 2
+PACK_NAME = "content"
 INDEX_NAME = "index.jsonl"
-MARKER_NAME = "store.json"
+MARKER_NAME = f"store.v{STORE_FORMAT}.json"
 
 
 class EntryKind(enum.Enum):
@@ -130,11 +141,6 @@ def _digest(digest: Digest | str) -> Digest:
     return digest if isinstance(digest, Digest) else parse_digest(digest)
 
 
-def content_name(content: int) -> str:
-    """The file name of content number ``content`` under ``files/``."""
-    return f"{content:06d}"
-
-
 class LayerStore:
     """A finished, immutable layer store on disk."""
 
@@ -159,6 +165,16 @@ class LayerStore:
         return Path(layers_root) / _digest(digest).hex
 
     @classmethod
+    def remove_stale(cls, layers_root: Path, digest: Digest | str) -> None:
+        """Remove what is at ``digest``'s store path unless it is a finished store of this
+        format (one an older version left): the unpack that follows makes it again."""
+        root = cls.path_for(layers_root, digest)
+        if root.exists() and not (root / MARKER_NAME).is_file():
+            log.info("layers.store_replaced", digest=str(digest),
+                     reason="written by an older version")
+            remove_path(root)
+
+    @classmethod
     def open(cls, layers_root: Path, digest: Digest | str) -> LayerStore:
         """Open the finished store for ``digest``; LayerError if there is none."""
         digest = _digest(digest)
@@ -179,11 +195,24 @@ class LayerStore:
         return cls(root, marker)
 
     @property
-    def files_dir(self) -> Path:
-        return self.root / FILES_DIR
+    def pack_path(self) -> Path:
+        """The file holding every regular file's bytes (an entry's ``content`` is an
+        offset into it)."""
+        return self.root / PACK_NAME
 
-    def content_path(self, content: int) -> Path:
-        return self.root / FILES_DIR / content_name(content)
+    def read_content(self, content: int, size: int) -> bytes:
+        """The ``size`` bytes of the file whose data starts at ``content``; LayerError if the
+        pack holds fewer (a damaged store)."""
+        fd = os.open(self.pack_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, size, content) if size else b""
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise LayerError(self.digest, f"layer store {str(self.root)!r} holds {len(data)}"
+                             f" of the {size} bytes at {content} in its pack; delete it and"
+                             " unpack the layer again")
+        return data
 
     def entries(self) -> Iterator[IndexEntry]:
         """The index records in archive order."""
@@ -206,8 +235,8 @@ class StoreWriter:
         self.layers_root.mkdir(parents=True, exist_ok=True)
         self.tmp = temp_path(LayerStore.path_for(self.layers_root, digest))
         os.mkdir(self.tmp, 0o700)
-        os.mkdir(self.tmp / FILES_DIR, 0o700)
-        self.files_fd = os.open(self.tmp / FILES_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.pack_fd = os.open(self.tmp / PACK_NAME,
+                               os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         # Kept open across add() calls; commit() or abort() closes it.
         self._index: IO[str] = open(self.tmp / INDEX_NAME, "w", encoding="ascii",  # noqa: SIM115
                                     buffering=1 << 20)
@@ -222,19 +251,20 @@ class StoreWriter:
         if exc_type is not None:
             self.abort()
 
-    def new_content(self) -> tuple[int, int]:
-        """Create the next numbered content file: (content id, writable fd)."""
-        content = self.files
-        fd = os.open(content_name(content), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     0o444, dir_fd=self.files_fd)
+    def append_content(self, copy: Callable[[int], int]) -> tuple[int, int]:
+        """Append one file's bytes to the pack: ``copy(fd)`` writes them at the
+        descriptor's position and returns how many it wrote. Returns (where they start,
+        how many): the entry's ``content`` and the size to check against its own."""
+        start = self.content_bytes
+        written = copy(self.pack_fd)
         self.files += 1
-        return content, fd
+        self.content_bytes += written
+        return start, written
 
     def add(self, entry: IndexEntry) -> None:
         self._index.write(entry.to_json())
         self._index.write("\n")
         self.entries += 1
-        self.content_bytes += entry.size if entry.content is not None else 0
 
     def commit(self, *, stream_bytes: int) -> LayerStore:
         """Make the store durable and visible under its final name."""
@@ -249,8 +279,8 @@ class StoreWriter:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.fsync(self.files_fd)
-        self._close_files_fd()
+        self._close_pack()
+        fsync_dir(self.tmp)
         final = LayerStore.path_for(self.layers_root, self.digest)
         if not publish_dir(self.tmp, final):
             # Another process finished the same layer first: stores are
@@ -263,12 +293,10 @@ class StoreWriter:
         try:
             self._index.close()
         finally:
-            self._close_files_fd()
+            self._close_pack()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _close_files_fd(self) -> None:
-        fd, self.files_fd = self.files_fd, -1
+    def _close_pack(self) -> None:
+        fd, self.pack_fd = self.pack_fd, -1
         if fd >= 0:
             os.close(fd)
-
-

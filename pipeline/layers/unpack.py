@@ -4,8 +4,8 @@
 from the blob's bytes as they download): decompress (:mod:`.compression`),
 hash and count every uncompressed byte (the ``diff_id`` covers the whole
 stream, trailing bytes after the end-of-archive blocks included), parse tar
-headers with a strict reader of our own, write each regular file's bytes to
-a numbered file and record every member in the index (:mod:`.layerstore`).
+headers with a strict reader of our own, append each regular file's bytes to
+the store's pack and record every member in the index (:mod:`.store`).
 The store appears under its final name only after the stream was read to its
 end and the ``diff_id`` matched.
 
@@ -17,8 +17,8 @@ and whiteouts (``.wh.<name>``, ``.wh..wh..opq``; image-spec layer.md,
 "Whiteouts") become index records of their own. Global PAX headers are read,
 validated and ignored, as Docker does.
 
-Nothing here creates a host path from a tar path: contents go to
-``files/NNNNNN`` only.
+Nothing here creates a host path from a tar path: contents go to the
+store's one pack file only.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def unpack_layer(blob: Path, layer: LayerRef, layers_root: Path, *,
     LayerError (and subclasses), LimitExceeded or DigestMismatch; on error
     nothing is left under the store's final name.
     """
+    LayerStore.remove_stale(layers_root, layer.digest)
     if LayerStore.path_for(layers_root, layer.digest).exists():
         return LayerStore.open(layers_root, layer.digest)
     size = os.stat(blob).st_size
@@ -81,6 +82,7 @@ def unpack_stream(chunks: Iterable[bytes], layer: LayerRef, layers_root: Path, *
     and raising otherwise, which aborts the store. Returns and raises like
     ``unpack_layer``.
     """
+    LayerStore.remove_stale(layers_root, layer.digest)
     if LayerStore.path_for(layers_root, layer.digest).exists():
         return LayerStore.open(layers_root, layer.digest)
     return _unpack(decompress_chunks(chunks, layer.media_type, layer=str(layer.digest)), layer,
@@ -180,11 +182,7 @@ class _TarReader:
             return
         content = None
         if m.kind is EntryKind.REGULAR and m.size:
-            content, fd = w.new_content()
-            try:
-                copied = self.stream.copy_to(fd, m.size)
-            finally:
-                os.close(fd)
+            content, copied = w.append_content(lambda fd: self.stream.copy_to(fd, m.size))
             if copied < m.size:
                 raise self.ctx.fail(CorruptTar, f"tar stream ends inside this file's data"
                                  f" ({copied} of {m.size} bytes)", m.raw_name)

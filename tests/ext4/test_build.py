@@ -63,7 +63,7 @@ from pipeline.flat.image import (
     write_entries,
     write_header,
 )
-from pipeline.layers.store import FILES_DIR, content_name
+from pipeline.layers.store import PACK_NAME
 from tests.harness.debian import debian_like
 from tests.harness.ext4reader import Ext4Image, Node
 
@@ -147,10 +147,11 @@ def make_flat(dest: Path, specs: Sequence[Spec], *, root: Spec | None = None,
     rootfs.mkdir(parents=True)
     os.chmod(dest, 0o755)
     os.chmod(rootfs, 0o755)
-    files = dest / STORE_NAME / CHAIN[0].partition(":")[2] / FILES_DIR
-    files.mkdir(parents=True)
-    for parent in (dest / STORE_NAME, files.parent, files):
+    store = dest / STORE_NAME / CHAIN[0].partition(":")[2]
+    store.mkdir(parents=True)
+    for parent in (dest / STORE_NAME, store):
         os.chmod(parent, 0o755)
+    pack = bytearray()
     contents: dict[str, tuple[int, int]] = {}
     root = root or d("")
     by_path = {s.path: s for s in specs}
@@ -178,10 +179,11 @@ def make_flat(dest: Path, specs: Sequence[Spec], *, root: Spec | None = None,
             os.link(rootfs / s.link, rootfs / s.path)
         base = by_path[s.link] if s.link is not None else s
         if base.type is FileType.REGULAR and base.data and base.path not in contents:
-            contents[base.path] = (0, len(contents))
-            (files / content_name(len(contents) - 1)).write_bytes(base.data)
+            contents[base.path] = (0, len(pack))
+            pack += base.data
         entries.append(replace(_entry(base, groups.get(base.path), base.data), path=s.path,
                                content=contents.get(base.path)))
+    (store / PACK_NAME).write_bytes(pack)
     if not staging:
         shutil.rmtree(rootfs)
     write_entries(dest / ENTRIES_NAME, entries)
@@ -700,7 +702,7 @@ REBUILD = "; delete this flat image so that flatten rebuilds it"
                  "name enclosed in double quotes: line 1 column 2 (char 1)); delete this flat "
                  "image so flatten rebuilds it", id="entries-not-json"),
     pytest.param("header-missing", "flat image {flat} cannot be read ([Errno 2] No such file "
-                 "or directory: '{flat}/flat.v2.json'); delete this flat image so flatten "
+                 "or directory: '{flat}/flat.v3.json'); delete this flat image so flatten "
                  "rebuilds it", id="header-missing"),
 ])
 def test_inconsistent_flat_image_fails_and_leaves_nothing(tmp_path: Path, change: str,

@@ -69,7 +69,7 @@ def show(tree: Tree) -> dict[str, str]:
             data = b""
             if node.content is not None:
                 store, content = node.content
-                data = store.content_path(content).read_bytes()
+                data = store.read_content(content, node.size)
             assert len(data) == node.size
             line = f"f {owner} {data.decode()!r}"
         elif node.type is FileType.SYMLINK:

@@ -88,21 +88,22 @@ def test_materialize_racing_a_finished_twin_keeps_the_first(tmp_path: Path) -> N
 def test_failure_leaves_nothing(tmp_path: Path) -> None:
     built = stores(tmp_path, [file("a", b"x"), file("b", b"y")])
     tree = flatten(built)
-    shutil.rmtree(built[0].files_dir)
+    built[0].pack_path.unlink()
     with pytest.raises(FileNotFoundError):
         materialize(tree, tmp_path / "flat" / "x", [built[0].digest])
     assert list((tmp_path / "flat").iterdir()) == []
 
 
-def test_files_are_hard_links_into_the_store(tmp_path: Path) -> None:
+def test_files_are_copies_out_of_the_pack_with_host_modes(tmp_path: Path) -> None:
+    big = os.urandom(1 << 20)
     built = stores(tmp_path, [file("usr/bin/su", b"ELF", mode=0o4755, uid=3),
-                              file("big", os.urandom(1 << 20))])
+                              file("big", big)])
     flat = flatten_image(built, tmp_path / "flat")
-    for path, content in (("usr/bin/su", 0), ("big", 1)):
-        st, src = host(flat, path), built[0].content_path(content).stat()
-        assert (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino)
-        assert st.st_nlink == 2
-        assert stat.S_IMODE(st.st_mode) == 0o444 and st.st_uid == os.geteuid()
+    for path, data in (("usr/bin/su", b"ELF"), ("big", big)):
+        st = host(flat, path)
+        assert (flat / "rootfs" / path).read_bytes() == data
+        assert st.st_nlink == 1
+        assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
 
 
 def test_host_inodes_are_shared_exactly_like_image_inodes(tmp_path: Path) -> None:
@@ -118,16 +119,15 @@ def test_host_inodes_are_shared_exactly_like_image_inodes(tmp_path: Path) -> Non
     assert groups == {"": None, "a": 1, "b": 1, "c": None, "e": 2, "f": 2, "g": None}
 
 
-def test_store_file_reused_by_two_image_inodes_is_copied(tmp_path: Path) -> None:
-    # Layers A, B, A: the second A makes a new inode for x from the same store file
+def test_content_reused_by_two_image_inodes_gives_two_host_files(tmp_path: Path) -> None:
+    # Layers A, B, A: the second A makes a new inode for x from the same pack range
     # that y (hard-linked to the first x in B) still uses.
     layer_a = make_layer([file("x", b"shared bytes")])
     layer_b = make_layer([hardlink("y", "x")])
     a, b = unpack(tmp_path, layer_a), unpack(tmp_path, layer_b)
     flat = flatten_image([a, b, a], tmp_path / "flat")
     x, y = host(flat, "x"), host(flat, "y")
-    assert x.st_ino != y.st_ino
-    assert {x.st_ino, y.st_ino} & {a.content_path(0).stat().st_ino}
+    assert x.st_ino != y.st_ino and x.st_nlink == y.st_nlink == 1
     assert (flat / "rootfs/x").read_bytes() == (flat / "rootfs/y").read_bytes() == b"shared bytes"
     assert all(e.link_group is None for e in read_entries(flat / "entries.jsonl"))
 
@@ -171,7 +171,7 @@ def test_entries_carry_the_image_metadata_in_mkfs_order(tmp_path: Path) -> None:
         FlatEntry("b/z", FileType.REGULAR, 0o4755, 0, 0, T, size=2, link_group=1,
                   content=(0, 0)),
         FlatEntry("ping", FileType.REGULAR, 0o644, 0, 0, T,
-                  xattrs=(("security.capability", cap),), size=1, content=(0, 2)),
+                  xattrs=(("security.capability", cap),), size=1, content=(0, 3)),
     ]
     header = read_header(flat / HEADER_NAME)
     assert (header.entries, header.inodes, header.directories, header.regular_bytes) == (
@@ -222,7 +222,7 @@ def test_flat_on_another_filesystem_copies(tmp_path: Path) -> None:
         flat = flatten_image(built, Path(other) / "flat")
         a, b, c = (host(flat, p) for p in "abc")
         assert a.st_ino == b.st_ino and a.st_nlink == 2 and c.st_nlink == 1
-        assert a.st_dev != built[0].content_path(0).stat().st_dev
+        assert a.st_dev != built[0].pack_path.stat().st_dev
         assert (flat / "rootfs/b").read_bytes() == b"linked"
         assert (flat / "rootfs/c").read_bytes() == b"alone"
         assert sorted(os.listdir(flat)) == ["entries.jsonl", HEADER_NAME, "rootfs"]
@@ -231,7 +231,7 @@ def test_flat_on_another_filesystem_copies(tmp_path: Path) -> None:
 # -- without a staging tree (the native builder) -----------------------------------------
 
 
-def test_content_references_name_the_store_file_of_every_regular_entry(
+def test_content_references_name_the_pack_range_of_every_regular_entry(
         tmp_path: Path) -> None:
     # Layers A, B, A: x's reference may name either position of A; both hold its bytes.
     layer_a = make_layer([file("x", b"shared bytes"), file("empty"), dir("d")])
@@ -243,7 +243,13 @@ def test_content_references_name_the_store_file_of_every_regular_entry(
     got = {}
     for entry in read_entries(flat / "entries.jsonl"):
         source = content(entry)
-        got[entry.path] = None if source is None else Path(source).read_bytes()
+        if source is not None:
+            pack, offset = source
+            assert pack == str(a.pack_path if entry.path == "x" else b.pack_path)
+            with open(pack, "rb") as f:
+                got[entry.path] = os.pread(f.fileno(), entry.size, offset or 0)
+        else:
+            got[entry.path] = None
     assert got == {"": None, "d": None, "empty": None, "x": b"shared bytes", "y": b"from b",
                    "z": b"from b"}
 

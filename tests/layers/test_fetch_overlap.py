@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.base.digest import parse_digest
+from pipeline.layers.store import INDEX_NAME, MARKER_NAME, PACK_NAME
 from pipeline.layers.unpack import unpack_layer
 from pipeline.oci.resolved import LayerRef
 from tests.harness.doitrun import make_world, run_doit, sha256_file, verify_outputs
@@ -38,10 +39,9 @@ def overlaps(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def store_digest(store: Path) -> str:
-    """One hash over a layer store's index, marker and every content file."""
+    """One hash over a layer store's index, marker and content pack."""
     h = hashlib.sha256()
-    for path in [store / "index.jsonl", store / "store.json",
-                 *sorted((store / "files").iterdir())]:
+    for path in [store / INDEX_NAME, store / MARKER_NAME, store / PACK_NAME]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 

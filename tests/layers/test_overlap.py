@@ -20,7 +20,7 @@ from pipeline.base.digest import digest_of, parse_digest
 from pipeline.errors import DigestMismatch
 from pipeline.layers.limits import Limits
 from pipeline.layers.overlap import OverlappedUnpack
-from pipeline.layers.store import FILES_DIR, INDEX_NAME, MARKER_NAME, LayerStore
+from pipeline.layers.store import INDEX_NAME, MARKER_NAME, PACK_NAME, LayerStore
 from pipeline.layers.unpack import unpack_layer
 from pipeline.oci.resolved import LayerRef
 from pipeline.registry.blobcache import BlobCache
@@ -65,11 +65,11 @@ def store_state(layers_root: Path) -> dict[str, object]:
         if store.name.startswith("."):
             found[store.name] = "temporary"
             continue
-        files = store / FILES_DIR
         found[store.name] = {
             "index": (store / INDEX_NAME).read_text(),
             "marker": json.loads((store / MARKER_NAME).read_text()),
-            "files": {p.name: p.read_bytes() for p in sorted(files.iterdir())},
+            "pack": (store / PACK_NAME).read_bytes(),
+            "names": sorted(p.name for p in store.iterdir()),
         }
     return found
 

@@ -1,4 +1,4 @@
-"""pipeline.layers.unpack and pipeline.layers.store: tar members to index records and content files.
+"""pipeline.layers.unpack and pipeline.layers.store: tar members to index records and a pack.
 
 Layers are built in memory with the harness vocabulary (tests/harness/tarball.py);
 raw ``tarfile.TarInfo`` members and spliced bytes cover what the vocabulary
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -135,22 +136,26 @@ def test_every_member_kind_is_recorded(tmp_path: Path) -> None:
         IndexEntry("dev/sda", K.BLOCK, 0o660, 0, 6, T, rdev=(8, 0)),
         IndexEntry("run/initctl", K.FIFO, 0o600, 0, 0, T),
         IndexEntry("tmp", K.DIRECTORY, 0o1777, 0, 0, T),
-        IndexEntry("usr/bin/su", K.REGULAR, 0o4755, 0, 0, T, size=3, content=1),
-        IndexEntry("usr/bin/wall", K.REGULAR, 0o2755, 0, 5, T, size=4, content=2),
+        IndexEntry("usr/bin/su", K.REGULAR, 0o4755, 0, 0, T, size=3, content=11),
+        IndexEntry("usr/bin/wall", K.REGULAR, 0o2755, 0, 5, T, size=4, content=14),
     ]
 
 
-def test_contents_go_to_numbered_read_only_files(tmp_path: Path) -> None:
+def test_contents_go_back_to_back_into_one_read_only_pack(tmp_path: Path) -> None:
     big = os.urandom(3 << 20)
     store = unpack(tmp_path, [file("a", b"hello"), file("../../outside-name".replace("../", ""),
                                                         big), file("empty")])
-    files = sorted(p.name for p in store.files_dir.iterdir())
-    assert files == ["000000", "000001"]
-    assert store.content_path(0).read_bytes() == b"hello"
-    assert store.content_path(1).read_bytes() == big
-    assert stat.S_IMODE(store.content_path(0).stat().st_mode) == 0o444
-    assert sorted(p.name for p in store.root.iterdir()) == ["files", "index.jsonl", "store.json"]
+    got = list(store.entries())
+    assert [(e.path, e.size, e.content) for e in got] == [
+        ("a", 5, 0), ("outside-name", len(big), 5), ("empty", 0, None)]
+    assert store.pack_path.read_bytes() == b"hello" + big
+    assert store.read_content(5, len(big)) == big
+    assert stat.S_IMODE(store.pack_path.stat().st_mode) == 0o444
+    assert sorted(p.name for p in store.root.iterdir()) == ["content", "index.jsonl",
+                                                            "store.v2.json"]
     assert (store.files_count, store.entries_count, store.content_bytes) == (2, 3, 5 + len(big))
+    with pytest.raises(LayerError, match=f"holds 1 of the 2 bytes at {4 + len(big)}"):
+        store.read_content(4 + len(big), 2)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
@@ -568,6 +573,22 @@ def test_index_round_trips_every_field() -> None:
         assert IndexEntry.from_json(other.to_json()) == other
 
 
+def test_a_store_an_older_version_left_is_made_again(tmp_path: Path) -> None:
+    """Format 1 kept a file per member under files/ and its marker in store.json: the
+    next unpack of the layer replaces it (a store of this format is one stat away)."""
+    layer = make_layer([file("a", b"hello")])
+    old = LayerStore.path_for(tmp_path / "layers", layer.digest)
+    (old / "files").mkdir(parents=True)
+    (old / "files" / "000000").write_bytes(b"hello")
+    (old / "store.json").write_text(json.dumps({"format": 1, "digest": layer.digest}))
+    with pytest.raises(LayerError, match="no finished layer store"):
+        LayerStore.open(tmp_path / "layers", layer.digest)
+    store = unpack(tmp_path, layer)
+    assert sorted(p.name for p in old.iterdir()) == ["content", "index.jsonl", "store.v2.json"]
+    assert store.read_content(0, 5) == b"hello"
+    assert LayerStore.open(tmp_path / "layers", layer.digest).files_count == 1
+
+
 def test_reading_tar_written_by_tarfile_itself(tmp_path: Path) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -578,4 +599,4 @@ def test_reading_tar_written_by_tarfile_itself(tmp_path: Path) -> None:
     store = unpack(tmp_path, plain_layer(buf.getvalue()))
     got = list(store.entries())
     assert [(e.path, e.size) for e in got] == [("a.txt", 5), ("sub/b.bin", 10240)]
-    assert store.content_path(1).read_bytes() == bytes(range(256)) * 40
+    assert store.read_content(got[1].content or 0, 10240) == bytes(range(256)) * 40

@@ -1,4 +1,4 @@
-"""The native ext4 writer: an image written straight from flat entries and content files,
+"""The native ext4 writer: an image written straight from flat entries and their bytes,
 without mkfs.ext4, debugfs, a staging tree or root. See docs/ext4-writer.md.
 
 Public: ``write_ext4`` (publish atomically at a path), ``write_image`` (into an

@@ -1,7 +1,7 @@
 """Copying file data into the image: the jobs, and the helper process's whole program.
 
-Jobs are ``source path NUL "size logical:physical:count ..." NUL`` records,
-in the order the writer placed the files, after a ``"first end" NUL`` header:
+Jobs are ``source path NUL "size[@offset] logical:physical:count ..." NUL``
+records, in the order the writer placed the files, after a ``"first end" NUL`` header:
 the byte range their data occupies, allocated with one ``posix_fallocate``
 before anything is copied. ``copy_jobs`` moves each file's
 bytes with ``os.copy_file_range`` (in the kernel; ``pread``/``pwrite``
@@ -13,10 +13,13 @@ stdin, copies them into descriptor FD, and reports the first failure as
 content file that has holes although the writer took it to be dense. It
 imports only what a bare interpreter has at hand, so it starts in ~10 ms.
 
+A source with ``@offset`` is a layer store's pack, the file's bytes a range
+of it: a pack is opened once and kept open for every job that names it.
+
 Trusts nothing about a content file: it is opened without following links
 and without blocking (a FIFO in its place must not hang the build), and
-anything but a regular file of the declared size, or one that shrinks while
-copied, is refused.
+anything but a regular file of the declared size (a pack: at least as large
+as the range), or one that shrinks while copied, is refused.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ class CopyFailed(Exception):
         self.message = message
 
 
-def encode_job(source: str, size: int, placed: Placed) -> bytes:
+def encode_job(source: str, offset: int | None, size: int, placed: Placed) -> bytes:
     runs = " ".join(f"{lo}:{ph}:{n}" for lo, ph, n in placed)
-    return os.fsencode(source) + b"\0" + f"{size} {runs}".encode("ascii") + b"\0"
+    where = f"{size}" if offset is None else f"{size}@{offset}"
+    return os.fsencode(source) + b"\0" + f"{where} {runs}".encode("ascii") + b"\0"
 
 
 def encode_jobs(jobs: list[bytes], first: int, end: int) -> bytes:
@@ -95,21 +99,32 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool, progress: int | None = None
     fields = data.split(b"\0")
     gather = _Gather(dst)
     done = _Done(dst, first, progress)
-    for index in range(len(fields) // 2):
-        source, spec = fields[2 * index], fields[2 * index + 1].split()
-        try:
-            job_end = _copy_file(source, int(spec[0]), spec[1:], gather, dense)
-            # Jobs lie in increasing order; small files wait in the gather buffer,
-            # so what is done ends where that buffer starts.
-            done.reached(gather.start if gather.fill else job_end)
-        except _Refused as err:
-            raise CopyFailed(index, str(err)) from None
-        except OSError as err:
-            if err.errno in OUTPUT_ERRNOS:
-                # The image's filesystem refused the write, whichever file was copied:
-                # the caller reports it as the output's (full, quota, file too large).
-                raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
-            raise CopyFailed(index, f"its content cannot be copied ({err.strerror})") from err
+    packs = _Packs(gather, dense)
+    try:
+        for index in range(len(fields) // 2):
+            source, spec = fields[2 * index], fields[2 * index + 1].split()
+            try:
+                size, at, offset = spec[0].partition(b"@")
+                if at:
+                    start, length = int(offset), int(size)
+                    job_end = _copy_runs(packs.open(source, start + length), start, length,
+                                         spec[1:], gather)
+                else:
+                    job_end = _copy_file(source, int(size), spec[1:], gather, dense)
+                # Jobs lie in increasing order; small files wait in the gather buffer,
+                # so what is done ends where that buffer starts.
+                done.reached(gather.start if gather.fill else job_end)
+            except _Refused as err:
+                raise CopyFailed(index, str(err)) from None
+            except OSError as err:
+                if err.errno in OUTPUT_ERRNOS:
+                    # The image's filesystem refused the write, whichever file was copied:
+                    # the caller reports it as the output's (full, quota, file too large).
+                    raise CopyFailed(OUTPUT_FAILED, str(err.errno)) from err
+                raise CopyFailed(index, f"its content cannot be copied ({err.strerror})"
+                                 ) from err
+    finally:
+        packs.close()
     gather.flush()
     done.finish(end)
 
@@ -172,20 +187,20 @@ class _Gather:
 
     def __init__(self, dst: int) -> None:
         self.dst = dst
-        # O_NOATIME: a first read would otherwise dirty every store file's inode
+        # O_NOATIME: a first read would otherwise dirty every source's inode
         # (relatime); only the files' owner may ask, so it is dropped on EPERM.
         self.open_flags = _OPEN_FLAGS | getattr(os, "O_NOATIME", 0)
         self.view = memoryview(bytearray(_GATHER))
         self.start = self.fill = 0
 
-    def add(self, src: int, size: int, dst_off: int) -> None:
+    def add(self, src: int, src_off: int, size: int, dst_off: int) -> None:
         padded = -(-size // _BLOCK) * _BLOCK
         if dst_off != self.start + self.fill or self.fill + padded > _GATHER:
             self.flush()
             self.start = dst_off
         at = self.fill
         while at < self.fill + size:
-            n = os.preadv(src, [self.view[at:self.fill + size]], at - self.fill)
+            n = os.preadv(src, [self.view[at:self.fill + size]], src_off + at - self.fill)
             if n <= 0:
                 raise _Refused("its content shrank while it was copied")
             at += n
@@ -199,20 +214,54 @@ class _Gather:
         self.start = self.fill = 0
 
 
-def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
-               dense: bool) -> int:
-    """Copy one job; returns the offset in the image where its last block ends."""
+class _Packs:
+    """The packs the jobs copy from, each opened and checked once."""
+
+    def __init__(self, gather: _Gather, dense: bool) -> None:
+        self.gather, self.dense = gather, dense
+        self.fds: dict[bytes, tuple[int, int]] = {}     # path -> (fd, size)
+
+    def open(self, source: bytes, end: int) -> int:
+        """The descriptor of pack ``source``, which must hold at least ``end`` bytes."""
+        if source not in self.fds:
+            src = _open(source, self.gather)
+            st = os.fstat(src)
+            self.fds[source] = (src, st.st_size)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Refused(f"its content {os.fsdecode(source)!r} is not a regular file")
+            if self.dense and st.st_blocks * _SECTOR < st.st_size:
+                raise SparseContent()
+        src, size = self.fds[source]
+        if size < end:
+            raise _Refused(f"its content {os.fsdecode(source)!r} holds {size} bytes, the "
+                           f"entry's range ends at {end}")
+        return src
+
+    def close(self) -> None:
+        for src, _ in self.fds.values():
+            os.close(src)
+        self.fds.clear()
+
+
+def _open(source: bytes, gather: _Gather) -> int:
     try:
         try:
-            src = os.open(source, gather.open_flags)
+            return os.open(source, gather.open_flags)
         except PermissionError:
             if gather.open_flags == _OPEN_FLAGS:
                 raise
             gather.open_flags = _OPEN_FLAGS
-            src = os.open(source, _OPEN_FLAGS)
+            return os.open(source, _OPEN_FLAGS)
     except OSError as err:
         raise _Refused(f"its content {os.fsdecode(source)!r} cannot be read "
                        f"({err.strerror})") from err
+
+
+def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
+               dense: bool) -> int:
+    """Copy one job whose source is a file of its own; returns the offset in the image
+    where its last block ends."""
+    src = _open(source, gather)
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
@@ -220,20 +269,26 @@ def _copy_file(source: bytes, size: int, runs: list[bytes], gather: _Gather,
                            f"the entry declares {size}")
         if dense and st.st_blocks * _SECTOR < size:
             raise SparseContent()
-        if len(runs) == 1 and size <= _GATHER_FILE:
-            logical, physical, count = map(int, runs[0].split(b":"))
-            if logical == 0:
-                gather.add(src, size, physical * _BLOCK)
-                return (physical + count) * _BLOCK
-        physical = count = 0
-        for run in runs:
-            logical, physical, count = map(int, run.split(b":"))
-            offset = logical * _BLOCK
-            _copy(src, gather.dst, offset, physical * _BLOCK,
-                  min(count * _BLOCK, size - offset))
-        return (physical + count) * _BLOCK
+        return _copy_runs(src, 0, size, runs, gather)
     finally:
         os.close(src)
+
+
+def _copy_runs(src: int, start: int, size: int, runs: list[bytes], gather: _Gather) -> int:
+    """Copy the ``size`` bytes at ``start`` in ``src`` to their runs in the image; returns
+    the offset in the image where the last block ends."""
+    if len(runs) == 1 and size <= _GATHER_FILE:
+        logical, physical, count = map(int, runs[0].split(b":"))
+        if logical == 0:
+            gather.add(src, start, size, physical * _BLOCK)
+            return (physical + count) * _BLOCK
+    physical = count = 0
+    for run in runs:
+        logical, physical, count = map(int, run.split(b":"))
+        offset = logical * _BLOCK
+        _copy(src, gather.dst, start + offset, physical * _BLOCK,
+              min(count * _BLOCK, size - offset))
+    return (physical + count) * _BLOCK
 
 
 def _copy(src: int, dst: int, src_off: int, dst_off: int, length: int) -> None:

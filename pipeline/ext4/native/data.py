@@ -1,17 +1,18 @@
 """File contents: which blocks hold data, and copying them into the image.
 
-``probe`` opens a regular file's content (a layer store's numbered file),
-checks that its size is the one its entry declares, and lists its data
-segments in whole 4 KiB blocks: with SEEK_DATA/SEEK_HOLE when the file has
-fewer blocks on disk than its size (a sparse file), else the whole file in
-one segment. A hole of the source stays a hole of the image (no extent, no
-block); layer stores are written densely, so images built from them do not
-depend on the host filesystem.
+``probe`` looks at a regular file's content (a range of a layer store's
+pack, or a file of its own), checks that it holds the size its entry
+declares, and lists its data segments in whole 4 KiB blocks: with
+SEEK_DATA/SEEK_HOLE when the file has fewer blocks on disk than its size (a
+sparse file), else the whole content in one segment. A hole of the source
+stays a hole of the image (no extent, no block); layer stores are written
+densely, so images built from them do not depend on the host filesystem.
 
 The bytes themselves are moved by ``copyproc``, in a helper process.
 
-Trusts nothing about the content file: a size that disagrees with the
-entry, or anything but a regular file, is refused.
+Trusts nothing about the content's file: a size that disagrees with the
+entry (a pack: too small for the range), or anything but a regular file, is
+refused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ Segment = tuple[int, int]
 @dataclass(frozen=True, slots=True)
 class Content:
     path: str
+    offset: int | None
+    """Where the bytes start in ``path`` (a pack); None: ``path`` holds exactly them."""
     segments: tuple[Segment, ...]
 
     @property
@@ -42,38 +45,46 @@ class Content:
         return sum(n for _, n in self.segments)
 
 
-def probe(entry_path: str, source: str, size: int) -> Content:
-    """The data segments of ``source``, which must be a regular file of ``size`` bytes."""
+def probe(entry_path: str, source: str, offset: int | None, size: int) -> Content:
+    """The data segments of ``size`` bytes at ``offset`` in ``source`` (a regular file
+    of exactly ``size`` bytes when ``offset`` is None)."""
     try:
         st = os.lstat(source)
     except OSError as err:
         raise BadTree(entry_path, f"its content {source!r} cannot be read "
                                   f"({err.strerror})") from err
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+    start = offset or 0
+    if not stat.S_ISREG(st.st_mode) or (st.st_size != size if offset is None
+                                        else st.st_size < start + size):
         raise BadTree(entry_path, f"its content {source!r} holds {st.st_size} "
-                                  f"bytes, the entry declares {size}")
+                                  f"bytes, the entry declares {size}"
+                                  + ("" if offset is None else f" from {offset}"))
     total = -(-size // BLOCK_SIZE)
-    if st.st_blocks * _SECTOR >= size:          # no room for holes: dense
-        return Content(source, ((0, total),) if total else ())
+    if st.st_blocks * _SECTOR >= st.st_size:    # no room for holes: dense
+        return Content(source, offset, ((0, total),) if total else ())
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        return Content(source, tuple(_data_segments(fd, size, total)))
+        return Content(source, offset, tuple(_data_segments(fd, start, size, total)))
     finally:
         os.close(fd)
 
 
-def _data_segments(fd: int, size: int, total: int) -> list[Segment]:
+def _data_segments(fd: int, start: int, size: int, total: int) -> list[Segment]:
+    """Segments of the ``size`` bytes at ``start``, in blocks counted from ``start``: a
+    block that holds any data is data."""
     segments: list[Segment] = []
-    pos = 0
-    while pos < size:
+    pos, stop = start, start + size
+    while pos < stop:
         try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
+            begin = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as err:
             if err.errno == errno.ENXIO:
                 break                       # only a hole remains
             raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        first, last = start // BLOCK_SIZE, min(total, -(-end // BLOCK_SIZE))
+        if begin >= stop:
+            break
+        end = min(os.lseek(fd, begin, os.SEEK_HOLE), stop)
+        first, last = (begin - start) // BLOCK_SIZE, min(total, -(-(end - start) // BLOCK_SIZE))
         if segments and segments[-1][0] + segments[-1][1] >= first:
             prev = segments.pop()
             first = prev[0]

@@ -19,22 +19,24 @@ from pipeline.ext4.output import ImageOutput, Sha256Thread
 from pipeline.ext4.size import SizePlan, TreeUsage, has_super
 from pipeline.ext4.tools import FS_EPOCH
 from pipeline.flat.image import ROOTFS_NAME, FileType, FlatEntry
+from pipeline.flat.lookup import ContentRef
 
 __all__ = ["Ext4Error", "Ext4Options", "FileType", "FlatEntry", "FS_EPOCH", "ImageOutput",
            "Sha256Thread",
            "SizePlan", "TreeUsage", "has_super", "derive_uuids", "plan_for", "staged_content",
-           "ContentSource", "NATIVE_WRITER_FORMAT"]
+           "ContentSource", "ContentRef", "NATIVE_WRITER_FORMAT"]
 
-ContentSource = Callable[[FlatEntry], "str | os.PathLike[str] | None"]
-"""Where a regular file's bytes live (a layer store's numbered file), or None when empty."""
+ContentSource = Callable[[FlatEntry], "ContentRef | None"]
+"""Where a regular file's bytes live (a range of a layer store's pack, or a file of
+their own), or None when empty."""
 
 
 def staged_content(flat_dir: Path) -> ContentSource:
-    """Content of each regular entry from a flat image's staging tree (hard links into
-    the layer stores), for building from a flat image directory."""
+    """Content of each regular entry from a flat image's staging tree (a file each), for
+    building from a flat image directory."""
     rootfs = os.path.join(flat_dir, ROOTFS_NAME)
 
-    def content(entry: FlatEntry) -> str | None:
+    def content(entry: FlatEntry) -> ContentRef | None:
         # Strings, not Paths: pathlib's parsing costs more than the copy of a small file.
-        return os.path.join(rootfs, entry.path) if entry.size else None
+        return (os.path.join(rootfs, entry.path), None) if entry.size else None
     return content

@@ -1,4 +1,4 @@
-"""Write a whole ext4 image from flat entries and their content files: the driver.
+"""Write a whole ext4 image from flat entries and their bytes: the driver.
 
 ``write_ext4`` runs, in order: number the tree (tree), lay out each inode's
 xattrs, find each regular file's data segments (data: dense unless probed,
@@ -150,11 +150,12 @@ def _survey(entries: Sequence[FlatEntry], content: ContentSource, options: Ext4O
                 source = content(entry)
                 if source is None:
                     raise AssertionError(f"internal error: no content for {node.path!r}")
+                path, offset = source
                 if assume_dense:            # checked by the copy, which opens it anyway
                     count = -(-entry.size // BLOCK_SIZE)
-                    found = Content(os.fspath(source), ((0, count),))
+                    found = Content(path, offset, ((0, count),))
                 else:
-                    found = probe(node.path, os.fspath(source), entry.size)
+                    found = probe(node.path, path, offset, entry.size)
                 files.append((node, found))
                 segments = found.segments
                 if len(segments) == 1:           # dense: one segment from block 0
@@ -186,8 +187,8 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
     """Write the image into the empty file ``fd`` (see ``write_ext4``); with ``hash_path``
     (``fd``'s file), also its sha256, hashed on a thread behind the copy of file data.
 
-    With an auto size, content files are first taken to be dense, as layer stores
-    are, saving a stat per file; should the copy find one with holes, the image is
+    With an auto size, contents are first taken to be dense, as layer packs are,
+    saving a stat per file; should the copy find a source with holes, the image is
     written again with every file probed, so the bytes are the same either way. A
     fixed size is planned from probed files, so that holes count before a refusal.
     """
@@ -271,7 +272,7 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                     mapped += extents_for(first, take(count))
                 placer.map_extents(rec, mapped)
             rec.blocks += data.blocks
-            jobs.append(encode_job(data.path, rec.size, mapped))
+            jobs.append(encode_job(data.path, data.offset, rec.size, mapped))
         copier.send(jobs, data_start * BLOCK_SIZE, placer.cursor * BLOCK_SIZE)
         lap("data")
         htree = HtreeParams(seed_words(seed_bytes), signed=True,

@@ -27,9 +27,11 @@ def _listing(image: Path, directory: str) -> set[bytes]:
     return {name for ino, name in records if ino != b"0"} - {b".", b".."}
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_trees(tmp_path: Path, seed: int) -> None:
-    tree = random_tree(tmp_path / "store", seed, entries=300)
+@pytest.mark.parametrize("seed, packed", [(1, False), (2, False), (3, False), (4, True),
+                                          (5, True)])
+def test_random_trees(tmp_path: Path, seed: int, packed: bool) -> None:
+    """Contents in a file each or, as layer stores hold them, in one pack."""
+    tree = random_tree(tmp_path / "store", seed, entries=300, packed=packed)
     image = tmp_path / "r.ext4"
     write_ext4(tree.entries, tree.content, image, Ext4Options(), seed=f"gen{seed}")
     fsck_clean(image)

@@ -100,7 +100,7 @@ def test_content_that_disagrees_with_its_entry(tmp_path: Path) -> None:
     entries = [_root(), FlatEntry("f", FileType.REGULAR, 0o644, 0, 0, MTIME_NS, size=6)]
     with pytest.raises(BadTree, match="'f': its content .* holds 5 bytes, the entry "
                                       "declares 6"):
-        write_ext4(entries, lambda e: tmp_path / "c", tmp_path / "o" / "x.ext4",
+        write_ext4(entries, lambda e: (str(tmp_path / "c"), None), tmp_path / "o" / "x.ext4",
                    Ext4Options(), seed="s")
 
 
@@ -108,7 +108,7 @@ def test_content_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None
     os.mkfifo(tmp_path / "c")
     entries = [_root(), FlatEntry("f", FileType.REGULAR, 0o644, 0, 0, MTIME_NS, size=6)]
     with pytest.raises(BadTree, match="'f': its content .* holds 0 bytes"):
-        write_ext4(entries, lambda e: tmp_path / "c", tmp_path / "o" / "x.ext4",
+        write_ext4(entries, lambda e: (str(tmp_path / "c"), None), tmp_path / "o" / "x.ext4",
                    Ext4Options(), seed="s")
     assert os.listdir(tmp_path / "o") == []
 

@@ -109,7 +109,7 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
     jobs, block = [], 0
     for src, size in sources:
         count = -(-size // 4096)
-        jobs.append(copyjobs.encode_job(str(src), size, [(0, block, count)]))
+        jobs.append(copyjobs.encode_job(str(src), None, size, [(0, block, count)]))
         block += count
     data = copyjobs.encode_jobs(jobs, 0, block * 4096)
     expected = b"".join(src.read_bytes().ljust(-(-size // 4096) * 4096, b"\0")
@@ -162,7 +162,7 @@ def test_copy_progress_only_reports_bytes_already_final(tmp_path: Path) -> None:
         data = rng.randbytes(size)
         src.write_bytes(data)
         count = -(-size // 4096)
-        jobs.append(copyjobs.encode_job(str(src), size, [(0, block, count)]))
+        jobs.append(copyjobs.encode_job(str(src), None, size, [(0, block, count)]))
         expected += data.ljust(count * 4096, b"\0")
         block += count
     out = tmp_path / "image"

@@ -91,6 +91,46 @@ def test_same_input_same_bytes_and_another_seed_another_uuid(
     assert isinstance(WRITER_FORMAT_VERSION, int)
 
 
+def test_contents_in_one_pack_read_back_with_their_holes(tmp_path: Path) -> None:
+    """As layer stores hold them: ranges of one file, dense ones at any offset, sparse
+    ones (so the whole pack is sparse: the dense attempt is given up) probed in place;
+    the blocks each file owns are checked, so a hole filled or data lost fails."""
+    packed = every_kind(tmp_path / "pack", packed=True)
+    assert {ref[1] is not None for ref in packed.files.values()} == {True}
+    out = tmp_path / "packed.ext4"
+    write_ext4(packed.entries, packed.content, out, Ext4Options(label="rootfs"),
+               seed="every-kind")
+    fsck_clean(out)
+    check_round_trip(out, packed)
+    probed = tmp_path / "probed.ext4"
+    with ImageOutput(probed) as image:
+        _write(packed.entries, packed.content, image.fd, Ext4Options(label="rootfs"),
+               seed="every-kind", assume_dense=False)
+        image.publish()
+    assert probed.read_bytes() == out.read_bytes()
+
+
+def test_a_dense_pack_is_copied_by_ranges_and_checked_for_length(tmp_path: Path) -> None:
+    trees = []
+    for packed in (False, True):
+        b = TreeBuilder(tmp_path / f"store-{packed}", packed=packed)
+        for i, size in enumerate((1, 4095, 4097, 300 << 10, 5)):
+            b.file(f"f{i}", random.Random(i).randbytes(size))
+        trees.append(b.build())
+    images = [tmp_path / "each.ext4", tmp_path / "pack.ext4"]
+    for tree, image in zip(trees, images):
+        write_ext4(tree.entries, tree.content, image, Ext4Options(), seed="dense")
+    assert images[0].read_bytes() == images[1].read_bytes()
+    check_round_trip(images[1], trees[1])
+    pack = tmp_path / "store-True" / "content"
+    os.chmod(pack, 0o644)
+    os.truncate(pack, os.stat(pack).st_size - 1)
+    with pytest.raises(BadTree, match="holds 315397 bytes, the entry's range ends at 315398"):
+        write_ext4(trees[1].entries, trees[1].content, tmp_path / "short.ext4",
+                   Ext4Options(), seed="dense")
+    assert not (tmp_path / "short.ext4").exists()
+
+
 def test_sparse_content_taken_as_dense_is_rewritten_to_the_same_bytes(
         kinds: Tree, built: tuple[Path, NativeResult], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,8 +262,8 @@ def test_a_failed_copy_stops_the_hash(tmp_path: Path) -> None:
     tree = b.build()
     bad = tree.content(next(e for e in tree.entries if e.path == "bad"))
     assert bad is not None
-    os.chmod(bad, 0o644)
-    with open(bad, "ab") as f:
+    os.chmod(bad[0], 0o644)
+    with open(bad[0], "ab") as f:
         f.write(b"6")
     out = tmp_path / "o" / "x.ext4"
     with pytest.raises(BadTree, match="holds 6 bytes, the entry declares 5"):

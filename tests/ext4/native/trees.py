@@ -1,7 +1,8 @@
 """Trees for the native writer's tests: flat entries plus content files, built in code.
 
-``TreeBuilder`` writes each regular file's bytes to a numbered content file
-(as a layer store does), sparse where asked (``holes``), and keeps what the
+``TreeBuilder`` writes each regular file's bytes to a numbered content file,
+or with ``packed`` to ranges of one pack (as a layer store does), sparse
+where asked (``holes``), and keeps what the
 image must hold; ``random_tree`` generates seeded trees from a small
 vocabulary (odd names incl. non-UTF-8 bytes, sizes, holes, xattrs of every
 size class, hard links, symlinks of all lengths, devices, deep paths).
@@ -15,7 +16,7 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipeline.ext4.native.inputs import FileType, FlatEntry
+from pipeline.ext4.native.inputs import ContentRef, FileType, FlatEntry
 
 __all__ = ["Tree", "TreeBuilder", "random_tree", "every_kind", "with_parents", "MTIME_NS",
            "BLOCK"]
@@ -27,13 +28,13 @@ BLOCK = 4096
 @dataclass
 class Tree:
     entries: list[FlatEntry]
-    files: dict[str, Path]
-    """Content file of every non-empty regular path (hard links share one)."""
+    files: dict[str, ContentRef]
+    """Where the bytes of every non-empty regular path are (hard links share them)."""
     data_blocks: dict[str, int]
     """Blocks of data (not holes) each non-empty regular path must own."""
     sha256: dict[str, str]
 
-    def content(self, entry: FlatEntry) -> Path | None:
+    def content(self, entry: FlatEntry) -> ContentRef | None:
         return self.files.get(entry.path)
 
 
@@ -43,11 +44,18 @@ def _order(path: str) -> tuple[bytes, ...]:
 
 @dataclass
 class TreeBuilder:
+    """Entries and their contents: a file each under ``store``, or with ``packed`` all in
+    one pack ``store/content`` as a layer store holds them (dense files back to back, at
+    any offset; a file with holes on blocks of its own, so that the blocks it must own
+    are the same as in a file of its own)."""
+
     store: Path
+    packed: bool = False
     root: FlatEntry = field(default_factory=lambda: FlatEntry("", FileType.DIRECTORY, 0o755,
                                                               0, 0, MTIME_NS))
     _entries: dict[str, FlatEntry] = field(default_factory=dict)
-    _files: dict[str, Path] = field(default_factory=dict)
+    _files: dict[str, ContentRef] = field(default_factory=dict)
+    _pack_end: int = 0
     _blocks: dict[str, int] = field(default_factory=dict)
     _sha: dict[str, str] = field(default_factory=dict)
     _groups: dict[str, int] = field(default_factory=dict)
@@ -71,20 +79,32 @@ class TreeBuilder:
         chunks (offset, bytes) written into them."""
         total = len(data) if size is None else size
         if total:
-            where = self.store / f"{len(self._files):06d}"
-            fd = os.open(where, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o444)
+            if self.packed:
+                where = self.store / "content"
+                start = self._pack_end if holes is None else -(-self._pack_end // BLOCK) * BLOCK
+                # After holes, the next file starts on a block of its own too.
+                self._pack_end = start + total if holes is None else \
+                    -(-(start + total) // BLOCK) * BLOCK
+                ref: ContentRef = (str(where), start)
+            else:
+                where = self.store / f"{len(self._files):06d}"
+                start = 0
+                ref = (str(where), None)
+            fd = os.open(where, os.O_CREAT | os.O_WRONLY | (0 if self.packed else os.O_TRUNC),
+                         0o444 if not self.packed else 0o644)
             h = hashlib.sha256()
             try:
                 if holes is None:
-                    os.write(fd, data)
+                    os.pwrite(fd, data, start)
                     h.update(data)
                     self._blocks[path] = -(-total // BLOCK)
                 else:
-                    os.ftruncate(fd, total)
+                    if os.fstat(fd).st_size < start + total:
+                        os.ftruncate(fd, start + total)
                     image = bytearray(total if checksum else 0)
                     touched: set[int] = set()
                     for offset, chunk in holes:
-                        os.pwrite(fd, chunk, offset)
+                        os.pwrite(fd, chunk, start + offset)
                         if checksum:
                             image[offset:offset + len(chunk)] = chunk
                         touched.update(range(offset // BLOCK, -(-(offset + len(chunk)) // BLOCK)))
@@ -92,7 +112,7 @@ class TreeBuilder:
                     self._blocks[path] = len(touched)
             finally:
                 os.close(fd)
-            self._files[path] = where
+            self._files[path] = ref
             self._sha[path] = h.hexdigest()
         else:
             self._sha[path] = hashlib.sha256(b"").hexdigest()
@@ -154,10 +174,11 @@ def _name(rng: random.Random) -> str:
 
 
 def random_tree(store: Path, seed: int, *, entries: int = 300,
-                max_file: int = 256 * 1024) -> Tree:
-    """A seeded random tree of about ``entries`` entries."""
+                max_file: int = 256 * 1024, packed: bool = False) -> Tree:
+    """A seeded random tree of about ``entries`` entries (contents ``packed`` in one file,
+    or a file each)."""
     rng = random.Random(seed)
-    b = TreeBuilder(store)
+    b = TreeBuilder(store, packed=packed)
     dirs = [""]
     files: list[str] = []
     used: set[str] = set()
@@ -216,9 +237,9 @@ ACL = bytes.fromhex("02000000" "01000600ffffffff" "02000400e8030000" "04000400ff
                     "10000400ffffffff" "20000000ffffffff")
 
 
-def every_kind(store: Path) -> Tree:
+def every_kind(store: Path, *, packed: bool = False) -> Tree:
     """One of every kind of entry and limit the writer handles."""
-    b = TreeBuilder(store)
+    b = TreeBuilder(store, packed=packed)
     b.dir("etc")
     b.file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
     b.file("etc/empty")
