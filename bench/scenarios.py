@@ -18,8 +18,8 @@ Within one bench run the order is fixed (peer, floor, ours per scenario) and
 scenarios 3 and 4 continue in scenario 2's directories, so 3 needs 2 and 4
 needs 2 and 1 (its target is against 1). Directories of a finished scenario
 are removed at once to keep the disk footprint to one scenario's worth, and
-``sync`` runs (untimed) before each side so neither pays to write back the
-other's dirty pages.
+``sync`` runs (untimed) before each side, the floor included, so none pays
+to write back another's dirty pages.
 After each build the ext4 outputs of both sides are compared by used
 inode count, so a side that silently skipped work shows up.
 """
@@ -150,6 +150,7 @@ class Bench:
         self._samples(sid).peer.append(Sample.of(p))
         line = f"  [{sid}] {title}: peer {p.seconds:.2f} s"
         if floor:
+            os.sync()
             f = peer.floor(images[0], self.run_root)
             self._samples(sid).floor.append(Sample.of(f))
             line += f", floor {f.seconds:.2f} s"

@@ -42,6 +42,7 @@ import structlog
 
 from pipeline.base.digest import Digest, VerifyingHasher, parse_digest
 from pipeline.base.files import fsync_dir
+from pipeline.base.writeback import Writeback
 from pipeline.errors import BadDigest, BusyError, DigestMismatch, RegistryError
 
 if TYPE_CHECKING:  # the client is handed in; importing it here would pull httpx into every run
@@ -292,6 +293,9 @@ class _Transfer:
         self.out.seek(0)
         self.out.truncate()
         self.written = 0
+        # The blob is fsynced before it is published: started as it arrives, the disk
+        # writes it during the download instead of after it.
+        self.writeback = Writeback(self.out.fileno())
         self.hasher = VerifyingHasher(self.digest, size=self.size, what=self.what)
 
     def run(self) -> None:
@@ -356,6 +360,7 @@ class _Transfer:
             if self.tee is not None:
                 self.tee.feed(self.written, chunk)
             self.written += len(chunk)
+            self.writeback.written(self.written)
             if self.progress is not None:
                 self.progress(self.written, self.size)
 
