@@ -63,6 +63,7 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ from pipeline.tasks.reporter import reporter_for
 from pipeline.tasks.resolve import check_frozen, resolve_tasks, update_task
 from pipeline.tasks.selection import check_plan_request, choose_shard, plan_task, shard_images
 from pipeline.tasks.share import sharing_tasks
-from pipeline.tasks.toolcache import cached_tool_versions
+from pipeline.tasks.toolcache import versions_used
 from pipeline.tasks.unpack import DEFAULT_LIMITS, unpack_tasks
 
 __all__ = ["load_pipeline", "make_context", "build_tasks", "doit_config", "MANIFEST_VAR",
@@ -133,7 +134,7 @@ def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
     """All tasks made from the lock file (or ``plan``): fetch-blob, unpack, flatten, mkfs."""
     if plan is None:
         plan = plan_run(ctx.manifest, read_lock(ctx.lock_path), only=ctx.selected)
-    tools = cached_tool_versions(ctx.cache.root) if plan.images else {}
+    tools = versions_used(ctx.cache.root, {image.spec.ext4.builder for image in plan.images})
     # With a remote cache, each image is looked up first; a hit needs no layer task.
     yield from remote_tasks(ctx, plan, tools)
     # The same limits for the unpack overlapped with a download and the unpack task.
@@ -141,6 +142,12 @@ def build_tasks(ctx: RunContext, plan: RunPlan | None = None) -> Any:
         fetch_tasks(ctx, plan, DEFAULT_LIMITS), unpack_tasks(ctx, plan, DEFAULT_LIMITS),
         flatten_tasks(ctx, plan)))
     yield from sharing_tasks(ctx, plan, tools, mkfs_tasks(ctx, plan, tools))
+
+
+def _tools_of(ctx: RunContext) -> Callable[[Path], dict[str, str]]:
+    """The e2fsprogs versions the manifest's images depend on, for the no-op stamp."""
+    builders = {spec.ext4.builder for spec in ctx.manifest.images}
+    return lambda cache_dir: versions_used(cache_dir, builders)
 
 
 def doit_config(ctx: RunContext) -> dict[str, Any]:
@@ -217,7 +224,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
         graphless = families_only(args)
         if plain:
             started = time.monotonic()
-            skipped = unchanged(ctx, cached_tool_versions)
+            skipped = unchanged(ctx, _tools_of(ctx))
             if skipped is not None:
                 log.info("run.unchanged", images=skipped.images, tasks=skipped.tasks,
                          seconds=round(time.monotonic() - started, 3))
@@ -265,7 +272,7 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
 
     config = doit_config(ctx)
     if plain:
-        config["reporter"] = stamping_reporter(ctx, cached_tool_versions, skipped=skipped,
+        config["reporter"] = stamping_reporter(ctx, _tools_of(ctx), skipped=skipped,
                                                base=config["reporter"])
     return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
             "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,

@@ -32,7 +32,7 @@ from pipeline.tasks.mkfs import mkfs_config, output_path
 from pipeline.tasks.plan import ImagePlan, plan_run
 from pipeline.tasks.remote import cache_entry, image_built, write_fetched
 from pipeline.tasks.steps import IO, note, run_step
-from pipeline.tasks.toolcache import cached_tool_versions
+from pipeline.tasks.toolcache import versions_used
 
 __all__ = ["INDEX_NAME", "collect_step", "collect_task"]
 
@@ -53,7 +53,7 @@ def collect_step(ctx: RunContext, fetch: bool) -> None:
     from pipeline.remote.fetch import find_artifact
 
     plan = plan_run(ctx.manifest, read_lock(ctx.lock_path))
-    tools = cached_tool_versions(ctx.cache.root)
+    tools = versions_used(ctx.cache.root, {image.spec.ext4.builder for image in plan.images})
     missing = {name: "not resolved in the lock file (run `doit resolve`)"
                for name in plan.unresolved}
     index: dict[str, Any] = {}

@@ -1,8 +1,10 @@
 """The e2fsprogs versions that key every mkfs task, remembered per binary.
 
-Every run, a no-op included, needs ``ext4.tools.tool_versions()`` (the
-mkfs.ext4, debugfs and e2fsck an mkfs build runs) to build the mkfs tasks'
-keys (a new toolchain must rebuild).
+Every run, a no-op included, of a manifest with an image built by the mkfs
+builder needs ``ext4.tools.tool_versions()`` (the mkfs.ext4, debugfs and
+e2fsck an mkfs build runs) to build the mkfs tasks' keys (a new toolchain
+must rebuild); the native builder runs none of them (``versions_used``), so
+a manifest of native images neither asks nor needs e2fsprogs installed.
 Asking costs importing the ext4 builder and running each tool; the answer
 changes only when a binary does. So it is kept in ``<cache_dir>/tools.json``
 together with, for each tool, the path ``PATH`` finds it at and that file's
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import structlog
 from pipeline.base.files import write_atomic
 from pipeline.base.jsontext import loads_bounded
 
-__all__ = ["cached_tool_versions", "TOOLS_FILE"]
+__all__ = ["cached_tool_versions", "versions_used", "TOOLS_FILE"]
 
 log = structlog.get_logger(__name__)
 
@@ -97,3 +100,9 @@ def cached_tool_versions(cache_dir: Path) -> dict[str, str]:
         except OSError as err:  # only a cache: the next run asks again
             log.debug("tools.not_remembered", path=str(file), error=str(err))
     return versions
+
+
+def versions_used(cache_dir: Path, builders: Collection[str]) -> dict[str, str]:
+    """``cached_tool_versions`` when one of ``builders`` is mkfs, else nothing to ask:
+    the native writer's output depends on no tool (its format version keys it)."""
+    return cached_tool_versions(cache_dir) if "mkfs" in builders else {}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.layers.store import MARKER_NAME
 from tests.harness.doitrun import (
     ThrottleProxy,
     World,
@@ -114,6 +115,21 @@ def check_noop(world: World, noop, dep_file: bytes) -> None:  # type: ignore[no-
             if m.split(".")[0] in ("httpx", "httpcore", "zstandard", "isal") or m in heavy] == []
 
 
+def test_native_images_need_no_e2fsprogs(registry: Registry, repo: str,
+                                         tmp_path: Path) -> None:
+    """A manifest of native images runs no e2fsprogs tool, not even to ask its version:
+    with none on PATH the cold build and the no-op run after it succeed."""
+    world = make_world(registry, repo, tmp_path, names="a", builder="native")
+    no_tools = {"PATH": "/usr/bin:/bin"}
+    assert shutil.which("mkfs.ext4", path=no_tools["PATH"]) is None
+    cold = run_doit(world.project, env=no_tools).check()
+    assert "mkfs:a" in cold.ran
+    assert not (world.project / ".cache/tools.json").exists()
+    verify_outputs(world.project, "a")
+    noop = run_doit(world.project, env=no_tools).check()
+    assert noop.ran == [] and [e for e in noop.events if e.get("event") == "run.unchanged"]
+
+
 def test_tag_bump_fetches_only_new_blobs_and_rebuilds_only_that_image(world: World) -> None:
     run_doit(world.project).check()
     before = stamps(world.project, "bc")
@@ -176,7 +192,7 @@ def test_corrupt_cached_blob_is_detected_and_fetched_again(world: World) -> None
     assert third.ran == [f"fetch-blob:{d(world.base)}"]
     assert overlaps(third) == {d(world.base): "unpacked"}
     store = json.loads((world.project / ".cache/layers" / d(world.base).split(":")[1]
-                        / "store.json").read_text())
+                        / MARKER_NAME).read_text())
     assert store["diff_id"] == world.base.diff_id
 
 
