@@ -17,8 +17,9 @@ native writer copies byte ranges of the pack into the image; the mkfs
 builder's staging tree copies them out into files.
 
 A store is built as ``<layers_root>/.tmp-<hex>-<pid>-<random>`` and renamed to
-``<hex>`` when complete, so the final name only ever holds a finished store;
-leftover ``.tmp-*`` directories are crashed builds and safe to delete.
+``<hex>`` when complete (pack, index and marker fsynced first), so the final
+name only ever holds a finished store, after a power loss too; leftover
+``.tmp-*`` directories are crashed builds and safe to delete.
 :meth:`LayerStore.open` also requires the marker to name the same digest.
 
 Index format, one JSON object per line (``ensure_ascii`` JSON, so every line is
@@ -57,6 +58,7 @@ import structlog
 
 from pipeline.base.digest import Digest, parse_digest
 from pipeline.base.files import fsync_dir, publish_dir, remove_path, temp_path
+from pipeline.base.writeback import Writeback
 from pipeline.errors import LayerError
 
 __all__ = ["EntryKind", "IndexEntry", "LayerStore", "StoreWriter", "STORE_FORMAT",
@@ -237,6 +239,9 @@ class StoreWriter:
         os.mkdir(self.tmp, 0o700)
         self.pack_fd = os.open(self.tmp / PACK_NAME,
                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        # The pack is fsynced before the marker says the store is finished; started as
+        # it fills, the disk writes it while the layer is still being read.
+        self._writeback = Writeback(self.pack_fd)
         # Kept open across add() calls; commit() or abort() closes it.
         self._index: IO[str] = open(self.tmp / INDEX_NAME, "w", encoding="ascii",  # noqa: SIM115
                                     buffering=1 << 20)
@@ -259,6 +264,7 @@ class StoreWriter:
         written = copy(self.pack_fd)
         self.files += 1
         self.content_bytes += written
+        self._writeback.written(self.content_bytes)
         return start, written
 
     def add(self, entry: IndexEntry) -> None:
@@ -268,6 +274,7 @@ class StoreWriter:
 
     def commit(self, *, stream_bytes: int) -> LayerStore:
         """Make the store durable and visible under its final name."""
+        os.fsync(self.pack_fd)
         self._index.flush()
         os.fsync(self._index.fileno())
         self._index.close()
