@@ -8,7 +8,7 @@
 The flat image is made the way the pipeline makes it: the test harness's
 ``debian_like`` layers (base + update, gzip) go through the real
 ``unpack_layer`` into layer stores and ``flatten_image`` into a staging tree
-of hard links, so the staging tree has the pipeline's real host modes,
+(files copied out of the layer packs), so it has the pipeline's real host modes,
 owners and link structure. It is built once per parameter set and cached in
 ``<work>/<files>-<size>``; each run then builds a fresh ``img.ext4`` from it.
 

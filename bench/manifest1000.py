@@ -55,7 +55,7 @@ def _say(message: str) -> None:
 
 def _disk_bytes(path: Path) -> int:
     """Bytes allocated on disk under ``path`` (st_blocks: sparse files count what they
-    use; a hard-linked file counts once, as flat images link the layer stores' files)."""
+    use; a hard-linked file counts once, as a staging tree's further names do)."""
     if path.is_file():
         return path.stat().st_blocks * 512
     total = 0
