@@ -12,15 +12,18 @@ staging tree, made only for the mkfs builder (``staging=True``), gives
   ``mkfifo`` with ``dir_fd``), and directories are opened with
   ``O_NOFOLLOW``: no path we create is ever resolved through a link, and
   there is no link until the last pass anyway.
-- Regular files are fresh files holding a copy of their bytes from the layer
-  stores' packs (``copy_file_range``: the kernel copies, nothing passes
-  through Python). ``mkfs.ext4 -d`` treats two names with one host
-  (st_dev, st_ino) as one inode, so the names of an image inode that has
-  several are hard links to one host file, and no two image inodes share
-  one. Empty files and device placeholders are empty files.
+- Regular files are hard links to the layer stores' extracted files (a file
+  per content, made from the pack once per layer: ``layers.extracted``):
+  nothing is copied per image. ``mkfs.ext4 -d`` treats two names with one
+  host (st_dev, st_ino) as one inode, so a host inode is shared by two
+  staging names exactly when the image shares an inode between them: a
+  store file already used by another image inode is copied instead
+  (``copy_file_range`` from the pack), and empty files and device
+  placeholders are fresh files. When a store file cannot be linked (another
+  filesystem, link count limit) the file is copied.
 - Host files never carry the image's owners, setuid/setgid bits or device
-  numbers: files are 0644 and directories 0755, owned by whoever runs the
-  build. The image's metadata is data in entries.jsonl.
+  numbers: store files are 0444, new files 0644 and directories 0755, owned
+  by whoever runs the build. The image's metadata is data in entries.jsonl.
 
 Trusts: only its own paths; the tree's names are single components that
 ``unpack`` checked (no "/", NUL, ".", ".." or over-long names).
@@ -52,6 +55,7 @@ from pipeline.flat.image import (
     write_header,
 )
 from pipeline.flat.tree import Inode, Tree
+from pipeline.layers.extracted import content_file_name, copy_range, extracted_files
 from pipeline.layers.store import LayerStore
 
 __all__ = ["materialize", "flatten_image"]
@@ -134,9 +138,12 @@ class _Builder:
         for _, _, inode in self.items:
             self.names[id(inode)] = self.names.get(id(inode), 0) + 1
         self.pack_fds: dict[str, int] = {}               # store digest -> its pack
+        self.files_fds: dict[str, int] = {}              # store digest -> its files/
+        self.used: dict[tuple[str, int], int] = {}       # (store, content) -> id(inode)
         self.sources: dict[int, tuple[int, bytes]] = {}  # id(inode) -> (dir fd, name)
         self.spare_fd = -1
         self.spares = 0
+        self.copied: dict[str, int] = {}  # why store files were copied, not linked -> count
 
     def build(self, *, staging: bool) -> FlatHeader:
         if not staging:
@@ -155,9 +162,13 @@ class _Builder:
                 os.symlink(os.fsencode(inode.target), name, dir_fd=fd)
         finally:
             os.close(self.spare_fd)
-            for fd in self.pack_fds.values():
+            for fd in (*self.pack_fds.values(), *self.files_fds.values()):
                 os.close(fd)
         shutil.rmtree(self.tmp / _SPARE)
+        for reason, count in self.copied.items():
+            log.warning("staging.copied", files=count, reason=reason,
+                        hint="keep the layer and flat caches on one filesystem, owned by"
+                             " the user who builds")
         return self._write_metadata()
 
     def _pass(self, select: Callable[[Inode], bool], *, create_dirs: bool = False
@@ -206,6 +217,18 @@ class _Builder:
         if inode.type is FileType.FIFO:
             os.mkfifo(name, 0o644, dir_fd=fd)
             return
+        source = self._store_source(inode)
+        if source is not None:
+            try:
+                os.link(source[1], name, src_dir_fd=source[0], dst_dir_fd=fd,
+                        follow_symlinks=False)
+                self.sources[key] = source
+                return
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                    raise
+                self.copied[e.strerror or str(e.errno)] = (
+                    self.copied.get(e.strerror or str(e.errno), 0) + 1)
         if self.names[key] > 1:  # several names: make the file once, link every name
             spare = str(self.spares).encode()
             self.spares += 1
@@ -214,6 +237,20 @@ class _Builder:
             os.link(spare, name, src_dir_fd=self.spare_fd, dst_dir_fd=fd, follow_symlinks=False)
         else:
             self._new_file(fd, name, inode)
+
+    def _store_source(self, inode: Inode) -> tuple[int, bytes] | None:
+        """The extracted store file to link for a regular inode, unless another inode
+        has it."""
+        if inode.type is not FileType.REGULAR or inode.content is None or not inode.size:
+            return None
+        store, content = inode.content
+        claimed = self.used.setdefault((store.digest, content), id(inode))
+        if claimed != id(inode):
+            return None
+        fd = self.files_fds.get(store.digest)
+        if fd is None:
+            fd = self.files_fds[store.digest] = os.open(extracted_files(store), _DIR_FLAGS)
+        return fd, content_file_name(content)
 
     def _new_file(self, dir_fd: int, name: bytes, inode: Inode) -> None:
         """A fresh host file: a copy of the inode's content, or empty (devices, empty files)."""
@@ -225,7 +262,7 @@ class _Builder:
                 if pack is None:
                     pack = self.pack_fds[store.digest] = os.open(
                         store.pack_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                _copy(pack, content, out, inode.size)
+                copy_range(pack, content, out, inode.size)
         finally:
             os.close(out)
 
@@ -268,24 +305,3 @@ class _Builder:
 def name_str(path: str) -> str:
     """The last component of a tree path."""
     return path.rpartition("/")[2]
-
-
-def _copy(src: int, offset: int, dst: int, size: int) -> None:
-    """The ``size`` bytes at ``offset`` in ``src`` to ``dst``'s position."""
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(src, dst, size - done, offset + done)
-            if n == 0:
-                break
-            done += n
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        while done < size and (chunk := os.pread(src, min(size - done, 1 << 20),
-                                                  offset + done)):
-            os.write(dst, chunk)
-            done += len(chunk)
-    if done != size:
-        raise AssertionError(f"internal error: a layer pack holds {done} of the {size} bytes"
-                             f" at {offset}")

@@ -8,13 +8,15 @@ layer and never modified after it is finished::
                            archive order, nothing between them (mode 0444)
         index.jsonl        one record per tar member, in archive order
         store.v2.json      marker written last: format, digests, counts
+        files/             only once an mkfs build needed it: each content as a
+                           file of its own (``layers.extracted``)
 
 One pack, not a file per member: a layer of thousands of small files is
 then one sequential write, where a file each cost a create, an inode and a
 journal entry apiece (5,778 files: 0.22 s on a calm disk, 2-4 s when the
 host's journal stalls, against 0.1 s for the same bytes in one file). The
 native writer copies byte ranges of the pack into the image; the mkfs
-builder's staging tree copies them out into files.
+builder's staging trees hard-link to ``files/``, made from the pack once.
 
 A store is built as ``<layers_root>/.tmp-<hex>-<pid>-<random>`` and renamed to
 ``<hex>`` when complete (pack, index and marker fsynced first), so the final

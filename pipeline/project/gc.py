@@ -135,7 +135,7 @@ def _size(path: Path) -> int:
     except FileNotFoundError:
         return 0
     if not stat.S_ISDIR(st.st_mode):
-        # A staging file may have several names (an image inode's hard links): count each name's
+        # Layer files may be hard-linked from flat images: count each name's
         # share so that a freed total never exceeds what the disk gets back.
         return st.st_blocks * 512 // max(st.st_nlink, 1)
     total = 0

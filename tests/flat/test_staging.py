@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from pipeline.flat.image import (
 )
 from pipeline.flat.lookup import content_files
 from pipeline.flat.staging import flatten_image, materialize
-from pipeline.layers.store import LayerStore
+from pipeline.layers.extracted import FILES_DIR, extracted_files
+from pipeline.layers.store import MARKER_NAME, LayerStore
 from tests.harness.ext4reader import Ext4Image
 from tests.harness.images import (
     Member,
@@ -94,16 +96,38 @@ def test_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list((tmp_path / "flat").iterdir()) == []
 
 
-def test_files_are_copies_out_of_the_pack_with_host_modes(tmp_path: Path) -> None:
+def test_files_are_hard_links_to_the_extracted_store_files(tmp_path: Path) -> None:
     big = os.urandom(1 << 20)
     built = stores(tmp_path, [file("usr/bin/su", b"ELF", mode=0o4755, uid=3),
                               file("big", big)])
     flat = flatten_image(built, tmp_path / "flat")
-    for path, data in (("usr/bin/su", b"ELF"), ("big", big)):
-        st = host(flat, path)
+    files = built[0].root / FILES_DIR
+    assert sorted(os.listdir(files)) == ["0", "3"]      # offsets in the pack
+    for path, data, name in (("usr/bin/su", b"ELF", "0"), ("big", big, "3")):
+        st, src = host(flat, path), (files / name).stat()
+        assert (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino)
         assert (flat / "rootfs" / path).read_bytes() == data
-        assert st.st_nlink == 1
-        assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
+        assert st.st_nlink == 2
+        assert stat.S_IMODE(st.st_mode) == 0o444 and st.st_uid == os.geteuid()
+
+
+def test_a_store_used_only_without_staging_is_never_extracted(tmp_path: Path) -> None:
+    built = stores(tmp_path, [file("a", b"x")])
+    flatten_image(built, tmp_path / "flat", staging=False)
+    assert sorted(p.name for p in built[0].root.iterdir()) == ["content", "index.jsonl",
+                                                               MARKER_NAME]
+
+
+def test_concurrent_extractions_make_one_directory(tmp_path: Path) -> None:
+    built = stores(tmp_path, [file(f"f{i}", os.urandom(i * 100)) for i in range(1, 40)])
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: extracted_files(built[0]), range(8)))
+    assert set(made) == {built[0].root / FILES_DIR}
+    assert sorted(p.name for p in built[0].root.iterdir()) == [
+        "content", "files", "index.jsonl", MARKER_NAME]     # no temporary left
+    for entry in built[0].entries():
+        assert (made[0] / str(entry.content)).read_bytes() == built[0].read_content(
+            entry.content or 0, entry.size)
 
 
 def test_host_inodes_are_shared_exactly_like_image_inodes(tmp_path: Path) -> None:
@@ -119,15 +143,16 @@ def test_host_inodes_are_shared_exactly_like_image_inodes(tmp_path: Path) -> Non
     assert groups == {"": None, "a": 1, "b": 1, "c": None, "e": 2, "f": 2, "g": None}
 
 
-def test_content_reused_by_two_image_inodes_gives_two_host_files(tmp_path: Path) -> None:
-    # Layers A, B, A: the second A makes a new inode for x from the same pack range
+def test_store_file_reused_by_two_image_inodes_is_copied(tmp_path: Path) -> None:
+    # Layers A, B, A: the second A makes a new inode for x from the same store file
     # that y (hard-linked to the first x in B) still uses.
     layer_a = make_layer([file("x", b"shared bytes")])
     layer_b = make_layer([hardlink("y", "x")])
     a, b = unpack(tmp_path, layer_a), unpack(tmp_path, layer_b)
     flat = flatten_image([a, b, a], tmp_path / "flat")
     x, y = host(flat, "x"), host(flat, "y")
-    assert x.st_ino != y.st_ino and x.st_nlink == y.st_nlink == 1
+    assert x.st_ino != y.st_ino
+    assert {x.st_ino, y.st_ino} & {(a.root / FILES_DIR / "0").stat().st_ino}
     assert (flat / "rootfs/x").read_bytes() == (flat / "rootfs/y").read_bytes() == b"shared bytes"
     assert all(e.link_group is None for e in read_entries(flat / "entries.jsonl"))
 
