@@ -293,8 +293,7 @@ class _Transfer:
         self.out.seek(0)
         self.out.truncate()
         self.written = 0
-        # The blob is fsynced before it is published: started as it arrives, the disk
-        # writes it during the download instead of after it.
+        # Fsynced before it is published: written back as it arrives, not all at the end.
         self.writeback = Writeback(self.out.fileno())
         self.hasher = VerifyingHasher(self.digest, size=self.size, what=self.what)
 
@@ -352,7 +351,6 @@ class _Transfer:
             raise RegistryError(f"{self.what}: body ended after {self.written} of {self.size}"
                                 " bytes", temporary=True)
 
-
     def _receive(self, stream: BlobStream) -> None:
         for chunk in stream.chunks():
             self.hasher.update(chunk)  # raises DigestMismatch past the declared size
@@ -399,6 +397,3 @@ def _range_ok(content_range: str | None, offset: int, size: int) -> bool:
     first, last, total = found.groups()
     return (int(first) == offset and int(last) == size - 1
             and (total == "*" or int(total) == size))
-
-
-
