@@ -2,11 +2,13 @@
 
 Registries are session-scoped (one process each for the whole run); tests keep
 out of each other's way by pushing to the unique repository name the ``repo``
-fixture gives them. See tests/harness/README.md for the API.
+fixture gives them, and a test that damages stored blobs takes a
+``private_registry`` of its own. See tests/harness/README.md for the API.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -29,8 +31,32 @@ USERS = {"alice": "wonderland", "bob": "builder"}
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """docker-registry with no auth on a free 127.0.0.1 port."""
+    """docker-registry with no auth on a free 127.0.0.1 port; at the end of the session,
+    every blob it stores must still hash to its digest (see ``private_registry``)."""
     with start_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+        damaged = damaged_blobs(reg)
+        assert not damaged, (f"blobs of the shared registry were damaged on disk: {damaged};"
+                             " a test that damages stored blobs takes private_registry")
+
+
+def damaged_blobs(registry: Registry) -> list[str]:
+    """Digests of the blobs in ``registry``'s storage whose bytes hash to something else."""
+    blobs = registry.storage / "docker/registry/v2/blobs/sha256"
+    return sorted(f"sha256:{data.parent.name}" for data in blobs.glob("*/*/data")
+                  if hashlib.sha256(data.read_bytes()).hexdigest() != data.parent.name)
+
+
+@pytest.fixture
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry of this test's own, for tests that damage its storage on disk.
+
+    A registry keeps one copy of each blob for all its repositories: a chunk
+    flipped or deleted under one test's repository is flipped or missing in
+    every other test's repository that holds the same bytes (the session
+    registry's next pushes of that digest only link to the damaged copy).
+    """
+    with start_registry(tmp_path_factory.mktemp("private-registry")) as reg:
         yield reg
 
 

@@ -84,9 +84,10 @@ def _drop_chunk(registry: Registry, repo: str, client: RegistryClient) -> None:
     (_flip_chunk, RemoteArtifactError, "chunk at offset 0 hashes to sha256:"),
     (_drop_chunk, RegistryError, "404 Not Found (BLOB_UNKNOWN"),
 ], ids=["flipped-byte-in-a-chunk", "missing-chunk"])
-def test_damaged_artifact_never_lands(client: RegistryClient, registry: Registry, repo: str,
-                                      tmp_path: Path, damage: object, kind: type[Exception],
-                                      message: str) -> None:
+def test_damaged_artifact_never_lands(client: RegistryClient, private_registry: Registry,
+                                      repo: str, tmp_path: Path, damage: object,
+                                      kind: type[Exception], message: str) -> None:
+    registry = private_registry  # the damage reaches every repository holding the chunk
     src = image(tmp_path)
     push(client, registry, repo, src)
     damage(registry, repo, client)  # type: ignore[operator]

@@ -164,7 +164,11 @@ def _kill_before_manifest(world: World, client: RegistryClient, tag: str) -> Non
                          ids=["flipped-byte-in-a-chunk", "edited-config", "missing-chunk",
                               "push-killed-before-its-manifest"])
 def test_a_damaged_entry_is_a_miss_a_correct_local_build_and_a_repaired_cache(
-        world: World, client: RegistryClient, damage: object) -> None:
+        private_registry: Registry, repo: str, tmp_path: Path, client: RegistryClient,
+        damage: object) -> None:
+    # Its own registry: a flipped or dropped chunk is flipped or missing for every
+    # repository of a registry holding the same bytes (the shard tests' included).
+    world = make_world(private_registry, repo, tmp_path)
     run_doit(world.project, env=env(world)).check()
     local = outputs(world.project)
     key_tag = next(t for t in tags(client, world) if _names_a(entry(world, client, t)))
