@@ -20,7 +20,6 @@ a result: the bench's scenarios (``bench/run.py``) are the measurements.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -32,23 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ours import write_manifest  # noqa: E402
+from bench.ours import OursRun, _summarise, write_manifest  # noqa: E402
 from bench.world import WorldSpec, open_world  # noqa: E402
 
 
-def _steps(stderr: str) -> dict[str, float]:
-    steps: dict[str, float] = {}
-    for line in stderr.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "task.done" and "seconds" in event:
-            family = str(event.get("task", "")).split(":", 1)[0]
-            steps[family] = round(steps.get(family, 0.0) + float(event["seconds"]), 3)
-    return steps
+def _steps(stderr: str, scratch: Path) -> dict[str, float]:
+    """Seconds per task family in a run's log, read the way the bench reads it."""
+    log = scratch / "run.log"
+    log.write_text(stderr)
+    run = OursRun(seconds=0.0, peak_rss=0, peak_pss=0)
+    _summarise(log, run, 0)
+    return run.steps
 
 
 def main() -> int:
@@ -92,7 +85,7 @@ def main() -> int:
                     log(done.stderr[-3000:])
                     return 1
                 walls[checkout].append(wall)
-                steps[checkout].append(_steps(done.stderr))
+                steps[checkout].append(_steps(done.stderr, run_dir))
                 print(f"{i} {checkout}: {wall:.3f} s, user"
                       f" {after.ru_utime - before.ru_utime:.2f} s, sys"
                       f" {after.ru_stime - before.ru_stime:.2f} s, {steps[checkout][-1]}",
