@@ -76,13 +76,17 @@ def _summarise(log: Path, run: OursRun, start_offset: int) -> None:
 class Ours:
     """Runs doit on build directories; one log file per bench run."""
 
-    def __init__(self, world: World, log_dir: Path) -> None:
+    def __init__(self, world: World, log_dir: Path, *, checkout: Path | None = None) -> None:
+        """``checkout``: build with another checkout of the project (its dodo.py and the
+        doit of its own ``.venv``) instead of this one with the bench's venv."""
         self.world = world
         self.log = log_dir / "ours.log"
-        self.doit = Path(sys.executable).parent / "doit"
+        self.root = _REPO_ROOT if checkout is None else checkout
+        self.doit = (Path(sys.executable).parent if checkout is None
+                     else checkout / ".venv" / "bin") / "doit"
         if not self.doit.exists():
             raise RuntimeError(f"{self.doit} is missing: install the package into the venv "
-                               "that runs the bench (pip install -e .)")
+                               f"that runs it (pip install -e {self.root})")
 
     def build(self, directory: Path, *, profile: Path | None = None,
               command: Sequence[str] = (), env: Mapping[str, str] | None = None,
@@ -90,7 +94,7 @@ class Ours:
         """Run doit in ``directory`` (its images.toml must exist); ``command`` is what
         comes first on doit's command line (e.g. ``["list"]``), nothing for a build;
         ``env`` adds variables (the remote cache's); ``args`` come last (``shard=1/2``)."""
-        argv = [str(self.doit), *command, "-f", str(_REPO_ROOT / "dodo.py"), "-d",
+        argv = [str(self.doit), *command, "-f", str(self.root / "dodo.py"), "-d",
                 str(directory), *args]
         if profile is not None:
             # --idle: waits (on mkfs.ext4, locks, the network) are most of a

@@ -9,7 +9,8 @@ other round so that neither side always follows the other; each build starts
 from an empty directory after a ``sync``, against one registry serving the
 bench world (``bench/world.py``, generated on first use). Printed per build:
 wall seconds, the process tree's CPU (user, sys) and the seconds per task
-family from the run's log; at the end, the medians per checkout.
+family from the run's log (run and summarised by ``bench.ours.Ours``, as in the
+bench's scenarios); at the end, the medians per checkout.
 
 Single cold builds on a small machine scatter by a tenth of a second and
 more from one run to the next: a difference is worth believing when it holds
@@ -24,24 +25,20 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ours import OursRun, _summarise, write_manifest  # noqa: E402
+from bench.ours import Ours, write_manifest  # noqa: E402
 from bench.world import WorldSpec, open_world  # noqa: E402
 
 
-def _steps(stderr: str, scratch: Path) -> dict[str, float]:
-    """Seconds per task family in a run's log, read the way the bench reads it."""
-    log = scratch / "run.log"
-    log.write_text(stderr)
-    run = OursRun(seconds=0.0, peak_rss=0, peak_pss=0)
-    _summarise(log, run, 0)
-    return run.steps
+def _log_dir(run_dir: Path, k: int) -> Path:
+    """Checkout ``k``'s directory for its runs' log (``ours.log``)."""
+    path = run_dir / f"logs-{k}"
+    path.mkdir()
+    return path
 
 
 def main() -> int:
@@ -52,10 +49,6 @@ def main() -> int:
         "ROOTFS_BENCH_DIR", "/tmp/rootfs-bench")), help="the bench's work directory")
     args = parser.parse_args()
     checkouts = [c.resolve() for c in args.checkouts]
-    for c in checkouts:
-        if not (c / ".venv/bin/doit").exists():
-            parser.error(f"{c} has no .venv/bin/doit: python3 -m venv {c}/.venv &&"
-                         f" {c}/.venv/bin/pip install -e {c}")
     run_dir = args.work / "pairs"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -67,6 +60,12 @@ def main() -> int:
 
     with open_world(WorldSpec(), cache=args.work / "world", run_dir=run_dir,
                     log=log) as world:
+        try:
+            # The bench's own runner: the same command line, environment and log summary.
+            ours = {c: Ours(world, _log_dir(run_dir, k), checkout=c)
+                    for k, c in enumerate(checkouts)}
+        except RuntimeError as err:
+            parser.error(str(err))
         image = world.image("app00")
         for i in range(args.rounds):
             for checkout in checkouts if i % 2 == 0 else checkouts[::-1]:
@@ -75,18 +74,15 @@ def main() -> int:
                 write_manifest(build, world, [image])
                 os.sync()
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                started = time.monotonic()
-                done = subprocess.run([str(checkout / ".venv/bin/doit"), "-f",
-                                       str(checkout / "dodo.py"), "-d", str(build)],
-                                      capture_output=True, text=True)
-                wall = time.monotonic() - started
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                if done.returncode:
-                    log(done.stderr[-3000:])
+                try:
+                    run = ours[checkout].build(build)
+                except RuntimeError as err:
+                    log(str(err))
                     return 1
-                walls[checkout].append(wall)
-                steps[checkout].append(_steps(done.stderr, run_dir))
-                print(f"{i} {checkout}: {wall:.3f} s, user"
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                walls[checkout].append(run.seconds)
+                steps[checkout].append(run.steps)
+                print(f"{i} {checkout}: {run.seconds:.3f} s, user"
                       f" {after.ru_utime - before.ru_utime:.2f} s, sys"
                       f" {after.ru_stime - before.ru_stime:.2f} s, {steps[checkout][-1]}",
                       flush=True)
