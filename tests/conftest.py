@@ -42,8 +42,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 def damaged_blobs(registry: Registry) -> list[str]:
     """Digests of the blobs in ``registry``'s storage whose bytes hash to something else."""
-    blobs = registry.storage / "docker/registry/v2/blobs/sha256"
-    return sorted(f"sha256:{data.parent.name}" for data in blobs.glob("*/*/data")
+    return sorted(f"sha256:{data.parent.name}" for data in registry.blobs.glob("*/*/data")
                   if hashlib.sha256(data.read_bytes()).hexdigest() != data.parent.name)
 
 

@@ -78,6 +78,16 @@ class Registry:
         return self.root / "storage"
 
     @property
+    def blobs(self) -> Path:
+        """Where the filesystem driver keeps every sha256 blob, once for all repositories."""
+        return self.storage / "docker/registry/v2/blobs/sha256"
+
+    def blob_file(self, digest: str) -> Path:
+        """The stored bytes of blob ``digest`` (``sha256:<hex>``)."""
+        hexa = digest.split(":")[1]
+        return self.blobs / hexa[:2] / hexa / "data"
+
+    @property
     def auth(self) -> httpx.Auth | None:
         """An httpx.Auth holding the push-capable credentials (None without auth)."""
         if self.auth_kind == "htpasswd":

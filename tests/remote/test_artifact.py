@@ -36,11 +36,6 @@ def push(client: RegistryClient, registry: Registry, repo: str, src: Path) -> st
     return "rk-k1"
 
 
-def blob_file(registry: Registry, digest: str) -> Path:
-    hexa = digest.split(":")[1]
-    return (registry.storage / "docker/registry/v2/blobs/sha256" / hexa[:2] / hexa / "data")
-
-
 def test_round_trip_is_byte_identical_and_sparse(client: RegistryClient, registry: Registry,
                                                  repo: str, tmp_path: Path) -> None:
     src = image(tmp_path)
@@ -68,7 +63,7 @@ def test_pushing_again_uploads_nothing_and_keeps_the_digest(
 def _flip_chunk(registry: Registry, repo: str, client: RegistryClient) -> None:
     import json
     manifest = json.loads(client.get_manifest(registry.host, repo, "rk-k1").body)
-    path = blob_file(registry, manifest["layers"][0]["digest"])
+    path = registry.blob_file(manifest["layers"][0]["digest"])
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
     path.write_bytes(bytes(data))
@@ -77,7 +72,7 @@ def _flip_chunk(registry: Registry, repo: str, client: RegistryClient) -> None:
 def _drop_chunk(registry: Registry, repo: str, client: RegistryClient) -> None:
     import json
     manifest = json.loads(client.get_manifest(registry.host, repo, "rk-k1").body)
-    blob_file(registry, manifest["layers"][2]["digest"]).unlink()
+    registry.blob_file(manifest["layers"][2]["digest"]).unlink()
 
 
 @pytest.mark.parametrize(("damage", "kind", "message"), [

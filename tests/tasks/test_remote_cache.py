@@ -74,11 +74,6 @@ def tags(client: RegistryClient, world: World) -> list[str]:
     return sorted(httpx.get(url).json().get("tags") or [])
 
 
-def blob_file(registry: Registry, digest: str) -> Path:
-    hexa = digest.split(":")[1]
-    return registry.storage / "docker/registry/v2/blobs/sha256" / hexa[:2] / hexa / "data"
-
-
 def test_warm_cache_gives_a_fresh_directory_every_image_without_a_layer_blob(
         world: World, client: RegistryClient) -> None:
     cold = run_doit(world.project, env=env(world)).check()
@@ -121,14 +116,14 @@ def test_warm_cache_gives_a_fresh_directory_every_image_without_a_layer_blob(
 
 
 def _flip_chunk(world: World, client: RegistryClient, tag: str) -> None:
-    path = blob_file(world.registry, entry(world, client, tag)["layers"][0]["digest"])
+    path = world.registry.blob_file(entry(world, client, tag)["layers"][0]["digest"])
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
     path.write_bytes(bytes(data))
 
 
 def _drop_chunk(world: World, client: RegistryClient, tag: str) -> None:
-    blob_file(world.registry, entry(world, client, tag)["layers"][-1]["digest"]).unlink()
+    world.registry.blob_file(entry(world, client, tag)["layers"][-1]["digest"]).unlink()
 
 
 def _edit_config(world: World, client: RegistryClient, tag: str) -> None:
@@ -138,7 +133,7 @@ def _edit_config(world: World, client: RegistryClient, tag: str) -> None:
 
     manifest = entry(world, client, tag)
     repo = f"{world.namespace}/rootfs-cache"
-    old = blob_file(world.registry, manifest["config"]["digest"]).read_bytes()
+    old = world.registry.blob_file(manifest["config"]["digest"]).read_bytes()
     config = json.loads(old)
     config["material"]["platform"] = "linux/edited"
     data = json.dumps(config).encode()
