@@ -59,6 +59,7 @@ from pipeline.registry.retry import (
     parse_retry_after,
     with_retry_after,
 )
+from pipeline.registry.tls import DeferredTrustContext
 
 __all__ = ["RegistryClient", "ManifestResponse", "ManifestHead", "BlobStream",
            "DEFAULT_TIMEOUT", "USER_AGENT"]
@@ -146,8 +147,9 @@ class RegistryClient:
         self.deadlines = deadlines
         self.insecure_hosts = frozenset(insecure_hosts)
         self._http = httpx.Client(
-            transport=transport, timeout=timeout, follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
+            # Verifies as httpx's default does, loading the CA bundle only for a TLS registry.
+            verify=DeferredTrustContext.create(), transport=transport, timeout=timeout,
+            follow_redirects=True, max_redirects=MAX_REDIRECTS,
             # Nothing we read needs compressing, and an encoded body is one
             # more thing to bound: ask for every body as stored.
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
