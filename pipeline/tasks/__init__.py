@@ -86,6 +86,7 @@ from pipeline.tasks.delayed import create_after_named
 from pipeline.tasks.fetch import fetch_tasks
 from pipeline.tasks.flatten import flatten_tasks
 from pipeline.tasks.gc import gc_task
+from pipeline.tasks.interpreter import tune_for_run
 from pipeline.tasks.listing import families_only
 from pipeline.tasks.mkfs import mkfs_tasks
 from pipeline.tasks.noop import NoopStamp, plain_run, stamping_reporter, unchanged
@@ -178,12 +179,6 @@ def _command_line_vars() -> dict[str, str] | None:
 _NOTHING = RunPlan(images=(), layers=(), unresolved=())
 
 
-# How long a thread holding the GIL keeps it from one that asks (Python's default:
-# 5 ms). A cold build of the bench image took 1.93 s at 1 ms against 2.09-2.11 s at
-# 5 ms (median of 8 alternating pairs, twice).
-SWITCH_INTERVAL_S = 0.001
-
-
 def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
                   argv: list[str] | None = None) -> dict[str, Any]:
     """The dodo namespace for the manifest: ``DOIT_CONFIG`` and the ``task_*`` creators.
@@ -194,10 +189,6 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
     skipped: NoopStamp | None = None
     plain = graphless = False
     install_interrupt_hook()
-    # Task threads mostly wait in C (inflate, sha256, writes) with the GIL released and
-    # then need it back for a few lines of Python; at the default 5 ms a thread
-    # parsing tar headers keeps them waiting that long every time.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         check_vars(_command_line_vars() or {})
         terminal = Terminal(sys.stderr)
@@ -284,6 +275,8 @@ def load_pipeline(manifest: str | os.PathLike[str] | None = None, *,
     if plain:
         config["reporter"] = stamping_reporter(ctx, _tools_of(ctx), skipped=skipped,
                                                base=config["reporter"])
+    if _command_line_vars() is not None:   # the doit process itself, not a test session
+        tune_for_run()
     return {"DOIT_CONFIG": config, "task_resolve": task_resolve,
             "task_mkfs": task_mkfs, "task_update": task_update, "task_gc": task_gc,
             "task_prune": task_prune, "task_plan": task_plan, "task_collect": task_collect}

@@ -54,6 +54,9 @@ from doit.doit_cmd import DoitMain
 code = DoitMain().run(sys.argv[1:])
 if trail:
     out.write("".join(f"module {name}\n" for name in sorted(sys.modules)))
+    import gc
+    out.write(f"interpreter {gc.get_threshold()[0]} {sys.getswitchinterval()}"
+              f" {gc.get_freeze_count()}\n")
 sys.exit(code)
 """
 
@@ -95,6 +98,15 @@ class Run:
     def modules(self) -> list[str]:
         """Every module the doit process had imported when it finished (audit runs only)."""
         return [line[7:] for line in self.audit if line.startswith("module ")]
+
+    @property
+    def interpreter(self) -> tuple[int, float, int]:
+        """The doit process's young-collection threshold, GIL switch interval and count of
+        frozen objects when it finished (audit runs only)."""
+        found = [line.split()[1:] for line in self.audit if line.startswith("interpreter ")]
+        assert len(found) == 1, f"no interpreter line in the audit trail: {self.audit[-3:]}"
+        threshold, interval, frozen = found[0]
+        return int(threshold), float(interval), int(frozen)
 
     @property
     def connects(self) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.layers.store import MARKER_NAME
+from pipeline.tasks.interpreter import SWITCH_INTERVAL_S, YOUNG_OBJECTS
 from tests.harness.doitrun import (
     ThrottleProxy,
     World,
@@ -94,6 +95,8 @@ def test_cold_build_fetches_the_shared_base_once_and_a_second_run_does_nothing(
 
 def check_noop(world: World, noop, dep_file: bytes) -> None:  # type: ignore[no-untyped-def]
     assert noop.ran == []
+    assert noop.interpreter[:2] == (YOUNG_OBJECTS, SWITCH_INTERVAL_S)   # tasks.interpreter
+    assert noop.interpreter[2] > 10_000
     assert [e for e in noop.events if e.get("event") == "run.finished"][0]["up_to_date"] == 17
     cache = world.project / ".cache"
     assert noop.opened(cache / "blobs") == []
