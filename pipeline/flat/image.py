@@ -37,6 +37,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pipeline.base.jsonlines import decode_lines
 
 __all__ = ["FileType", "FlatEntry", "FlatHeader", "write_entries", "read_entries",
            "write_header", "read_header", "ENTRIES_NAME", "HEADER_NAME", "ROOTFS_NAME",
@@ -118,6 +121,11 @@ class FlatHeader:
     format: int = FORMAT_VERSION
 
 
+# ensure_ascii keeps surrogate-escaped bytes as \udcXX, which json.loads restores. One
+# encoder for all entries: json.dumps with options makes a new one per call.
+_encode_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
 def _encode(entry: FlatEntry) -> str:
     record: dict[str, object] = {
         "p": entry.path,
@@ -140,18 +148,15 @@ def _encode(entry: FlatEntry) -> str:
         record["h"] = entry.link_group
     if entry.content is not None:
         record["c"] = list(entry.content)
-    # ensure_ascii keeps surrogate-escaped bytes as \udcXX, which json.loads restores.
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return _encode_json(record)
 
 
-_decode_json = json.JSONDecoder().decode
 _FILE_TYPES = {t.value: t for t in FileType}
 
 
-def _decode(line: str) -> FlatEntry:
+def _decode(r: dict[str, Any]) -> FlatEntry:
     # Positional construction and direct lookups: this runs once per entry of
-    # every image on each mkfs, so it is kept to the bare minimum.
-    r = _decode_json(line)
+    # every image on each build, so it is kept to the bare minimum.
     get = r.get
     xattrs = get("x")
     rdev = get("r")
@@ -175,10 +180,11 @@ def write_entries(path: Path, entries: Iterable[FlatEntry]) -> None:
 
 
 def read_entries(path: Path) -> Iterator[FlatEntry]:
-    """Stream entries back in file order."""
+    """The entries in file order."""
     with open(path, encoding="ascii") as f:
-        for line in f:
-            yield _decode(line)
+        records = decode_lines(f.read())
+    for record in records:
+        yield _decode(record)
 
 
 def write_header(path: Path, header: FlatHeader) -> None:

@@ -54,12 +54,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import structlog
 
 from pipeline.base.digest import Digest, parse_digest
 from pipeline.base.files import fsync_dir, publish_dir, remove_path, temp_path
+from pipeline.base.jsonlines import decode_lines
 from pipeline.base.writeback import Writeback
 from pipeline.errors import LayerError
 
@@ -127,17 +128,20 @@ class IndexEntry:
         return "".join(out)
 
     @classmethod
-    def from_json(cls, line: str) -> IndexEntry:
-        r = json.loads(line)
-        rdev = r.get("r")
-        return cls(path=r["p"], kind=EntryKind(r["t"]), mode=r.get("m", 0),
-                   uid=r.get("u", 0), gid=r.get("g", 0), mtime_ns=r.get("mt", 0),
-                   xattrs=tuple((k, base64.b64decode(v)) for k, v in r.get("x", ())),
-                   size=r.get("s", 0), content=r.get("c"), link=r.get("l"),
-                   rdev=(rdev[0], rdev[1]) if rdev is not None else None)
+    def from_record(cls, r: dict[str, Any]) -> IndexEntry:
+        """The entry of one decoded index line."""
+        # Positional, with direct lookups: once per tar member of every layer flattened.
+        get = r.get
+        xattrs, rdev = get("x"), get("r")
+        return cls(r["p"], _KINDS[r["t"]], get("m", 0), get("u", 0), get("g", 0),
+                   get("mt", 0),
+                   tuple((k, base64.b64decode(v)) for k, v in xattrs) if xattrs else (),
+                   get("s", 0), get("c"), get("l"),
+                   (rdev[0], rdev[1]) if rdev is not None else None)
 
 
 _quote = json.encoder.encode_basestring_ascii
+_KINDS = {kind.value: kind for kind in EntryKind}
 _NO_METADATA = frozenset({EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK})
 
 
@@ -221,8 +225,9 @@ class LayerStore:
     def entries(self) -> Iterator[IndexEntry]:
         """The index records in archive order."""
         with open(self.root / INDEX_NAME, encoding="ascii") as f:
-            for line in f:
-                yield IndexEntry.from_json(line)
+            records = decode_lines(f.read())
+        for record in records:
+            yield IndexEntry.from_record(record)
 
 
 class StoreWriter:

@@ -698,8 +698,8 @@ REBUILD = "; delete this flat image so that flatten rebuilds it"
     pytest.param("parent-is-a-file", "flat image {flat}: entry 'dev-null/x' has no parent "
                  "directory before it; delete this flat image so flatten rebuilds it",
                  id="parent-is-a-file"),
-    pytest.param("entries-not-json", "flat image {flat} cannot be read (Expecting property "
-                 "name enclosed in double quotes: line 1 column 2 (char 1)); delete this flat "
+    pytest.param("entries-not-json", "flat image {flat} cannot be read (line 7: Expecting "
+                 "property name enclosed in double quotes (column 2)); delete this flat "
                  "image so flatten rebuilds it", id="entries-not-json"),
     pytest.param("header-missing", "flat image {flat} cannot be read ([Errno 2] No such file "
                  "or directory: '{flat}/flat.v3.json'); delete this flat image so flatten "
