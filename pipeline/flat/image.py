@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.base.jsonlines import decode_lines
+from pipeline.base.jsonlines import read_lines
 
 __all__ = ["FileType", "FlatEntry", "FlatHeader", "write_entries", "read_entries",
            "write_header", "read_header", "ENTRIES_NAME", "HEADER_NAME", "ROOTFS_NAME",
@@ -182,9 +182,8 @@ def write_entries(path: Path, entries: Iterable[FlatEntry]) -> None:
 def read_entries(path: Path) -> Iterator[FlatEntry]:
     """The entries in file order."""
     with open(path, encoding="ascii") as f:
-        records = decode_lines(f.read())
-    for record in records:
-        yield _decode(record)
+        for record in read_lines(f):
+            yield _decode(record)
 
 
 def write_header(path: Path, header: FlatHeader) -> None:

@@ -60,7 +60,7 @@ import structlog
 
 from pipeline.base.digest import Digest, parse_digest
 from pipeline.base.files import fsync_dir, publish_dir, remove_path, temp_path
-from pipeline.base.jsonlines import decode_lines
+from pipeline.base.jsonlines import read_lines
 from pipeline.base.writeback import Writeback
 from pipeline.errors import LayerError
 
@@ -225,9 +225,8 @@ class LayerStore:
     def entries(self) -> Iterator[IndexEntry]:
         """The index records in archive order."""
         with open(self.root / INDEX_NAME, encoding="ascii") as f:
-            records = decode_lines(f.read())
-        for record in records:
-            yield IndexEntry.from_record(record)
+            for record in read_lines(f):
+                yield IndexEntry.from_record(record)
 
 
 class StoreWriter:
