@@ -14,7 +14,6 @@ be started, ``wait`` copies in this process instead.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -37,68 +36,25 @@ class CopyProcess:
     Leaving the ``with`` block without ``wait`` (an error elsewhere) kills the helper,
     so nothing writes into the image after the writer gave up on it."""
 
-    def __init__(self, dst: int, *, dense: bool, progress: bool = False) -> None:
+    def __init__(self, dst: int, *, dense: bool) -> None:
         self._dst = dst
         self._dense = dense
         self._proc: subprocess.Popen[bytes] | None = None
         self._jobs = b""
         self._sender: threading.Thread | None = None
-        self._progress = progress
-        self._progress_fd = -1              # the pipe the helper says how far it got on
-        self._span = (0, 0)
-        self._done = 0
-        self._partial = b""
-        self._copied = threading.Event()    # wait() returned or raised
 
     def __enter__(self) -> CopyProcess:
         script = copyjobs.__file__
         if sys.executable and script.endswith(".py"):
             argv = [sys.executable, "-I", "-S", script, str(self._dst),
                     "dense" if self._dense else "probed"]
-            fds: tuple[int, ...] = (self._dst,)
-            if self._progress:
-                self._progress_fd, theirs = os.pipe()
-                argv.append(str(theirs))
-                fds += (theirs,)
             try:
                 self._proc = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL, pass_fds=fds, close_fds=True)
+                    stderr=subprocess.DEVNULL, pass_fds=(self._dst,), close_fds=True)
             except OSError:
                 self._proc = None           # copied in this process by wait()
-                if self._progress:
-                    os.close(self._progress_fd)
-                    self._progress_fd = -1  # ready() waits for wait() instead
-            finally:
-                if self._progress:
-                    os.close(theirs)        # EOF on ours once the helper is gone
         return self
-
-    def ready(self, offset: int) -> int:
-        """Block until the image's bytes from ``offset`` on are final as far as the copy
-        goes, and return up to where (``output.Ready``); only call once everything
-        but the copied data is written. Safe from another thread."""
-        first, end = self._span
-        if offset < first:
-            return first
-        if offset >= end:
-            return 1 << 62                  # past the copied range: all final
-        if self._progress_fd < 0:
-            self._copied.wait()             # no helper: the copy runs in wait()
-            return end
-        while self._done <= offset:
-            try:
-                more = os.read(self._progress_fd, 4096)
-            except OSError:
-                more = b""
-            if not more:
-                self._done = end            # the helper exited: wait() says how it went
-                break
-            lines = (self._partial + more).split(b"\n")
-            self._partial = lines.pop()
-            if lines:
-                self._done = max(self._done, int(lines[-1]))
-        return self._done
 
     def send(self, jobs: list[bytes], first: int, end: int) -> None:
         """Hand over every job; ``first``-``end`` is the byte range their data lies in.
@@ -106,7 +62,6 @@ class CopyProcess:
         Written by a thread: the list outgrows the pipe, and on a busy machine the
         helper may not be scheduled to drain it for a while; the writer goes on."""
         self._jobs = encode_jobs(jobs, first, end)
-        self._span, self._done = (first, end), first
         if self._proc is not None:
             self._sender = threading.Thread(target=_send, args=(self._proc, self._jobs),
                                             name="ext4-copy-jobs", daemon=True)
@@ -114,12 +69,6 @@ class CopyProcess:
 
     def wait(self) -> None:
         """Return once every byte is copied; raise ``CopyFailed`` for a bad job."""
-        try:
-            self._wait()
-        finally:
-            self._copied.set()
-
-    def _wait(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             copy_jobs(self._jobs, self._dst, dense=self._dense)
@@ -139,10 +88,6 @@ class CopyProcess:
             raise CopyFailed(int(index), message.decode("utf-8", "replace"))
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._copied.set()
-        if self._progress_fd >= 0:
-            os.close(self._progress_fd)
-            self._progress_fd = -1
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()

@@ -15,14 +15,14 @@ from pipeline.errors import Ext4Error
 from pipeline.ext4.build import derive_uuids, plan_for
 from pipeline.ext4.builder import NATIVE_WRITER_FORMAT
 from pipeline.ext4.options import Ext4Options
-from pipeline.ext4.output import ImageOutput, Sha256Thread
+from pipeline.ext4.output import CopiedRun, ImageOutput, Sha256Thread
 from pipeline.ext4.size import SizePlan, TreeUsage, has_super
 from pipeline.ext4.tools import FS_EPOCH
 from pipeline.flat.image import ROOTFS_NAME, FileType, FlatEntry
 from pipeline.flat.lookup import ContentRef
 
 __all__ = ["Ext4Error", "Ext4Options", "FileType", "FlatEntry", "FS_EPOCH", "ImageOutput",
-           "Sha256Thread",
+           "Sha256Thread", "CopiedRun",
            "SizePlan", "TreeUsage", "has_super", "derive_uuids", "plan_for", "staged_content",
            "ContentSource", "ContentRef", "NATIVE_WRITER_FORMAT"]
 

@@ -58,6 +58,7 @@ from pipeline.ext4.native.inputs import (
     FS_EPOCH,
     NATIVE_WRITER_FORMAT,
     ContentSource,
+    CopiedRun,
     Ext4Error,
     Ext4Options,
     FileType,
@@ -185,7 +186,7 @@ def write_image(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                 options: Ext4Options, *, seed: str,
                 hash_path: Path | None = None) -> NativeResult:
     """Write the image into the empty file ``fd`` (see ``write_ext4``); with ``hash_path``
-    (``fd``'s file), also its sha256, hashed on a thread behind the copy of file data.
+    (``fd``'s file), also its sha256, hashed on a thread while file data is copied.
 
     With an auto size, contents are first taken to be dense, as layer packs are,
     saving a stat per file; should the copy find a source with holes, the image is
@@ -249,9 +250,10 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
         if node.type is FileType.REGULAR and node.entry is not None:
             rec = node.rec
             rec.size, rec.flags, rec.i_block = node.entry.size, EXTENTS_FL, EMPTY_ROOT
-    with CopyProcess(fd, dense=assume_dense, progress=hash_path is not None) as copier:
+    with CopyProcess(fd, dense=assume_dense) as copier:
         take = placer.take
         jobs: list[bytes] = []
+        copied: list[CopiedRun] = []                # what the hash reads from the sources
         data_start = placer.cursor
         for node, data in survey.files:             # file data first, copied meanwhile
             rec = node.rec
@@ -273,6 +275,8 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                 placer.map_extents(rec, mapped)
             rec.blocks += data.blocks
             jobs.append(encode_job(data.path, data.offset, rec.size, mapped))
+            if hash_path is not None:
+                _add_copied(copied, data.path, data.offset or 0, rec.size, mapped)
         copier.send(jobs, data_start * BLOCK_SIZE, placer.cursor * BLOCK_SIZE)
         lap("data")
         htree = HtreeParams(seed_words(seed_bytes), signed=True,
@@ -326,13 +330,14 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
             journal=journal), [n.rec for n in nodes] + ([journal] if journal else []),
             dirs_by_ino=[n.rec.number for n in nodes if n.type is FileType.DIRECTORY])
         lap("metadata")
-        # Everything but the copied data is in place: the hash starts, following the copy.
-        hashing = Sha256Thread(hash_path, copier.ready) if hash_path is not None else None
+        # Everything but the copied data is in place: the hash starts, reading that data
+        # from where the copy takes it, not waiting for the copy.
+        hashing = Sha256Thread(hash_path, copied) if hash_path is not None else None
         try:
             _await_copies(copier, survey.files)
         except BaseException:
             if hashing is not None:
-                hashing.cancel()            # before the progress pipe closes
+                hashing.cancel()            # before the image is removed
             raise
         lap("copy")
         digest = hashing.result() if hashing is not None else ""
@@ -348,6 +353,17 @@ def _write(entries: Sequence[FlatEntry], content: ContentSource, fd: int,
                         inodes=geo.inodes, free_bytes=free_bytes,
                         free_inodes=totals.free_inodes, clamped_times=survey.tree.clamped,
                         timings=timings, sha256=digest)
+
+
+def _add_copied(copied: list[CopiedRun], source: str, start: int, size: int,
+                mapped: list[tuple[int, int, int]]) -> None:
+    """The image ranges a file's copy job writes, as ``CopiedRun``s: each mapped run of
+    blocks holds the file's bytes from its logical block on, then zeros to its end."""
+    for logical, physical, count in mapped:
+        offset = logical * BLOCK_SIZE
+        length = min(count * BLOCK_SIZE, size - offset)
+        copied.append((physical * BLOCK_SIZE, length, source, start + offset,
+                       count * BLOCK_SIZE - length))
 
 
 def _await_copies(copier: CopyProcess, files: list[tuple[Node, Content]]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -17,6 +18,7 @@ from pipeline.ext4.native.checksum import ext4_crc
 from pipeline.ext4.native.dirhash import half_md4, half_md4_many, seed_words
 from pipeline.ext4.native.extents import build_tree, extents_for
 from pipeline.ext4.native.inode import device_block, encode_time
+from pipeline.ext4.output import sha256_sparse
 
 SEED = "11111111-2222-4333-8444-666666666666"
 NAMES = [b"a", b"hello", b"lost+found", b"x" * 31, b"y" * 32, b"z" * 33, b"w" * 255,
@@ -97,8 +99,9 @@ def test_extent_trees_grow_levels_as_needed() -> None:
 
 def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
         tmp_path: Path) -> None:
-    """The copy asks the kernel to start writing back what it copied, in order and
-    covering the whole data range; where the call fails the bytes are the same."""
+    """Through the page cache, the copy asks the kernel to start writing back what it
+    copied, in order and covering the whole data range; where the call fails the bytes
+    are the same."""
     from pipeline.ext4.native import copyjobs
 
     sources = []
@@ -127,14 +130,15 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
         try:
             original = copyjobs._Done.__init__
 
-            def patched(self: copyjobs._Done, dst: int, first: int,
-                        progress: int | None) -> None:
-                original(self, dst, first, progress)
+            def patched(self: copyjobs._Done, dst: int, first: int, *,
+                        enabled: bool = True) -> None:
+                original(self, dst, first, enabled=enabled)
+                assert enabled                              # through the page cache
                 self.call = fake
 
             copyjobs._Done.__init__ = patched               # type: ignore[method-assign]
             try:
-                copyjobs.copy_jobs(data, fd, dense=True)
+                copyjobs.copy_jobs(data, fd, dense=True, direct=False)
             finally:
                 copyjobs._Done.__init__ = original          # type: ignore[method-assign]
         finally:
@@ -148,16 +152,31 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
             assert calls[-1][0] + calls[-1][1] == block * 4096
 
 
-def test_copy_progress_only_reports_bytes_already_final(tmp_path: Path) -> None:
-    """Each offset the copy reports (the writer hashes up to it) has every job's bytes
-    below it in the image: small files still waiting in the gather buffer hold it back,
-    even after a large file past them was copied."""
+def _direct_io_here(directory: Path) -> bool:
+    probe = directory / ".direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_the_copy_writes_around_the_page_cache_and_falls_back_when_refused(
+        tmp_path: Path, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the image's filesystem takes O_DIRECT, every byte goes through the direct
+    descriptor (small files gathered, a large one 4 MiB at a time, its last block
+    padded); where a direct write is refused with EINVAL, that write and all later ones
+    go through the page cache, and the bytes are the same either way."""
     from pipeline.ext4.native import copyjobs
 
-    rng = random.Random(3)
-    sizes = [100 << 10] * 10 + [40 << 20] + [100 << 10] * 10 + [30 << 20]
+    if not _direct_io_here(tmp_path):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    rng = random.Random(11)
     jobs, block, expected = [], 0, bytearray()
-    for i, size in enumerate(sizes):
+    for i, size in enumerate((100, (9 << 20) + 123, 5000, 300_000, 1)):
         src = tmp_path / f"f{i}"
         data = rng.randbytes(size)
         src.write_bytes(data)
@@ -165,28 +184,68 @@ def test_copy_progress_only_reports_bytes_already_final(tmp_path: Path) -> None:
         jobs.append(copyjobs.encode_job(str(src), None, size, [(0, block, count)]))
         expected += data.ljust(count * 4096, b"\0")
         block += count
+    writes: list[tuple[bool, int, int]] = []
+    real_pwrite = os.pwrite
+    direct_fds: set[int] = set()
+    real_open = os.open
+
+    def spy_open(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)  # type: ignore[arg-type]
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def spy_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        if fd in direct_fds and refused and len(writes) == 2:
+            raise OSError(22, "Invalid argument")
+        writes.append((fd in direct_fds, offset, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(copyjobs.os, "open", spy_open)
+    monkeypatch.setattr(copyjobs.os, "pwrite", spy_pwrite)
     out = tmp_path / "image"
-    fd = os.open(out, os.O_RDWR | os.O_CREAT)
-    reports: list[int] = []
-    original = copyjobs._Done.finish
-
-    def checked(self: copyjobs._Done, upto: int) -> None:
-        if upto > self.first:
-            assert os.pread(fd, upto, 0) == bytes(expected[:upto]), upto
-            reports.append(upto)
-        original(self, upto)
-
-    read_end, write_end = os.pipe()
+    fd = real_open(out, os.O_RDWR | os.O_CREAT)
     try:
-        copyjobs._Done.finish = checked                     # type: ignore[method-assign]
-        copyjobs.copy_jobs(copyjobs.encode_jobs(jobs, 0, block * 4096), fd, dense=True,
-                           progress=write_end)
+        copyjobs.copy_jobs(copyjobs.encode_jobs(jobs, 0, block * 4096), fd, dense=True)
     finally:
-        copyjobs._Done.finish = original                    # type: ignore[method-assign]
-        os.close(write_end)
         os.close(fd)
-    told = os.read(read_end, 4096).split()
-    os.close(read_end)
-    assert [int(n) for n in told] == reports and reports[-1] == block * 4096
-    assert len(reports) >= 2
     assert out.read_bytes() == bytes(expected)
+    assert all(offset % 4096 == 0 and length % 4096 == 0 for _, offset, length in writes)
+    direct = [d for d, _, _ in writes]
+    if refused:
+        assert direct[:2] == [True, True] and not any(direct[2:])
+    else:
+        assert all(direct) and len(writes) >= 4
+
+
+def test_copied_runs_are_hashed_from_their_sources_not_the_image(tmp_path: Path) -> None:
+    """The image's digest takes the bytes of copied runs from their content files (the
+    image may not hold them yet: here it holds garbage there), everything else from the
+    image, holes as zeros; the result is the digest of the finished image."""
+    rng = random.Random(5)
+    pack = tmp_path / "pack"
+    pack.write_bytes(rng.randbytes(3 << 20))
+    other = tmp_path / "other"
+    other.write_bytes(rng.randbytes(5000))
+    image = tmp_path / "image"
+    meta, tail = rng.randbytes(8192), rng.randbytes(4096)
+    runs = [(3 * 4096, 10_000, str(pack), 777, 3 * 4096 - 10_000),      # a small file
+            (6 * 4096, 2 << 20, str(pack), 123_456, 0),                 # a large one
+            (6 * 4096 + (2 << 20), 5000, str(other), 0, 4096 - 5000 % 4096)]
+    finished = bytearray(64 << 20)                                      # holes stay zeros
+    finished[0:8192] = meta
+    finished[(40 << 20):(40 << 20) + 4096] = tail
+    for offset, length, source, start, zeros in runs:
+        finished[offset:offset + length] = Path(source).read_bytes()[start:start + length]
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+        f.write(meta)
+        f.seek(40 << 20)
+        f.write(tail)
+        for offset, length, _, _, zeros in runs:                        # not copied yet
+            f.seek(offset)
+            f.write(b"\xee" * (length + zeros))
+    assert sha256_sparse(image, copied=runs) == hashlib.sha256(finished).hexdigest()
+    assert sha256_sparse(image) != hashlib.sha256(finished).hexdigest()
+    with pytest.raises(AssertionError, match="overlaps"):
+        sha256_sparse(image, copied=[runs[1], runs[0]])

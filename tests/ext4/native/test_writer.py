@@ -224,11 +224,11 @@ def _no_process(*args: object, **kwargs: object) -> None:
 
 
 @pytest.mark.parametrize("helper", ["copy-helper", "no-interpreter", "cannot-start"])
-def test_the_hash_taken_behind_the_copy_is_the_files(
+def test_the_hash_taken_beside_the_copy_is_the_files(
         kinds: Tree, tmp_path: Path, helper: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sha256 hashed while the copy runs (following the helper's progress, or after
-    an in-process copy) is the finished file's, here across a sparse-content retry
-    and across many progress reports (80 MiB of data between small and large files)."""
+    """The sha256 hashed while the copy runs (copied data read from the content files,
+    whether the helper or this process copies) is the finished file's, here across a
+    sparse-content retry and 80 MiB of data between small and large files."""
     if helper == "no-interpreter":
         monkeypatch.setattr(sys, "executable", "")
     elif helper == "cannot-start":                  # as uid nobody, where it cannot run
