@@ -122,6 +122,16 @@ def render(results: dict[str, Samples], runs: int) -> str:
                           fmt(Samples.median_steps(s.peer)),
                           fmt(Samples.median_steps(s.floor))])
     out += _table(["scenario", "ours", "peer", "floor"], step_rows)
+    s1 = results.get("1")
+    if s1 is not None and s1.checked_floor:
+        checked, ours = Samples.median(s1.checked_floor), Samples.median(s1.ours)
+        ratio = _ratio(ours, checked)
+        steps = ", ".join(f"{k} {v:.2f}"
+                          for k, v in Samples.median_steps(s1.checked_floor).items())
+        out += ["", "Checked floor (scenario 1: the floor plus the blob's and the stream's "
+                    "sha256, both written and fsynced, and the image's sha256; shown, not a "
+                    f"target): {_sec(checked)} s ({steps}); ours / it: "
+                    f"{'-' if ratio is None else f'{ratio:.2f}x'}"]
     out += ["", "Targets (issue 4):", ""]
     out += _table(["target", "limit", "measured", "result"],
                   [[t.name, t.limit, t.shown,
