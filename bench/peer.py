@@ -43,6 +43,7 @@ from pathlib import Path
 from isal import isal_zlib
 
 from pipeline.base.units import DEFAULT_HEADROOM
+from pipeline.ext4.output import sha256_sparse
 from pipeline.ext4.size import BLOCK_SIZE, SizePlan, measure_tree, plan_size
 from pipeline.flat.image import FileType, FlatEntry
 
@@ -170,16 +171,6 @@ def checked_inflate_seconds(blobs: Iterable[Path], scratch: Path) -> float:
     return time.monotonic() - started
 
 
-def sha256_seconds(path: Path) -> float:
-    """Seconds to sha256 the file at ``path`` in 2 MiB reads."""
-    started = time.monotonic()
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(2 << 20):
-            h.update(chunk)
-    return time.monotonic() - started
-
-
 class Peer:
     """skopeo + umoci + mkfs.ext4 over one work directory."""
 
@@ -228,30 +219,25 @@ class Peer:
             run.outputs.append(output)
         return run
 
-    def floor(self, image: WorldImage, scratch: Path) -> PeerRun:
-        """Inflate ``image``'s blobs, then mkfs.ext4 -d its already extracted tree."""
+    def floor(self, image: WorldImage, scratch: Path, *, checked: bool = False) -> PeerRun:
+        """Inflate ``image``'s blobs, then mkfs.ext4 -d its already extracted tree; with
+        ``checked``, the inflate also hashes and writes (``checked_inflate_seconds``) and
+        the image is hashed once made, as ours hashes it (``sha256_sparse``)."""
         run = PeerRun()
-        run.add_seconds("inflate", inflate_seconds(self.world.blob_path(layer)
-                                                   for layer in image.layers))
+        blobs = (self.world.blob_path(layer) for layer in image.layers)
+        if checked:
+            run.add_seconds("inflate+check+write", checked_inflate_seconds(blobs, scratch))
+        else:
+            run.add_seconds("inflate", inflate_seconds(blobs))
         rootfs = self.bundle(image) / "rootfs"
         if not rootfs.is_dir():
             raise RuntimeError(f"internal error: floor needs the peer's tree at {rootfs}")
         output = scratch / f"floor-{image.name}.ext4"
         output.unlink(missing_ok=True)
         self._run(run, "mkfs", mkfs_argv(rootfs, output, plan_for_tree(rootfs)))
-        output.unlink()
-        return run
-
-    def checked_floor(self, image: WorldImage, scratch: Path) -> PeerRun:
-        """The floor, its inflate checked and written (``checked_inflate_seconds``), and
-        the image hashed once made."""
-        run = PeerRun()
-        run.add_seconds("inflate+check+write", checked_inflate_seconds(
-            (self.world.blob_path(layer) for layer in image.layers), scratch))
-        rootfs = self.bundle(image) / "rootfs"
-        output = scratch / f"floor-{image.name}.ext4"
-        output.unlink(missing_ok=True)
-        self._run(run, "mkfs", mkfs_argv(rootfs, output, plan_for_tree(rootfs)))
-        run.add_seconds("sha256", sha256_seconds(output))
+        if checked:
+            started = time.monotonic()
+            sha256_sparse(output)
+            run.add_seconds("sha256", time.monotonic() - started)
         output.unlink()
         return run
