@@ -103,7 +103,7 @@ def copy_jobs(data: bytes, dst: int, *, dense: bool, direct: bool = True) -> Non
     fields = data.split(b"\0")
     out = _Out(dst, direct=direct)
     gather = _Gather(out)
-    done = _Done(dst, first, enabled=out.direct < 0)
+    done = _Done(out, first)
     packs = _Packs(gather, dense)
     try:
         for index in range(len(fields) // 2):
@@ -186,15 +186,14 @@ class _Done:
     SYNC_FILE_RANGE_WRITE only queues the writeback and returns, so by the fsync little
     is left. Not in ``os``: called through ctypes, and skipped where that fails. The
     same as ``pipeline.base.writeback``, which this script cannot import (it runs with
-    the standard library only)."""
+    the standard library only). Written around the page cache, there is nothing to
+    start: only what a refused direct write sent through it is."""
 
     _EVERY = 32 << 20
 
-    def __init__(self, dst: int, first: int, *, enabled: bool = True) -> None:
-        self.dst, self.first, self.next = dst, first, first + self._EVERY
+    def __init__(self, out: _Out, first: int) -> None:
+        self.out, self.first, self.next = out, first, first + self._EVERY
         self.call = None
-        if not enabled:                     # written around the page cache: nothing to start
-            return
         try:
             import ctypes
             call = ctypes.CDLL(None, use_errno=True).sync_file_range
@@ -212,7 +211,8 @@ class _Done:
     def finish(self, upto: int) -> None:
         if upto <= self.first:
             return
-        if self.call is not None and self.call(self.dst, self.first, upto - self.first, 2):
+        if self.out.direct < 0 and self.call is not None \
+                and self.call(self.out.dst, self.first, upto - self.first, 2):
             self.call = None                # SYNC_FILE_RANGE_WRITE refused: the fsync does it
         self.first, self.next = upto, upto + self._EVERY
 
@@ -228,13 +228,13 @@ class _Gather:
 
     def __init__(self, out: _Out) -> None:
         self.out = out
-        self.dst = out.dst
         # O_NOATIME: a first read would otherwise dirty every source's inode
         # (relatime); only the files' owner may ask, so it is dropped on EPERM.
         self.open_flags = _OPEN_FLAGS | getattr(os, "O_NOATIME", 0)
         # Anonymous maps are page-aligned, as a direct write's buffer must be.
         self.view = memoryview(mmap.mmap(-1, _GATHER))
-        self.large = memoryview(mmap.mmap(-1, _DIRECT_CHUNK))   # large files, when direct
+        # Large files written direct go through a buffer of their own, made once needed.
+        self.large = memoryview(b"")
         self.start = self.fill = 0
 
     def add(self, src: int, src_off: int, size: int, dst_off: int) -> None:
@@ -332,13 +332,15 @@ def _copy_runs(src: int, start: int, size: int, runs: list[bytes], gather: _Gath
         if gather.out.direct >= 0:
             _copy_direct(src, gather, start + offset, physical * _BLOCK, length)
         else:
-            _copy(src, gather.dst, start + offset, physical * _BLOCK, length)
+            _copy(src, gather.out.dst, start + offset, physical * _BLOCK, length)
     return (physical + count) * _BLOCK
 
 
 def _copy_direct(src: int, gather: _Gather, src_off: int, dst_off: int, length: int) -> None:
     """Copy through the page-aligned buffer, written around the page cache; the last
     block is padded with zeros (what the image holds past a file's end anyway)."""
+    if not gather.large:
+        gather.large = memoryview(mmap.mmap(-1, _DIRECT_CHUNK))
     view = gather.large
     while length > 0:
         want = min(length, len(view))

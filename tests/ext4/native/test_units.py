@@ -130,10 +130,9 @@ def test_copy_starts_writeback_over_the_copied_range_and_survives_its_refusal(
         try:
             original = copyjobs._Done.__init__
 
-            def patched(self: copyjobs._Done, dst: int, first: int, *,
-                        enabled: bool = True) -> None:
-                original(self, dst, first, enabled=enabled)
-                assert enabled                              # through the page cache
+            def patched(self: copyjobs._Done, out: copyjobs._Out, first: int) -> None:
+                original(self, out, first)
+                assert out.direct < 0                       # through the page cache
                 self.call = fake
 
             copyjobs._Done.__init__ = patched               # type: ignore[method-assign]
