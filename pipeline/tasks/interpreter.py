@@ -11,7 +11,7 @@ were a tenth, all measured on the bench image (``bench/pairs.py``, 2 cores):
   walking objects that live as long as the process (modules, classes, the
   manifest). They are frozen out of it once the dodo namespace is built,
   and young collections wait for 10,000 new objects instead of 700 (a
-  flattened tree allocates ~20 per entry): 28-34 ms.
+  flattened tree allocates ~20 per entry): 23-34 ms.
 - Exit cleared every module under the collector, 35-140 ms of pure CPU after
   the last task; with everything frozen at exit it takes 10-20 ms. The
   collector then skips reference cycles at exit: nothing of ours relies on
